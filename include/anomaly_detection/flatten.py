@@ -1,0 +1,315 @@
+"""Turn a parsed JSON payload into a flat table.
+
+* :func:`parse_json` parses bytes (orjson first; the standard library, with a raised recursion
+  limit, for NaN/Infinity literals and deep nesting).
+* :func:`extract_records` finds the list of records in a payload.
+* :func:`flatten_records` flattens nested objects to ``parent.child`` columns without recursion.
+* :func:`finalize_frame` expands short fixed lists, serialises the rest and converts types.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from .errors import IngestionError
+
+log = logging.getLogger(__name__)
+
+_SCALARS = (str, int, float, bool, type(None))
+_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+_PARSE_RECURSION_LIMIT = 20_000
+
+
+def parse_json(body: bytes, *, source: str) -> Any:
+    """Parse a response body, naming ``source`` and the body's start in the error."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    limit = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(max(limit, _PARSE_RECURSION_LIMIT))
+        return json.loads(body)
+    except RecursionError:
+        raise IngestionError(f"response from {source} is nested too deeply to parse") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        start = body[:120].decode("utf-8", "replace").strip()
+        kind = "an HTML page" if start.lower().startswith(("<!doctype html", "<html")) else "not valid JSON"
+        raise IngestionError(f"response from {source} is {kind} ({exc}); it starts with {start!r}") from None
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _is_parallel_arrays(obj: Any) -> bool:
+    if not isinstance(obj, dict) or not obj:
+        return False
+    lengths = {len(v) for v in obj.values() if isinstance(v, list)}
+    return len(lengths) == 1 and all(isinstance(v, list) for v in obj.values()) and lengths != {0}
+
+
+def _zip_columns(obj: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(obj)
+    return [dict(zip(keys, row)) for row in zip(*obj.values())]
+
+
+def _walk(payload: Any, path: str, *, source: str) -> Any:
+    node = payload
+    walked: list[str] = []
+    for part in path.split("."):
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise IngestionError(
+                    f"records_path '{path}': '{part}' is not an index of the list at "
+                    f"'{'.'.join(walked) or '<root>'}' (length {len(node)}) in the response from {source}"
+                )
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node:
+                keys = ", ".join(list(map(str, node))[:20])
+                raise IngestionError(
+                    f"records_path '{path}': key '{part}' not found at '{'.'.join(walked) or '<root>'}' "
+                    f"in the response from {source}; keys there: {keys}"
+                )
+            node = node[part]
+        else:
+            raise IngestionError(
+                f"records_path '{path}': '{'.'.join(walked)}' is a {type(node).__name__}, not an object or list, "
+                f"in the response from {source}"
+            )
+        walked.append(part)
+    return node
+
+
+def _largest_record_list(payload: Any) -> tuple[str, list[Any]] | None:
+    """Breadth-first search for the longest list of objects (or of parallel-array dicts)."""
+    best: tuple[str, list[Any]] | None = None
+    queue: deque[tuple[str, Any, int]] = deque([("", payload, 0)])
+    while queue:
+        path, node, depth = queue.popleft()
+        if depth > 8:
+            continue
+        if isinstance(node, list):
+            objects = sum(1 for item in node[:1000] if isinstance(item, dict))
+            if node and objects >= 0.5 * min(len(node), 1000):
+                if best is None or len(node) > len(best[1]):
+                    best = (path, node)
+                continue
+            for i, item in enumerate(node[:50]):
+                if isinstance(item, (list, dict)):
+                    queue.append((f"{path}.{i}" if path else str(i), item, depth + 1))
+        elif isinstance(node, dict):
+            if depth > 0 and _is_parallel_arrays(node):
+                rows = _zip_columns(node)
+                if best is None or len(rows) > len(best[1]):
+                    best = (path, rows)
+                continue
+            for key, value in node.items():
+                if isinstance(value, (list, dict)):
+                    queue.append((f"{path}.{key}" if path else str(key), value, depth + 1))
+    return best
+
+
+def extract_records(payload: Any, records_path: str | None, *, source: str) -> tuple[list[Any], str]:
+    """Return ``(records, path_used)``.
+
+    With ``records_path`` the dotted path is followed (digits index lists, so ``1`` picks the data of
+    a ``[meta, data]`` response). Without it, a top-level list of objects is used as is, else the
+    largest list of objects anywhere in the payload. A dict of equal-length arrays (column layout)
+    is zipped into rows.
+    """
+    if records_path:
+        node = _walk(payload, records_path, source=source)
+        path = records_path
+    elif isinstance(payload, list) and (not payload or any(isinstance(x, dict) for x in payload[:1000])):
+        node, path = payload, "<root>"
+    else:
+        found = _largest_record_list(payload)
+        if found is None:
+            if isinstance(payload, list) and payload and all(isinstance(x, _SCALARS) for x in payload[:1000]):
+                node, path = payload, "<root>"
+            else:
+                shape = (
+                    f"an object with keys {', '.join(list(map(str, payload))[:20])}"
+                    if isinstance(payload, dict)
+                    else f"a {type(payload).__name__}"
+                )
+                raise IngestionError(
+                    f"no list of records found in the response from {source}: it is {shape}; "
+                    "set source.records_path to the list that holds the records"
+                )
+        else:
+            path, node = found
+            path = path or "<root>"
+    if _is_parallel_arrays(node):
+        node = _zip_columns(node)
+    if isinstance(node, dict):
+        node = [node]
+    if not isinstance(node, list):
+        raise IngestionError(
+            f"records_path '{records_path}' in the response from {source} points to a "
+            f"{type(node).__name__}, not a list of records"
+        )
+    return node, path
+
+
+# --------------------------------------------------------------------------- flattening
+
+
+@dataclass
+class FlattenStats:
+    collisions: dict[str, str] = field(default_factory=dict)
+    truncated_paths: set[str] = field(default_factory=set)
+    scalar_records: int = 0
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(value, default=str)[:10_000]
+
+
+def flatten_record(record: Any, *, max_depth: int, stats: FlattenStats) -> dict[str, Any]:
+    """Flatten one record iteratively: nested keys join with ``.``; lists stay as lists.
+
+    Objects nested deeper than ``max_depth`` are kept as JSON text. A key that collides with an
+    earlier one after flattening gets a ``__dupN`` suffix.
+    """
+    if not isinstance(record, dict):
+        stats.scalar_records += 1
+        return {"value": record if isinstance(record, _SCALARS) else _json_text(record)}
+    for value in record.values():
+        if type(value) is dict:
+            break
+    else:
+        return record  # already flat: the common case, no copy
+    out: dict[str, Any] = {}
+    stack = [("", iter(record.items()), 1)]
+    while stack:
+        prefix, items, depth = stack[-1]
+        for key, value in items:
+            name = f"{prefix}{key}"
+            if type(value) is dict and value:
+                if depth >= max_depth:
+                    stats.truncated_paths.add(name)
+                    value = _json_text(value)
+                else:
+                    stack.append((name + ".", iter(value.items()), depth + 1))
+                    break
+            elif type(value) is dict:
+                value = None
+            if name in out:
+                n = 1
+                while f"{name}__dup{n}" in out:
+                    n += 1
+                stats.collisions.setdefault(name, f"{name}__dup{n}")
+                name = f"{name}__dup{n}"
+            out[name] = value
+        else:
+            stack.pop()
+    return out
+
+
+def flatten_records(records: list[Any], *, max_depth: int, stats: FlattenStats) -> pd.DataFrame:
+    """Flatten a page of records into a frame (list values are still Python lists)."""
+    rows = [flatten_record(r, max_depth=max_depth, stats=stats) for r in records]
+    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- finalising
+
+
+@dataclass
+class ColumnNotes:
+    expanded_lists: list[str] = field(default_factory=list)
+    json_lists: list[str] = field(default_factory=list)
+    numeric_from_text: list[str] = field(default_factory=list)
+    datetimes: list[str] = field(default_factory=list)
+
+
+def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNotes) -> pd.DataFrame:
+    new_columns: dict[str, pd.DataFrame | pd.Series] = {}
+    for name in frame.columns:
+        col = frame[name]
+        if col.dtype != object:
+            continue
+        is_list = col.map(type).eq(list)
+        if not is_list.any():
+            continue
+        lists = col[is_list]
+        lengths = lists.map(len)
+        scalar = lists.map(lambda v: all(isinstance(x, _SCALARS) for x in v)).all()
+        fixed = lengths.nunique() == 1 and is_list.sum() == col.notna().sum()
+        length = int(lengths.iloc[0])
+        if scalar and fixed and 0 < length <= max_list_length:
+            expanded = pd.DataFrame(lists.tolist(), index=lists.index).reindex(col.index)
+            expanded.columns = [f"{name}.{i}" for i in range(length)]
+            new_columns[name] = expanded
+            notes.expanded_lists.append(str(name))
+        else:
+            new_columns[name] = col.map(lambda v: _json_text(v) if isinstance(v, list) else v)
+            notes.json_lists.append(str(name))
+    if not new_columns:
+        return frame
+    parts = []
+    for name in frame.columns:
+        replacement = new_columns.get(name)
+        if replacement is None:
+            parts.append(frame[[name]])
+        elif isinstance(replacement, pd.DataFrame):
+            parts.append(replacement.drop(columns=[c for c in replacement.columns if c in frame.columns]))
+        else:
+            parts.append(replacement.to_frame(name))
+    return pd.concat(parts, axis=1)
+
+
+def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
+    for name in frame.columns:
+        col = frame[name]
+        if col.dtype == bool or pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
+            continue
+        present = col.dropna()
+        if present.empty:
+            continue
+        if not present.map(type).isin((str, int, float)).all():
+            continue
+        as_text = present.astype(str).str.strip()
+        as_text = as_text[as_text != ""]
+        if as_text.empty:
+            continue
+        numbers = pd.to_numeric(as_text, errors="coerce")
+        if numbers.notna().all():
+            converted = pd.to_numeric(col.where(col.astype(str).str.strip() != ""), errors="coerce")
+            frame[name] = converted
+            if present.map(type).eq(str).any():
+                notes.numeric_from_text.append(str(name))
+            continue
+        if as_text.head(100).str.match(_ISO_TIMESTAMP).all() and as_text.str.match(_ISO_TIMESTAMP).all():
+            stamps = pd.to_datetime(as_text, format="ISO8601", utc=True, errors="coerce")
+            if stamps.notna().all():
+                frame[name] = pd.to_datetime(col.where(col.astype(str).str.strip() != ""), format="ISO8601", utc=True, errors="coerce")
+                notes.datetimes.append(str(name))
+    return frame
+
+
+def finalize_frame(frame: pd.DataFrame, *, max_list_length: int) -> tuple[pd.DataFrame, ColumnNotes]:
+    """Expand short fixed lists of scalars to indexed columns, keep the rest as JSON text, and
+    convert numeric strings to numbers and ISO timestamps to datetimes."""
+    notes = ColumnNotes()
+    frame = frame.copy()
+    frame.columns = [str(c) for c in frame.columns]
+    frame = _expand_lists(frame, max_list_length=max_list_length, notes=notes)
+    frame = _convert_text(frame, notes)
+    return frame.reset_index(drop=True), notes
