@@ -53,10 +53,21 @@ def parse_json(body: bytes, *, source: str) -> Any:
 
 
 def _is_parallel_arrays(obj: Any) -> bool:
+    """A column layout: a dict whose values are all non-empty lists of one length, holding no objects.
+
+    A dict of lists of objects (``{"items": [{...}, ...]}``) is a container of record lists, not columns.
+    """
     if not isinstance(obj, dict) or not obj:
         return False
-    lengths = {len(v) for v in obj.values() if isinstance(v, list)}
-    return len(lengths) == 1 and all(isinstance(v, list) for v in obj.values()) and lengths != {0}
+    length = -1
+    for value in obj.values():
+        if not isinstance(value, list) or not value:
+            return False
+        if length < 0:
+            length = len(value)
+        elif len(value) != length:
+            return False
+    return not any(isinstance(item, dict) for value in obj.values() for item in value[:100])
 
 
 def _zip_columns(obj: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -85,7 +96,8 @@ def _walk(payload: Any, path: str, *, source: str) -> Any:
             node = node[part]
         else:
             raise IngestionError(
-                f"records_path '{path}': '{'.'.join(walked)}' is a {type(node).__name__}, not an object or list, "
+                f"records_path '{path}': '{'.'.join(walked) or '<root>'}' is a {type(node).__name__}, "
+                "not an object or list, "
                 f"in the response from {source}"
             )
         walked.append(part)
@@ -93,7 +105,11 @@ def _walk(payload: Any, path: str, *, source: str) -> Any:
 
 
 def _largest_record_list(payload: Any) -> tuple[str, list[Any]] | None:
-    """Breadth-first search for the longest list of objects (or of parallel-array dicts)."""
+    """Breadth-first search for the longest list of objects (or of parallel-array dicts).
+
+    A list that qualifies is not searched for objects' inner lists, but its items that are
+    themselves lists are (so the data list of a ``[meta, data]`` response beats the outer pair).
+    """
     best: tuple[str, list[Any]] | None = None
     queue: deque[tuple[str, Any, int]] = deque([("", payload, 0)])
     while queue:
@@ -102,15 +118,14 @@ def _largest_record_list(payload: Any) -> tuple[str, list[Any]] | None:
             continue
         if isinstance(node, list):
             objects = sum(1 for item in node[:1000] if isinstance(item, dict))
-            if node and objects >= 0.5 * min(len(node), 1000):
-                if best is None or len(node) > len(best[1]):
-                    best = (path, node)
-                continue
+            qualifies = bool(node) and objects >= 0.5 * min(len(node), 1000)
+            if qualifies and (best is None or len(node) > len(best[1])):
+                best = (path, node)
             for i, item in enumerate(node[:50]):
-                if isinstance(item, (list, dict)):
+                if isinstance(item, list) or (isinstance(item, dict) and not qualifies):
                     queue.append((f"{path}.{i}" if path else str(i), item, depth + 1))
         elif isinstance(node, dict):
-            if depth > 0 and _is_parallel_arrays(node):
+            if _is_parallel_arrays(node):
                 rows = _zip_columns(node)
                 if best is None or len(rows) > len(best[1]):
                     best = (path, rows)
@@ -132,7 +147,7 @@ def extract_records(payload: Any, records_path: str | None, *, source: str) -> t
     if records_path:
         node = _walk(payload, records_path, source=source)
         path = records_path
-    elif isinstance(payload, list) and (not payload or any(isinstance(x, dict) for x in payload[:1000])):
+    elif isinstance(payload, list) and (not payload or all(isinstance(x, dict) for x in payload[:1000])):
         node, path = payload, "<root>"
     else:
         found = _largest_record_list(payload)
@@ -174,11 +189,60 @@ class FlattenStats:
     scalar_records: int = 0
 
 
+class _Token(str):
+    """Literal output text on the encoder's stack (as opposed to a value still to encode)."""
+
+
+def _scalar_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else "null"
+    return json.dumps(value if isinstance(value, str) else str(value), ensure_ascii=False)
+
+
+def _dumps_iterative(value: Any) -> str:
+    """Compact JSON like orjson's, without recursion (any depth); non-finite floats become null."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Token:
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append("{")
+            pending: list[Any] = [_Token("}")]
+            for i, (key, inner) in enumerate(reversed(list(item.items()))):
+                if i:
+                    pending.append(_Token(","))
+                pending.append(inner)
+                pending.append(_Token(_scalar_text(str(key)) + ":"))
+            stack.extend(pending)
+        elif isinstance(item, (list, tuple)):
+            out.append("[")
+            pending = [_Token("]")]
+            for i, inner in enumerate(reversed(item)):
+                if i:
+                    pending.append(_Token(","))
+                pending.append(inner)
+            stack.extend(pending)
+        else:
+            out.append(_scalar_text(item))
+    return "".join(out)
+
+
 def _json_text(value: Any) -> str:
+    """JSON text of ``value``: orjson when it can (depth < 255, 64-bit ints), else an iterative encoder."""
     try:
         return orjson.dumps(value).decode()
     except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(value, default=str)[:10_000]
+        return _dumps_iterative(value)
 
 
 def flatten_record(record: Any, *, max_depth: int, stats: FlattenStats) -> dict[str, Any]:
@@ -237,6 +301,8 @@ class ColumnNotes:
     json_lists: list[str] = field(default_factory=list)
     numeric_from_text: list[str] = field(default_factory=list)
     datetimes: list[str] = field(default_factory=list)
+    #: expanded list columns whose name was already taken, e.g. ``{"c.0": "c.0__dup1"}``
+    renamed: dict[str, str] = field(default_factory=dict)
 
 
 def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNotes) -> pd.DataFrame:
@@ -255,7 +321,19 @@ def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNot
         length = int(lengths.iloc[0])
         if scalar and fixed and 0 < length <= max_list_length:
             expanded = pd.DataFrame(lists.tolist(), index=lists.index).reindex(col.index)
-            expanded.columns = [f"{name}.{i}" for i in range(length)]
+            taken = set(map(str, frame.columns)) | {str(c) for r in new_columns.values() if isinstance(r, pd.DataFrame) for c in r.columns}
+            names = []
+            for i in range(length):
+                wanted = candidate = f"{name}.{i}"
+                n = 0
+                while candidate in taken:
+                    n += 1
+                    candidate = f"{wanted}__dup{n}"
+                if candidate != wanted:
+                    notes.renamed[wanted] = candidate
+                taken.add(candidate)
+                names.append(candidate)
+            expanded.columns = names
             new_columns[name] = expanded
             notes.expanded_lists.append(str(name))
         else:
@@ -269,7 +347,7 @@ def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNot
         if replacement is None:
             parts.append(frame[[name]])
         elif isinstance(replacement, pd.DataFrame):
-            parts.append(replacement.drop(columns=[c for c in replacement.columns if c in frame.columns]))
+            parts.append(replacement)
         else:
             parts.append(replacement.to_frame(name))
     return pd.concat(parts, axis=1)

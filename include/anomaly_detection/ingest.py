@@ -5,20 +5,23 @@ Every response body is written to ``raw_dir`` before it is parsed, so a failed p
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import email.utils
+import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsplit, urlunsplit
 
 import orjson
 import pandas as pd
 import requests
 
-from .config import ProcessingConfig, SourceConfig, redact_url
+from .config import REDACTED, ProcessingConfig, SourceConfig, redact_url
 from .errors import ConfigError, IngestionError
 from .flatten import ColumnNotes, FlattenStats, extract_records, finalize_frame, flatten_records, parse_json
 
@@ -78,30 +81,95 @@ def env_credentials(source: SourceConfig) -> tuple[dict[str, str], dict[str, str
         return {auth.header_name: secret(auth.token_env, "token_env")}, {}
     if auth.type == "query":
         return {}, {auth.param_name: secret(auth.token_env, "token_env")}
-    import base64
-
     pair = f"{secret(auth.username_env, 'username_env')}:{secret(auth.password_env, 'password_env')}"
     return {auth.header_name: "Basic " + base64.b64encode(pair.encode()).decode()}, {}
 
 
 def with_params(url: str, params: dict[str, Any]) -> str:
+    """Set query parameters on ``url``: a parameter already there is replaced in place, others kept
+    (repeated ones like ``tag=a&tag=b`` included); new ones are appended."""
     if not params:
         return url
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()})
+    new = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+    query: list[tuple[str, str]] = []
+    placed: set[str] = set()
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in new:
+            if key not in placed:
+                query.append((key, new[key]))
+                placed.add(key)
+        else:
+            query.append((key, value))
+    query.extend((k, v) for k, v in new.items() if k not in placed)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    value = (response.headers.get("Retry-After") or "").strip()
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:  # "-0000" or no zone: HTTP dates are GMT
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+def _secret_values(headers: dict[str, str], params: dict[str, str]) -> list[str]:
+    """Every form in which a credential could show up in a URL, a body or a message."""
+    found: list[str] = []
+    for value in (*headers.values(), *params.values()):
+        if not value:
+            continue
+        found.append(value)
+        scheme, _, rest = value.partition(" ")
+        if rest and scheme.lower() in ("bearer", "token", "basic"):
+            found.append(rest)
+            if scheme.lower() == "basic":
+                try:
+                    pair = base64.b64decode(rest).decode()
+                except (ValueError, UnicodeDecodeError):
+                    pair = ""
+                if pair:
+                    found.append(pair)
+                    found.append(pair.partition(":")[2])
+    variants: list[str] = []
+    for value in found:
+        variants.extend((value, quote(value, safe=""), quote_plus(value)))
+    # longest first so that a value is masked before a shorter part of it; tiny values would mask noise
+    return sorted({v for v in variants if len(v) >= 3}, key=len, reverse=True)
+
+
+def _connection_problem(exc: requests.ConnectionError) -> str:
+    """A short, secret-free reason for a failed connection (the exception text holds the full URL)."""
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS/SSL error"
+    if "refused" in text.lower():
+        return "connection refused"
+    if any(s in text for s in ("Name or service not known", "nodename nor servname", "getaddrinfo failed",
+                               "Temporary failure in name resolution", "NameResolutionError")):
+        return "host name could not be resolved"
+    if "reset" in text.lower():
+        return "connection reset by the server"
+    if "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "connection closed by the server without a response"
+    return type(exc).__name__
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _suffix(content_type: str, body: bytes) -> str:
@@ -131,9 +199,19 @@ class ApiReader:
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.headers["Accept"] = "application/json"
         self.auth_headers, self.auth_params = credentials(source)
-        self.secrets = [v for v in (*self.auth_headers.values(), *self.auth_params.values()) if v]
+        self.secrets = _secret_values(self.auth_headers, self.auth_params)
+        self.origin = _origin(source.url)
         self.sleep = sleep
         self.pages: list[PageRecord] = []
+
+    def scrub(self, text: str) -> str:
+        """Mask secret-looking query parameters and every credential value in ``text``."""
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def safe_url(self, url: str) -> str:
+        return self.scrub(redact_url(url))
 
     def _delay(self, attempt: int, response: requests.Response | None) -> float:
         hinted = _retry_after(response) if response is not None else None
@@ -146,7 +224,7 @@ class ApiReader:
         (self.raw_dir / name).write_bytes(body)
         record = PageRecord(
             page=page,
-            url=redact_url(url),
+            url=self.safe_url(url),
             status=response.status_code if response is not None else 0,
             content_type=content_type,
             bytes=len(body),
@@ -163,9 +241,17 @@ class ApiReader:
         (self.raw_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
 
     def get(self, url: str, page: int) -> tuple[requests.Response, bytes, PageRecord]:
-        """GET ``url`` (retrying connection errors, timeouts, 429 and 5xx) and save the body."""
-        safe_url = redact_url(url)
-        request_url = with_params(url, self.auth_params)
+        """GET ``url`` (retrying connection errors, timeouts, 429 and 5xx) and save the body.
+
+        Credentials are sent only to the origin (scheme, host and port) of ``source.url``: a next
+        link that points elsewhere is fetched without them.
+        """
+        safe_url = self.safe_url(url)
+        same_origin = _origin(url) == self.origin
+        if not same_origin and (self.auth_headers or self.auth_params):
+            log.warning("%s is not on %s://%s; requesting it without credentials", safe_url, *self.origin)
+        request_url = with_params(url, self.auth_params) if same_origin else url
+        headers = {**self.source.headers, **self.auth_headers} if same_origin else dict(self.source.headers)
         started = time.perf_counter()
         last_problem = ""
         response: requests.Response | None = None
@@ -179,14 +265,20 @@ class ApiReader:
                 response = self.session.request(
                     self.source.method,
                     request_url,
-                    headers={**self.source.headers, **self.auth_headers},
+                    headers=headers,
                     timeout=self.source.timeout_seconds,
                 )
             except requests.Timeout:
-                last_problem = f"no response within {self.source.timeout_seconds:g}s"
+                last_problem = f"timed out (no response within {self.source.timeout_seconds:g}s)"
                 continue
             except requests.ConnectionError as exc:
-                last_problem = f"connection failed ({type(exc).__name__})"
+                last_problem = f"connection failed ({_connection_problem(exc)})"
+                continue
+            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                    requests.exceptions.InvalidSchema, requests.exceptions.TooManyRedirects) as exc:
+                raise IngestionError(f"GET {safe_url} failed: {type(exc).__name__} ({self.scrub(str(exc))[:200]})") from None
+            except requests.RequestException as exc:  # e.g. a broken chunked body: worth another try
+                last_problem = f"{type(exc).__name__} while reading the response"
                 continue
             if response.status_code in RETRY_STATUSES:
                 last_problem = f"HTTP {response.status_code}"
@@ -194,7 +286,7 @@ class ApiReader:
             body = response.content
             record = self._save(page, url, response, body, attempt + 1, time.perf_counter() - started)
             if response.status_code >= 400:
-                snippet = body[:200].decode("utf-8", "replace").strip()
+                snippet = self.scrub(body[:200].decode("utf-8", "replace").strip())
                 raise IngestionError(
                     f"GET {safe_url} failed with HTTP {response.status_code}; body starts with {snippet!r} "
                     f"(saved to {self.raw_dir / record.file})"
@@ -220,6 +312,7 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
     pagination = source.pagination
     base_url = with_params(source.url, dict(source.params))
     seen: set[str] = set()
+    previous_digest = b""
     fetched = 0
     url: str | None = base_url
     page_index = 0
@@ -229,16 +322,28 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
         elif pagination.type == "page":
             url = with_params(base_url, {pagination.page_param: pagination.start_page + page_index, pagination.limit_param: pagination.page_size})
         if url in seen:
-            log.warning("stopping pagination: %s was already fetched (a loop of next links)", redact_url(url))
+            log.warning("stopping pagination: %s was already fetched (a loop of next links)", reader.safe_url(url))
             return
         seen.add(url)
         page_index += 1
         response, body, record = reader.get(url, page_index)
-        payload = parse_json(body, source=redact_url(url))
-        records, path = extract_records(payload, source.records_path, source=redact_url(url))
+        digest = hashlib.sha256(body).digest()
+        if page_index > 1 and digest == previous_digest:
+            log.warning(
+                "stopping pagination: page %d from %s is identical to the page before it "
+                "(the API seems to ignore the paging parameters)", page_index, reader.safe_url(url)
+            )
+            return
+        previous_digest = digest
+        safe = reader.safe_url(url)
+        try:
+            payload = parse_json(body, source=safe)
+            records, path = extract_records(payload, source.records_path, source=safe)
+        except IngestionError as exc:
+            raise IngestionError(f"{reader.scrub(str(exc))} (raw response saved to {reader.raw_dir / record.file})") from None
         record.records = len(records)
         reader.write_manifest()
-        log.info("page %d: %d records from %s", page_index, len(records), redact_url(url))
+        log.info("page %d: %d records from %s", page_index, len(records), safe)
         yield page_index, url, payload, records, path
         fetched += len(records)
         if not records:
@@ -285,7 +390,7 @@ def ingest(
         total += len(records)
     if total == 0:
         raise IngestionError(
-            f"the API returned no records ({len(reader.pages)} page(s) from {redact_url(source.url)}; "
+            f"the API returned no records ({len(reader.pages)} page(s) from {reader.safe_url(source.url)}; "
             f"raw responses in {raw_dir})"
         )
     frame = pd.concat(chunks, ignore_index=True, sort=False) if len(chunks) > 1 else chunks[0]
@@ -296,6 +401,8 @@ def ingest(
         log.warning("%r is nested deeper than max_depth=%d; kept as JSON text", path, processing.max_depth)
     if stats.scalar_records:
         log.info("%d records were scalars, kept in a 'value' column", stats.scalar_records)
+    for wanted, renamed in notes.renamed.items():
+        log.warning("column %r already exists; the expanded list item is kept as %r", wanted, renamed)
     if notes.expanded_lists:
         log.info("short fixed lists expanded to indexed columns: %s", ", ".join(notes.expanded_lists))
     if notes.json_lists:

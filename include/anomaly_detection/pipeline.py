@@ -1,0 +1,342 @@
+"""The native pipeline as small stages that read and write files in the run directory.
+
+Each stage takes the typed config and the :class:`~anomaly_detection.runs.RunPaths` of the run,
+so the CLI can chain them in one process and an Airflow task can run any one of them, passing
+only paths. ``run_pipeline`` chains them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+import pandas as pd
+import yaml
+
+from . import __version__
+from .config import PipelineConfig, redact_url
+from .detect import DetectorSettings, run_grid
+from .errors import PipelineError
+from .evaluate import ModelResult, better, evaluate, select_best
+from .ingest import CredentialResolver, env_credentials, ingest
+from .preprocess import preprocess
+from .runs import SECRET_MASK, RunPaths, run_logging, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str))
+
+
+def _read_json(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def versions() -> dict[str, str]:
+    import sklearn
+
+    return {
+        "anomaly_detection": __version__,
+        "python": platform.python_version(),
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def _storable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns with mixed types become text so parquet can store them."""
+    frame = frame.copy()
+    for name in frame.columns:
+        if frame[name].dtype == object:
+            frame[name] = frame[name].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    return frame
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def resolve_stage(config: PipelineConfig, paths: RunPaths) -> Path:
+    """Write the resolved config, secrets redacted."""
+    paths.config.write_text(yaml.safe_dump(config.redacted(), sort_keys=False), encoding="utf-8")
+    log.info("run %s: resolved config written to %s", paths.run_id, paths.config)
+    return paths.config
+
+
+def ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver = env_credentials) -> dict[str, Any]:
+    """Fetch the API into ``raw/`` and ``flattened.parquet``."""
+    started = time.perf_counter()
+    result = ingest(config.source, config.processing, paths.raw, credentials=credentials)
+    SECRET_MASK.add(*result.secrets)
+    _storable(result.frame).to_parquet(paths.flattened, index=False)
+    info = {
+        "rows": len(result.frame),
+        "columns": int(result.frame.shape[1]),
+        "pages": len(result.pages),
+        "records_path": result.records_path,
+        "truncated_at_max_records": result.truncated,
+        "seconds": round(time.perf_counter() - started, 3),
+        "key_collisions": result.stats.collisions,
+    }
+    _write_json(paths.ingest_info, info)
+    return info
+
+
+def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
+    """Read ``flattened.parquet``; write ``features.parquet``, ``kept_rows.npy`` and the data summary."""
+    kept = preprocess(
+        pd.read_parquet(paths.flattened),
+        config.processing,
+        label_column=config.evaluation.label_column,
+        random_state=config.modeling.random_state,
+    )
+    rows = kept.rows
+    summary = kept.summary
+    pd.DataFrame(kept.features, columns=kept.feature_names).to_parquet(paths.features, index=False)
+    np.save(paths.kept_rows, rows)
+    if kept.labels is not None:
+        np.save(paths.labels, kept.labels)
+    elif paths.labels.exists():
+        paths.labels.unlink()
+    _write_json(paths.summary, summary)
+    return {"rows": int(len(rows)), "features": kept.feature_names}
+
+
+def _load_features(paths: RunPaths) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    frame = pd.read_parquet(paths.features)
+    labels = np.load(paths.labels) if paths.labels.exists() else None
+    return frame.to_numpy(dtype=np.float64), list(frame.columns), labels
+
+
+def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dict[str, Any]:
+    """Tune one algorithm over its grid; write ``models/<algorithm>.json`` and its best scores."""
+    X, _, y_true = _load_features(paths)
+    settings = DetectorSettings(
+        contamination=config.modeling.contamination,
+        random_state=config.modeling.random_state,
+        fit_sample_size=config.modeling.fit_sample_size,
+        dbscan_sample_size=config.modeling.dbscan_sample_size,
+    )
+    results: list[ModelResult] = []
+    best: ModelResult | None = None
+    for detection in run_grid(algorithm, config.modeling.grid_for(algorithm), X, settings):
+        result = evaluate(
+            X,
+            detection,
+            metric=config.evaluation.metric,
+            y_true=y_true,
+            sample_size=config.evaluation.silhouette_sample_size,
+            random_state=config.modeling.random_state,
+        )
+        results.append(result)
+        if better(result, best):
+            best = result
+            np.save(paths.models / f"{algorithm}.scores.npy", detection.scores)
+            np.save(paths.models / f"{algorithm}.labels.npy", detection.labels)
+    _write_json(paths.models / f"{algorithm}.json", [r.to_dict() for r in results])
+    assert best is not None
+    log.info("%s: best %s with %s=%s", algorithm, best.params, best.metric, best.score)
+    return {"algorithm": algorithm, "configurations": len(results), "best": best.to_dict()}
+
+
+def _model_results(paths: RunPaths, algorithms: list[str]) -> list[ModelResult]:
+    results = []
+    for algorithm in algorithms:
+        path = paths.models / f"{algorithm}.json"
+        if path.exists():
+            results.extend(ModelResult(**entry) for entry in _read_json(path))
+    return results
+
+
+def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pick the best configuration overall; write ``anomalies.csv`` and ``results.json``."""
+    results = _model_results(paths, config.modeling.algorithms)
+    if not results:
+        raise PipelineError(f"no model results found in {paths.models}")
+    best_per_algorithm = {a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms}
+    best = select_best(r for r in best_per_algorithm.values() if r is not None)
+    assert best is not None
+    scores = np.load(paths.models / f"{best.algorithm}.scores.npy")
+    labels = np.load(paths.models / f"{best.algorithm}.labels.npy")
+    np.save(paths.root / "best_scores.npy", scores)
+    np.save(paths.root / "best_labels.npy", labels)
+
+    kept_rows = np.load(paths.kept_rows)
+    flagged = np.flatnonzero(labels == 1)
+    flagged = flagged[np.argsort(-scores[flagged], kind="stable")]
+    table = pd.read_parquet(paths.flattened)
+    anomalies = table.iloc[kept_rows[flagged]].reset_index(drop=True)
+    anomalies.insert(0, "score", scores[flagged])
+    anomalies.insert(0, "rank", np.arange(1, len(flagged) + 1))
+    anomalies.to_csv(paths.anomalies, index=False)
+
+    summary = _read_json(paths.summary)
+    ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
+    warnings = [f"best model: {flag}" for flag in best.flags]
+    if not best.selectable:
+        warnings.append("no configuration passed the sanity checks; the best of the flawed ones is shown")
+    best_dict = best.to_dict()
+    results_doc = {
+        **(run_meta or {}),
+        "run_id": paths.run_id,
+        "status": "succeeded",
+        "name": config.name,
+        "source_url": redact_url(config.source.url),
+        "mode": "native",
+        "rows": {
+            "ingested": ingest_info.get("rows", summary["rows_before"]),
+            "after_duplicates": summary["rows_after"],
+            "duplicates_removed": summary["duplicates_removed"],
+        },
+        "features": summary["features"],
+        "metric": config.evaluation.metric,
+        "label_column": config.evaluation.label_column,
+        "models": [r.to_dict() for r in results],
+        "best_per_algorithm": {a: (r.to_dict() if r else None) for a, r in best_per_algorithm.items()},
+        "best": best_dict,
+        "warnings": warnings,
+        "anomalies": str(paths.anomalies),
+        "report": str(paths.report),
+        "published_report": str(paths.published_report),
+        "versions": versions(),
+    }
+    _write_json(paths.results, results_doc)
+    log.info(
+        "best model: %s %s, %s=%s, %d anomalies (%.2f%%)",
+        best.algorithm,
+        best.params,
+        best.metric,
+        best.score,
+        best.anomaly_count,
+        100 * best.anomaly_share,
+    )
+    return {"best": best_dict, "anomaly_count": best.anomaly_count, "results": str(paths.results)}
+
+
+def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str, Any] | None = None) -> Path:
+    """Render ``report.html`` into the run directory and copy it to the reports directory."""
+    from .report import ReportInputs, render_report
+
+    results = _read_json(paths.results)
+    summary = _read_json(paths.summary)
+    X, feature_names, _ = _load_features(paths)
+    scores = np.load(paths.root / "best_scores.npy")
+    labels = np.load(paths.root / "best_labels.npy")
+    rng = np.random.default_rng(config.modeling.random_state)
+    n = len(X)
+    sample = np.arange(n) if n <= config.report.plot_sample_size else np.sort(rng.choice(n, config.report.plot_sample_size, replace=False))
+    # keep every anomaly of the top list visible in the scatter
+    top = np.flatnonzero(labels == 1)
+    top = top[np.argsort(-scores[top])][: config.report.top_anomalies]
+    sample = np.union1d(sample, top)
+    preview = pd.read_parquet(paths.flattened).head(config.report.preview_rows)
+    top_anomalies = pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies)
+    if decision is None and (paths.root / "decision.json").exists():
+        decision = _read_json(paths.root / "decision.json")
+    inputs = ReportInputs(
+        run={
+            "run_id": results["run_id"],
+            "name": results["name"],
+            "status": results["status"],
+            "source_url": results["source_url"],
+            "started_at": results.get("started_at"),
+            "finished_at": results.get("finished_at") or utc_now(),
+            "duration_seconds": results.get("duration_seconds"),
+            "versions": results["versions"],
+            "rerun_of": results.get("rerun_of"),
+        },
+        config=config.redacted(),
+        summary=summary,
+        preview=preview,
+        models=results["models"],
+        best=results["best"],
+        features=X[sample],
+        feature_names=feature_names,
+        sample_labels=labels[sample],
+        scores=scores,
+        threshold=float(results["best"]["threshold"]),
+        top_anomalies=top_anomalies,
+        log_text=SECRET_MASK.mask(paths.log.read_text(encoding="utf-8")) if paths.log.exists() else "",
+        correlation_heatmap=config.report.correlation_heatmap,
+        decision=decision,
+        warnings=results.get("warnings", []),
+    )
+    render_report(inputs, paths.report)
+    paths.reports_dir.mkdir(parents=True, exist_ok=True)
+    paths.published_report.write_bytes(paths.report.read_bytes())
+    log.info("report written to %s", paths.report)
+    return paths.report
+
+
+# --------------------------------------------------------------------------- whole run
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    paths: RunPaths
+    error: str | None = None
+    best: dict[str, Any] | None = None
+
+
+def _mark_failed(paths: RunPaths, config: PipelineConfig, error: str, meta: dict[str, Any]) -> None:
+    doc = _read_json(paths.results) if paths.results.exists() else {}
+    doc.update(meta, run_id=paths.run_id, name=config.name, status="failed", error=error, source_url=redact_url(config.source.url))
+    doc["raw_snapshot"] = str(paths.raw)
+    doc["log"] = str(paths.log)
+    _write_json(paths.results, doc)
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    run_id: str,
+    echo: bool = False,
+    credentials: CredentialResolver = env_credentials,
+    on_stage: Callable[[str], None] | None = None,
+) -> RunOutcome:
+    """Run every native stage in this process. Failures are recorded, never raised past here."""
+    paths = RunPaths.create(config.output.runs_dir, config.output.reports_dir, run_id)
+    started_at, clock = utc_now(), time.perf_counter()
+    meta: dict[str, Any] = {"started_at": started_at}
+    with run_logging(paths, echo=echo):
+        try:
+            resolve_stage(config, paths)
+            for stage, call in (
+                ("ingest", lambda: ingest_stage(config, paths, credentials=credentials)),
+                ("preprocess", lambda: preprocess_stage(config, paths)),
+            ):
+                if on_stage:
+                    on_stage(stage)
+                call()
+            if config.processing.mode == "spark":
+                log.warning("processing.mode=spark: the CLI runs the native path; Spark runs through Airflow")
+            for algorithm in config.modeling.algorithms:
+                if on_stage:
+                    on_stage(f"detect {algorithm}")
+                detect_stage(config, paths, algorithm)
+            meta.update(finished_at=utc_now(), duration_seconds=round(time.perf_counter() - clock, 3))
+            outcome = select_stage(config, paths, run_meta=meta)
+            if on_stage:
+                on_stage("report")
+            report_stage(config, paths)
+            log.info("run %s finished in %.2fs", paths.run_id, time.perf_counter() - clock)
+            return RunOutcome(paths.run_id, "succeeded", paths, best=outcome["best"])
+        except PipelineError as exc:
+            log.error("run failed: %s", exc)
+            _mark_failed(paths, config, str(exc), meta)
+            return RunOutcome(paths.run_id, "failed", paths, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - recorded with its traceback, then reported
+            log.exception("run failed unexpectedly")
+            message = f"{type(exc).__name__}: {exc}"
+            _mark_failed(paths, config, message, meta)
+            return RunOutcome(paths.run_id, "failed", paths, error=message)

@@ -1,0 +1,117 @@
+"""Run identity, the run directory layout, and the run's log file (with secrets masked)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+PACKAGE_LOGGER = "anomaly_detection"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def make_run_id(now: datetime | None = None) -> str:
+    """A new run id such as ``20261127T050102Z-3fa9c1``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def safe_run_id(value: str) -> str:
+    """Make any run id (e.g. Airflow's ``manual__2026-11-27T05:00:00+00:00``) safe in file names."""
+    cleaned = _UNSAFE.sub("_", value.strip()).strip("._")
+    if not cleaned:
+        raise ValueError(f"run id {value!r} has no characters usable in a file name")
+    return cleaned[:128]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where every artefact of one run lives; ``root`` is ``<runs_dir>/<run_id>``."""
+
+    root: Path
+    reports_dir: Path
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, reports_dir: str | Path, run_id: str) -> "RunPaths":
+        paths = cls(Path(runs_dir).resolve() / safe_run_id(run_id), Path(reports_dir).resolve())
+        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.raw.mkdir(exist_ok=True)
+        paths.models.mkdir(exist_ok=True)
+        return paths
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    raw = property(lambda self: self.root / "raw")
+    models = property(lambda self: self.root / "models")
+    config = property(lambda self: self.root / "config.resolved.yaml")
+    flattened = property(lambda self: self.root / "flattened.parquet")
+    features = property(lambda self: self.root / "features.parquet")
+    kept_rows = property(lambda self: self.root / "kept_rows.npy")
+    labels = property(lambda self: self.root / "labels.npy")
+    summary = property(lambda self: self.root / "data_summary.json")
+    ingest_info = property(lambda self: self.root / "ingest.json")
+    results = property(lambda self: self.root / "results.json")
+    anomalies = property(lambda self: self.root / "anomalies.csv")
+    log = property(lambda self: self.root / "pipeline.log")
+    report = property(lambda self: self.root / "report.html")
+
+    @property
+    def published_report(self) -> Path:
+        return self.reports_dir / f"{self.run_id}.html"
+
+
+class SecretMask(logging.Filter):
+    """Replace every registered secret value in log messages with ``***``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: set[str] = set()
+
+    def add(self, *values: str) -> None:
+        self.values.update(v for v in values if v and len(v) >= 3)
+
+    def mask(self, text: str) -> str:
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.values:
+            record.msg = self.mask(record.getMessage())
+            record.args = None
+        return True
+
+
+SECRET_MASK = SecretMask()
+
+
+@contextlib.contextmanager
+def run_logging(paths: RunPaths, *, echo: bool = False) -> Iterator[logging.Logger]:
+    """Append the package's log records to ``pipeline.log`` (and stderr when ``echo``)."""
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    logger.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = [logging.FileHandler(paths.log, encoding="utf-8")]
+    if echo:
+        handlers.append(logging.StreamHandler())
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(SECRET_MASK)
+        logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from anomaly_detection.detect import DETECTORS, DetectorSettings, run_grid, top_share_labels
+from anomaly_detection.evaluate import evaluate
+
+
+def blobs_with_outliers(n=600, d=4, outliers=12, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0.2, 0.8, size=(3, d))
+    X = centers[rng.integers(0, 3, n)] + rng.normal(0, 0.02, size=(n, d))
+    idx = rng.choice(n, outliers, replace=False)
+    X[idx] = rng.uniform(0, 1, size=(outliers, d)) * np.where(rng.random((outliers, d)) < 0.5, 0.05, 1.0) + 0.95 * (rng.random((outliers, d)) < 0.5)
+    y = np.zeros(n, dtype=np.int8)
+    y[idx] = 1
+    return np.clip(X, 0, 2), y
+
+
+PARAMS = {
+    "isolation_forest": {"n_estimators": 100, "max_samples": 256},
+    "kmeans": {"n_clusters": 3},
+    "dbscan": {"eps_quantile": 0.95, "min_samples": 10},
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(DETECTORS))
+def test_every_detector_scores_every_row_and_finds_planted_outliers(algorithm):
+    X, y = blobs_with_outliers()
+    settings = DetectorSettings(contamination=0.05, random_state=0)
+    det = DETECTORS[algorithm](X, PARAMS[algorithm], settings)
+    assert det.scores.shape == (len(X),) and np.isfinite(det.scores).all()
+    assert det.labels.shape == (len(X),) and set(np.unique(det.labels)) <= {0, 1}
+    # the planted outliers rank highest
+    top = np.argsort(-det.scores)[: y.sum()]
+    assert y[top].mean() >= 0.75
+    # the labels agree with the threshold
+    assert (det.scores[det.labels == 1] >= det.threshold).all()
+
+
+@pytest.mark.parametrize("algorithm", sorted(DETECTORS))
+def test_detectors_are_deterministic_for_a_seed(algorithm):
+    X, _ = blobs_with_outliers(seed=1)
+    a = DETECTORS[algorithm](X, PARAMS[algorithm], DetectorSettings(random_state=7))
+    b = DETECTORS[algorithm](X, PARAMS[algorithm], DetectorSettings(random_state=7))
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, b.labels)
+
+
+def test_contamination_sets_the_anomaly_count():
+    scores = np.arange(1000, dtype=float)
+    labels, threshold = top_share_labels(scores, 0.05)
+    assert labels.sum() == 50 and threshold == 950.0
+    assert labels[950:].all() and not labels[:950].any()
+
+
+def test_dbscan_fits_on_a_bounded_sample_but_scores_all_rows():
+    X, _ = blobs_with_outliers(n=5000)
+    det = DETECTORS["dbscan"](X, PARAMS["dbscan"], DetectorSettings(dbscan_sample_size=500))
+    assert det.info["fit_rows"] == 500
+    assert det.scores.shape == (5000,)
+    assert ((det.scores > det.info["eps"]) == det.labels.astype(bool)).all()
+
+
+def test_dbscan_with_tiny_eps_is_flagged_degenerate():
+    X, _ = blobs_with_outliers(n=300)
+    det = DETECTORS["dbscan"](X, {"eps": 1e-9, "min_samples": 5}, DetectorSettings())
+    result = evaluate(X, det, metric="silhouette")
+    assert any(f.startswith("degenerate") for f in result.flags)
+    assert not result.selectable
+
+
+def test_kmeans_fits_on_sample():
+    X, _ = blobs_with_outliers(n=3000)
+    det = DETECTORS["kmeans"](X, {"n_clusters": 3}, DetectorSettings(fit_sample_size=1000))
+    assert det.info["fit_rows"] == 1000 and det.scores.shape == (3000,)
+
+
+def test_run_grid_yields_one_detection_per_grid_point():
+    X, _ = blobs_with_outliers(n=300)
+    out = list(run_grid("kmeans", {"n_clusters": [2, 3, 4]}, X, DetectorSettings()))
+    assert [d.params["n_clusters"] for d in out] == [2, 3, 4]
+
+
+def test_settings_validate_contamination():
+    with pytest.raises(ValueError, match="contamination"):
+        DetectorSettings(contamination=0.7)

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from anomaly_detection.detect import Detection
+from anomaly_detection.evaluate import ModelResult, evaluate, internal_metrics, select_best
+
+
+def _detection(scores, labels, algorithm="kmeans", params=None, info=None):
+    return Detection(algorithm, params or {"n_clusters": 3}, np.asarray(scores, float), np.asarray(labels, np.int8), 0.5, 0.1, info or {"n_clusters": 3})
+
+
+def _result(score, metric="silhouette", flags=(), algorithm="kmeans"):
+    return ModelResult(algorithm, {}, metric, score, None, None, None, 1, 0.1, 0.0, 0.0, list(flags))
+
+
+def test_internal_metrics_reward_a_clean_split():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.05, (200, 2)), rng.normal(1, 0.05, (10, 2))])
+    good = np.r_[np.zeros(200), np.ones(10)].astype(np.int8)
+    bad = rng.permutation(good)
+    m_good = internal_metrics(X, good, sample_size=100, random_state=0)
+    m_bad = internal_metrics(X, bad, sample_size=100, random_state=0)
+    assert m_good["silhouette"] > 0.8 > m_bad["silhouette"]
+    assert m_good["davies_bouldin"] < m_bad["davies_bouldin"]
+    assert m_good["calinski_harabasz"] > m_bad["calinski_harabasz"]
+
+
+def test_sampled_silhouette_keeps_rare_anomalies():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.05, (20000, 2)), rng.normal(1, 0.05, (3, 2))])
+    labels = np.r_[np.zeros(20000), np.ones(3)].astype(np.int8)
+    m = internal_metrics(X, labels, sample_size=500, random_state=0)
+    assert m["silhouette"] is not None and m["silhouette"] > 0.5
+
+
+def test_one_group_gives_no_metrics_and_a_flag():
+    X = np.random.default_rng(0).random((50, 2))
+    result = evaluate(X, _detection(np.zeros(50), np.zeros(50)), metric="silhouette")
+    assert result.score is None and result.silhouette is None
+    assert "anomaly share is 0%" in result.flags
+    assert any(f.startswith("degenerate") for f in result.flags)
+
+
+def test_share_above_half_is_flagged():
+    X = np.random.default_rng(0).random((10, 2))
+    labels = [1] * 6 + [0] * 4
+    result = evaluate(X, _detection(np.arange(10), labels), metric="silhouette")
+    assert any("above 50%" in f for f in result.flags)
+
+
+def test_label_metrics_use_the_continuous_score():
+    X = np.random.default_rng(0).random((100, 2))
+    y = np.r_[np.zeros(90), np.ones(10)].astype(np.int8)
+    scores = np.r_[np.linspace(0, 1, 90), np.linspace(2, 3, 10)]
+    labels = (scores > 2.5).astype(np.int8)  # half the true anomalies labelled
+    r = evaluate(X, _detection(scores, labels), metric="silhouette", y_true=y)
+    assert r.roc_auc == pytest.approx(1.0) and r.pr_auc == pytest.approx(1.0)
+    assert r.precision == pytest.approx(1.0) and r.recall == pytest.approx(0.5)
+    assert r.f1 == pytest.approx(2 / 3)
+
+
+def test_selection_direction_per_metric():
+    assert select_best([_result(0.2), _result(0.7), _result(0.5)]).score == 0.7
+    assert select_best([_result(0.9, "davies_bouldin"), _result(0.3, "davies_bouldin")]).score == 0.3
+    assert select_best([_result(10.0, "calinski_harabasz"), _result(50.0, "calinski_harabasz")]).score == 50.0
+
+
+def test_selection_prefers_sane_models():
+    flawed = _result(0.99, flags=["degenerate: no core points: every row is noise"])
+    assert select_best([flawed, _result(0.1), _result(None)]).score == 0.1
+    assert select_best([flawed]).score == 0.99  # still returns something
