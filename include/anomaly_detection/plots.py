@@ -180,7 +180,7 @@ def score_distribution(scores: np.ndarray, threshold: float | None, bins: int = 
         line = ax.axvline(thr, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.5)
         line.set_label(f"threshold {thr:.4g} ({above:,} rows at or above)")
         handles.append(line)
-    ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+    ax.legend(handles=handles, loc="best", fontsize=9, framealpha=0.9)
     ax.set_title(f"Anomaly score distribution ({s.size:,} rows)")
     ax.grid(axis="y", alpha=0.3)
     return _to_base64(fig)
@@ -236,8 +236,8 @@ def model_comparison(models: Sequence[dict[str, Any]], best_index: int | None = 
     algorithms = list(dict.fromkeys(str(m.get("algorithm", "?")) for m in models))
     colour_of = {a: _PALETTE[i % len(_PALETTE)] for i, a in enumerate(algorithms)}
     n = len(models)
-    height = float(np.clip(0.28 * n + 1.6, 3.0, 16.0))
-    fig = _new_figure(9.0, height)
+    height = float(np.clip(0.28 * n + 1.9, 3.0, 16.0))
+    fig = _new_figure(10.0, height)
     ax = fig.add_subplot()
     y = np.arange(n)
     plotted = np.where(np.isfinite(values), values, 0.0)
@@ -257,21 +257,23 @@ def model_comparison(models: Sequence[dict[str, Any]], best_index: int | None = 
         ax.text(
             plotted[i] + (0.01 * span if plotted[i] >= 0 else -0.01 * span),
             i,
-            text + ("  ★ best" if i == best_index else ""),
+            text + ("  (selected)" if i == best_index else ""),
             va="center",
             ha="left" if plotted[i] >= 0 else "right",
             fontsize=font,
+            fontweight="bold" if i == best_index else "normal",
         )
     ax.axvline(0, color="black", linewidth=0.6)
-    ax.margins(x=0.18)
+    ax.margins(x=0.3)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(
+    fig.legend(
         handles=[Patch(color=colour_of[a], label=_label(a)) for a in algorithms],
-        loc="lower right",
+        loc="outside lower center",
+        ncol=min(len(algorithms), 5),
         fontsize=8,
-        framealpha=0.9,
+        frameon=False,
     )
     return _to_base64(fig)
 

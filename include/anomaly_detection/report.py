@@ -46,8 +46,8 @@ LABEL_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
 _LABEL_METRIC_TITLES = {
     "roc_auc": "ROC AUC",
     "pr_auc": "PR AUC",
-    "precision": "precision",
-    "recall": "recall",
+    "precision": "Precision",
+    "recall": "Recall",
     "f1": "F1",
 }
 _LOG_ISSUE = re.compile(r"\b(WARNING|WARN|ERROR|CRITICAL|FATAL|Traceback)\b")
@@ -217,8 +217,9 @@ def format_cell(value: Any, limit: int = MAX_CELL_CHARS) -> str:
         Display text; missing values give an em dash.
     """
     if isinstance(value, (list, tuple, dict, set, np.ndarray)):
-        text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, np.ndarray) else str(value)
-        return _shorten(text, limit)
+        if isinstance(value, np.ndarray):
+            return _shorten(str(value.tolist()), limit)
+        return _shorten(json.dumps(value, default=str, ensure_ascii=False), limit)
     if value is None or value is pd.NaT:
         return DASH
     try:
@@ -249,20 +250,23 @@ def frame_table(frame: pd.DataFrame | None, max_rows: int, max_columns: int = MA
     -------
     dict
         ``columns`` (list of ``{"name", "full"}``), ``rows`` (list of lists of str),
-        ``total_rows``, ``total_columns`` and ``numeric`` (one bool per column, for alignment).
+        ``total_rows``, ``total_columns``, ``numeric`` (one bool per column, for alignment) and
+        ``wide`` (one bool per column holding long text, shown wider).
     """
     if frame is None or not isinstance(frame, pd.DataFrame):
-        return {"columns": [], "rows": [], "total_rows": 0, "total_columns": 0, "numeric": []}
+        return {"columns": [], "rows": [], "total_rows": 0, "total_columns": 0, "numeric": [], "wide": []}
     shown = frame.iloc[:max_rows, :max_columns]
     columns = [{"name": _shorten(str(c), MAX_NAME_CHARS), "full": str(c)} for c in shown.columns]
     numeric = [pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) for dtype in shown.dtypes]
     rows = [[format_cell(v) for v in row] for row in shown.itertuples(index=False, name=None)]
+    wide = [any(len(row[j]) > 40 for row in rows) for j in range(len(columns))]
     return {
         "columns": columns,
         "rows": rows,
         "total_rows": len(frame),
         "total_columns": frame.shape[1],
         "numeric": numeric,
+        "wide": wide,
     }
 
 
@@ -456,9 +460,8 @@ def _figures(inputs: ReportInputs, best_index: int | None) -> tuple[list[dict[st
 
     def add(key: str, title: str, fn: Callable[[], str | None], caption: str, empty_note: str) -> None:
         image, error = _timed_plot(key, fn, timings)
-        figures.append(
-            {"key": key, "title": title, "image": image, "caption": caption, "note": error or (empty_note if image is None else "")}
-        )
+        note = error or (empty_note if image is None else "")
+        figures.append({"key": key, "title": title, "image": image, "caption": caption, "note": note})
 
     if inputs.correlation_heatmap:
         if n_features >= 2:

@@ -1,0 +1,35 @@
+# The two commands a new user needs:  make demo  (run the main job)  and  make test  (run the tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_PORT ?= 8765
+
+.PHONY: install demo test bench check-java clean-runs help
+
+help:
+	@echo "make demo    install if needed, start the demo API, run the pipeline, print the report path"
+	@echo "make test    install if needed and run every test"
+	@echo "make bench   run the benchmarks under bench/"
+
+check-java:
+	@scripts/check_java.sh
+
+$(STAMP): requirements.txt pyproject.toml scripts/install.sh
+	@PYTHON=$(PYTHON) scripts/install.sh
+	@touch $(STAMP)
+
+install: check-java $(STAMP)
+
+demo: install
+	@DEMO_PORT=$(DEMO_PORT) scripts/demo.sh
+
+test: install
+	@scripts/test.sh
+
+bench: install
+	$(BIN)/python bench/native_scale.py
+
+clean-runs:
+	rm -rf runs reports

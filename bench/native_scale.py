@@ -1,0 +1,112 @@
+"""Wall time and peak memory of the whole native pipeline (local demo API -> report).
+
+For each size, the demo API runs in its own process and the CLI (`python -m anomaly_detection run`)
+in another; the figures are the CLI process's wall time (start to exit, imports included) and its
+peak resident memory (from wait4's rusage). Simple mode, default config otherwise.
+
+    .venv/bin/python bench/native_scale.py                 # 10k, 100k, 1M rows
+    .venv/bin/python bench/native_scale.py --rows 10000    # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_api(rows: int, features: int, port: int) -> subprocess.Popen:
+    api = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", str(rows), "--features", str(features)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return api
+        except OSError:
+            if api.poll() is not None:
+                raise RuntimeError(f"demo API exited: {api.stdout.read()}")
+            time.sleep(0.2)
+    api.kill()
+    raise RuntimeError("demo API did not start within 120 s")
+
+
+def run_cli(args: list[str]) -> tuple[float, float, int, str]:
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "anomaly_detection", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    out = proc.stdout.read().decode()
+    err = proc.stderr.read().decode()
+    code = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, code, out if code == 0 else err[-2000:]
+
+
+def bench(rows: int, features: int, mode: str, workdir: Path) -> dict:
+    port = free_port()
+    api = start_api(rows, features, port)
+    try:
+        wall, rss_mib, code, text = run_cli(
+            [
+                "--config", str(ROOT / "configs" / "demo.yaml"), "--quiet",
+                "--set", f"source.url=http://127.0.0.1:{port}/records",
+                "--set", "source.pagination.page_size=10000",
+                "--set", f"modeling.hyperparameters={mode}",
+                "--set", f"output.runs_dir={workdir / 'runs'}",
+                "--set", f"output.reports_dir={workdir / 'reports'}",
+                "--run-id", f"bench-{rows}",
+            ]
+        )
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+    if code != 0:
+        raise SystemExit(f"pipeline failed for {rows} rows: {text}")
+    results = json.loads((workdir / "runs" / f"bench-{rows}" / "results.json").read_text())
+    return {
+        "rows": rows,
+        "features": len(results["features"]),
+        "wall_s": round(wall, 2),
+        "peak_rss_mib": round(rss_mib, 1),
+        "configs": len(results["models"]),
+        "best": f"{results['best']['algorithm']} {results['best']['params']}",
+        "anomalies": results["best"]["anomaly_count"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, action="append", help="row count (repeatable); default 10k, 100k, 1M")
+    parser.add_argument("--features", type=int, default=12, help="numeric metrics per record (default 12)")
+    parser.add_argument("--mode", choices=["simple", "complex"], default="simple")
+    args = parser.parse_args()
+    sizes = args.rows or [10_000, 100_000, 1_000_000]
+    print(f"{'rows':>9} {'features':>8} {'wall s':>8} {'peak RSS MiB':>13} {'configs':>7} {'anomalies':>9}  best")
+    with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
+        for rows in sizes:
+            r = bench(rows, args.features, args.mode, Path(tmp))
+            print(f"{r['rows']:>9} {r['features']:>8} {r['wall_s']:>8} {r['peak_rss_mib']:>13} {r['configs']:>7} {r['anomalies']:>9}  {r['best']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
