@@ -227,8 +227,13 @@ def format_cell(value: Any, limit: int = MAX_CELL_CHARS) -> str:
             return DASH
     except (TypeError, ValueError):
         pass
-    if isinstance(value, (Real, Integral, np.bool_)) and not isinstance(value, str):
-        return format_number(value)
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, Integral):
+        return str(int(value))  # API data: ids, years and codes read best without grouping
+    if isinstance(value, Real):
+        v = float(value)
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.6g}"
     if isinstance(value, pd.Timestamp | datetime):
         return value.isoformat()
     if isinstance(value, bytes):
