@@ -168,8 +168,15 @@ def _connection_problem(exc: requests.ConnectionError) -> str:
 
 
 def _origin(url: str) -> tuple[str, str]:
+    """``(scheme, host:port)`` with the default port filled in, user info left out."""
     parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, f"{(parts.hostname or '').lower()}:{port}"
 
 
 def _suffix(content_type: str, body: bytes) -> str:
