@@ -11,9 +11,9 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 export UV_PYTHON=.venv/bin/python
-.venv/bin/uv pip install --quiet -r requirements.txt
+.venv/bin/uv pip install --quiet --compile-bytecode -r requirements.txt
 pyspark_pin=$(grep -E '^pyspark==' requirements.txt)
-.venv/bin/uv pip install --quiet --no-deps --reinstall-package pyspark "$pyspark_pin"
+.venv/bin/uv pip install --quiet --compile-bytecode --no-deps --reinstall-package pyspark "$pyspark_pin"
 .venv/bin/uv pip install --quiet --no-deps -e .
 .venv/bin/python - <<'PY'
 import pathlib, pyspark

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from anomaly_detection.detect import Detection
-from anomaly_detection.evaluate import ModelResult, evaluate, internal_metrics, select_best
+from sklearn.metrics import silhouette_score
+
+from anomaly_detection.evaluate import ModelResult, evaluate, internal_metrics, select_best, two_group_silhouette
 
 
 def _detection(scores, labels, algorithm="kmeans", params=None, info=None):
@@ -69,3 +71,19 @@ def test_selection_prefers_sane_models():
     flawed = _result(0.99, flags=["degenerate: no core points: every row is noise"])
     assert select_best([flawed, _result(0.1), _result(None)]).score == 0.1
     assert select_best([flawed]).score == 0.99  # still returns something
+
+
+@pytest.mark.parametrize("n, d, share", [(50, 2, 0.1), (700, 5, 0.3), (1500, 14, 0.02)])
+def test_fast_silhouette_matches_scikit_learn(n, d, share):
+    rng = np.random.default_rng(n)
+    X = rng.random((n, d))
+    labels = (rng.random(n) < share).astype(np.int8)
+    labels[:2] = [0, 1]
+    X[labels == 1] += 0.3
+    assert two_group_silhouette(X, labels, chunk_rows=128) == pytest.approx(silhouette_score(X, labels), abs=1e-9)
+
+
+def test_fast_silhouette_single_member_group_scores_zero_for_it():
+    X = np.array([[0.0], [0.1], [0.2], [5.0]])
+    labels = np.array([0, 0, 0, 1])
+    assert two_group_silhouette(X, labels) == pytest.approx(silhouette_score(X, labels))

@@ -128,7 +128,7 @@ class ModelingConfig(_Model):
     contamination: float = Field(0.05, gt=0, le=0.5)
     random_state: int = 42
     fit_sample_size: int = Field(100_000, ge=100)
-    dbscan_sample_size: int = Field(10_000, ge=50)
+    dbscan_sample_size: int = Field(5_000, ge=50)
     grids: dict[Literal["isolation_forest", "kmeans", "dbscan"], dict[Literal["simple", "complex"], dict[str, list[Any]]]] = Field(
         default_factory=lambda: copy.deepcopy(DEFAULT_GRIDS)
     )

@@ -32,7 +32,7 @@ class DetectorSettings:
     contamination: float = 0.05
     random_state: int = 0
     fit_sample_size: int = 100_000
-    dbscan_sample_size: int = 10_000
+    dbscan_sample_size: int = 5_000
 
     def __post_init__(self) -> None:
         if not 0 < self.contamination <= 0.5:
@@ -138,7 +138,7 @@ def dbscan(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) ->
         scores = np.linalg.norm(X - fit_rows.mean(axis=0), axis=1)
         labels = np.ones(len(X), dtype=np.int8)
         return Detection("dbscan", params, scores, labels, 0.0, time.perf_counter() - started, info)
-    tree = NearestNeighbors(n_neighbors=1, metric=params.get("metric", "euclidean")).fit(core)
+    tree = NearestNeighbors(n_neighbors=1, metric=params.get("metric", "euclidean"), n_jobs=-1).fit(core)
     scores = np.empty(len(X))
     for start in range(0, len(X), 100_000):
         scores[start : start + 100_000] = tree.kneighbors(X[start : start + 100_000], return_distance=True)[0][:, 0]

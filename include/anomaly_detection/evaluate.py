@@ -21,7 +21,6 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
-    silhouette_score,
 )
 
 from .detect import Detection
@@ -91,6 +90,38 @@ def _metric_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> n
     return idx
 
 
+def two_group_silhouette(X: np.ndarray, labels: np.ndarray, *, chunk_rows: int = 1024) -> float:
+    """Mean silhouette coefficient of a 0/1 split, computed in row blocks with one matrix product each.
+
+    Equal to ``sklearn.metrics.silhouette_score(X, labels)`` for two groups, several times faster
+    because each block of pairwise distances is reduced to per-group sums by a matrix product.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    labels : ndarray of shape (n_samples,)
+        0/1 group of each row; both groups must be present.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    onehot = np.stack([labels == 0, labels == 1], axis=1).astype(np.float64)
+    sizes = onehot.sum(axis=0)
+    squared = np.einsum("ij,ij->i", X, X)
+    total = 0.0
+    for start in range(0, len(X), chunk_rows):
+        block = X[start : start + chunk_rows]
+        d2 = squared[start : start + chunk_rows, None] + squared[None, :] - 2.0 * block @ X.T
+        np.maximum(d2, 0.0, out=d2)
+        sums = np.sqrt(d2, out=d2) @ onehot  # (block rows, 2): distance sums to each group
+        own = labels[start : start + chunk_rows].astype(int)
+        own_size = sizes[own]
+        a = sums[np.arange(len(own)), own] / np.maximum(own_size - 1, 1)
+        b = sums[np.arange(len(own)), 1 - own] / sizes[1 - own]
+        denominator = np.maximum(a, b)
+        s = np.where((own_size > 1) & (denominator > 0), (b - a) / np.where(denominator > 0, denominator, 1.0), 0.0)
+        total += float(s.sum())
+    return total / len(X)
+
+
 def internal_metrics(X: np.ndarray, labels: np.ndarray, *, sample_size: int, random_state: int) -> dict[str, float | None]:
     """Silhouette (sampled), Davies-Bouldin and Calinski-Harabasz of the anomaly/normal split.
 
@@ -103,7 +134,7 @@ def internal_metrics(X: np.ndarray, labels: np.ndarray, *, sample_size: int, ran
     idx = _metric_sample(labels, sample_size, rng)
     sample_labels = labels[idx]
     silhouette = (
-        _finite(silhouette_score(X[idx], sample_labels)) if len(np.unique(sample_labels)) == 2 and len(idx) > 2 else None
+        _finite(two_group_silhouette(X[idx], sample_labels)) if len(np.unique(sample_labels)) == 2 and len(idx) > 2 else None
     )
     return {
         "silhouette": silhouette,
