@@ -310,3 +310,37 @@ def test_no_list_of_records_names_keys_and_url():
     message = str(info.value)
     assert "no list of records" in message and "status, count" in message and "http://api.test/stats" in message
     assert "records_path" in message
+
+
+def test_column_wise_flattening_matches_record_by_record():
+    """flatten_records (column-wise, fast) and flatten_record (per record) agree on ragged nested data."""
+    import random
+
+    import pandas as pd
+
+    from anomaly_detection.flatten import FlattenStats, flatten_record, flatten_records
+
+    rnd = random.Random(3)
+
+    def value(depth):
+        kind = rnd.random()
+        if depth < 4 and kind < 0.3:
+            return {f"k{rnd.randint(0, 3)}": value(depth + 1) for _ in range(rnd.randint(1, 3))}
+        if kind < 0.4:
+            return None
+        if kind < 0.5:
+            return [rnd.random(), rnd.random()]
+        if kind < 0.7:
+            return rnd.choice(["a", "b", "2026-01-01T00:00:00Z"])
+        return rnd.random()
+
+    records = [{f"f{j}": value(0) for j in range(5) if rnd.random() < 0.9} | {"x.k0": 1} for _ in range(300)]
+    for depth in (1, 2, 32):
+        fast = flatten_records(records, max_depth=depth, stats=FlattenStats())
+        slow = pd.DataFrame.from_records([flatten_record(r, max_depth=depth, stats=FlattenStats()) for r in records])
+        slow = slow.loc[:, [c for c in slow.columns if slow[c].notna().any() or c in fast.columns]]
+        assert set(fast.columns) == set(slow.columns), depth
+        for column in fast.columns:
+            a, b = fast[column], slow[column]
+            assert a.isna().tolist() == b.isna().tolist(), (depth, column)
+            assert [str(v) for v in a.dropna()] == [str(v) for v in b.dropna()], (depth, column)

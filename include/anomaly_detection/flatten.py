@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -286,10 +287,61 @@ def flatten_record(record: Any, *, max_depth: int, stats: FlattenStats) -> dict[
     return out
 
 
+_PLAIN_KINDS = frozenset({"string", "bytes", "floating", "integer", "mixed-integer-float", "decimal", "boolean",
+                          "datetime64", "datetime", "date", "timedelta64", "timedelta", "time", "period", "empty"})
+
+
+def _emit(out: dict[str, Any], name: str, column: Any, stats: FlattenStats) -> None:
+    if name in out:
+        n = 1
+        while f"{name}__dup{n}" in out:
+            n += 1
+        stats.collisions.setdefault(name, f"{name}__dup{n}")
+        name = f"{name}__dup{n}"
+    out[name] = column
+
+
 def flatten_records(records: list[Any], *, max_depth: int, stats: FlattenStats) -> pd.DataFrame:
-    """Flatten a page of records into a frame (list values are still Python lists)."""
-    rows = [flatten_record(r, max_depth=max_depth, stats=stats) for r in records]
-    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    """Flatten a page of records into a frame (list values are still Python lists).
+
+    Column by column rather than record by record: each level of nested objects becomes one
+    ``DataFrame.from_records`` call, so the cost per record stays small. Names, the ``max_depth``
+    rule and the ``__dupN`` collision rule are those of :func:`flatten_record`; a key whose value
+    is an object in every record yields only its children (no all-empty parent column).
+    """
+    if not records:
+        return pd.DataFrame()
+    if not all(type(r) is dict for r in records):
+        rows = [flatten_record(r, max_depth=max_depth, stats=stats) for r in records]
+        return pd.DataFrame.from_records(rows)
+    top = pd.DataFrame.from_records(records)
+    out: dict[str, Any] = {}
+    stack = [iter([(str(name), top[name], 1) for name in top.columns])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        name, column, depth = item
+        if column.dtype != object or pd.api.types.infer_dtype(column, skipna=True) in _PLAIN_KINDS:
+            _emit(out, name, column, stats)
+            continue
+        values = column.to_numpy()
+        is_dict = np.fromiter((type(v) is dict for v in values), dtype=bool, count=len(values))
+        if not is_dict.any():
+            _emit(out, name, column, stats)
+            continue
+        non_empty = is_dict & np.fromiter((bool(v) if type(v) is dict else False for v in values), dtype=bool, count=len(values))
+        if depth >= max_depth and non_empty.any():
+            stats.truncated_paths.add(name)
+            _emit(out, name, column.map(lambda v: (_json_text(v) if v else None) if type(v) is dict else v), stats)
+            continue
+        rest = column.where(~is_dict, None)
+        sub = pd.DataFrame.from_records([v if d else {} for v, d in zip(values, is_dict)], index=column.index)
+        if rest.notna().any() or sub.shape[1] == 0:
+            _emit(out, name, rest, stats)
+        stack.append(iter([(f"{name}.{key}", sub[key], depth + 1) for key in sub.columns]))
+    return pd.DataFrame(out, index=top.index)
 
 
 # --------------------------------------------------------------------------- finalising
@@ -353,28 +405,33 @@ def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNot
     return pd.concat(parts, axis=1)
 
 
+_TEXT_KINDS = frozenset({"string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating", "decimal"})
+
+
 def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
     for name in frame.columns:
         col = frame[name]
         if col.dtype == bool or pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
             continue
-        present = col.dropna()
-        if present.empty:
+        kind = pd.api.types.infer_dtype(col, skipna=True)
+        if kind not in _TEXT_KINDS:
             continue
-        if not present.map(type).isin((str, int, float)).all():
+        present = col.dropna()
+        if present.empty or (kind != "string" and not present.map(type).isin((str, int, float)).all()):
             continue
         as_text = present.astype(str).str.strip()
         as_text = as_text[as_text != ""]
         if as_text.empty:
             continue
-        numbers = pd.to_numeric(as_text, errors="coerce")
-        if numbers.notna().all():
-            converted = pd.to_numeric(col.where(col.astype(str).str.strip() != ""), errors="coerce")
-            frame[name] = converted
-            if present.map(type).eq(str).any():
-                notes.numeric_from_text.append(str(name))
-            continue
-        if as_text.head(100).str.match(_ISO_TIMESTAMP).all() and as_text.str.match(_ISO_TIMESTAMP).all():
+        head = as_text.head(200)
+        if pd.to_numeric(head, errors="coerce").notna().all():
+            numbers = pd.to_numeric(as_text, errors="coerce")
+            if numbers.notna().all():
+                frame[name] = pd.to_numeric(col.where(col.astype(str).str.strip() != ""), errors="coerce")
+                if kind in ("string", "mixed", "mixed-integer"):
+                    notes.numeric_from_text.append(str(name))
+                continue
+        if head.str.match(_ISO_TIMESTAMP).all() and as_text.str.match(_ISO_TIMESTAMP).all():
             stamps = pd.to_datetime(as_text, format="ISO8601", utc=True, errors="coerce")
             if stamps.notna().all():
                 frame[name] = pd.to_datetime(col.where(col.astype(str).str.strip() != ""), format="ISO8601", utc=True, errors="coerce")

@@ -372,6 +372,49 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
         log.warning("stopping pagination at max_pages=%d", pagination.max_pages)
 
 
+def prefetch(items: Iterator[Any], *, depth: int = 2) -> Iterator[Any]:
+    """Run ``items`` in a background thread, ``depth`` items ahead of the consumer.
+
+    Fetching and parsing the next page overlaps with flattening the current one. An exception in
+    the producer is re-raised in the consumer; closing the consumer stops the producer.
+    """
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((True, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            buffer.put((False, exc))
+
+    worker = threading.Thread(target=produce, name="ingest-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+
+
 def ingest(
     source: SourceConfig,
     processing: ProcessingConfig,
@@ -388,7 +431,7 @@ def ingest(
     total = 0
     path_used = "<root>"
     truncated = False
-    for _, _, _, records, path_used in iter_pages(reader, source):
+    for _, _, _, records, path_used in prefetch(iter_pages(reader, source)):
         if source.max_records is not None and total + len(records) > source.max_records:
             records = records[: source.max_records - total]
             truncated = True
