@@ -165,7 +165,7 @@ class ModelingConfig(_Model):
 class EvaluationConfig(_Model):
     metric: Literal["silhouette", "davies_bouldin", "calinski_harabasz"] = "silhouette"
     label_column: str | None = None
-    silhouette_sample_size: int = Field(5_000, ge=100)
+    silhouette_sample_size: int = Field(2_000, ge=100)
 
 
 class ReportConfig(_Model):

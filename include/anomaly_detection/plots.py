@@ -121,7 +121,7 @@ def correlation_heatmap(features: np.ndarray, feature_names: Sequence[str]) -> s
     font = float(np.clip(11 - 0.15 * n, 5, 10))
     ax.set_xticks(range(n), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=font)
     ax.set_yticks(range(n), names, fontsize=font)
-    if n <= 15:
+    if n <= 10:  # per-cell labels cost more than the rest of the figure
         for i in range(n):
             for j in range(n):
                 value = corr[i, j]
