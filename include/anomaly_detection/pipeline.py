@@ -190,7 +190,7 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
         "status": "succeeded",
         "name": config.name,
         "source_url": redact_url(config.source.url),
-        "mode": "native",
+        "mode": (run_meta or {}).get("mode", "native"),
         "rows": {
             "ingested": ingest_info.get("rows", summary["rows_before"]),
             "after_duplicates": summary["rows_after"],

@@ -1,0 +1,267 @@
+"""
+### Anomaly detection on any REST JSON API
+
+Trigger with a config (the form below, or run conf JSON). The run reads the API, routes small
+data to pandas / scikit-learn and large data to Spark, tunes the detectors, picks the best model,
+writes one HTML report, and then **waits for a person** at `review`:
+
+* **Approve** publishes the report to `reports/approved/`.
+* **Reject** records the rejection; nothing is published.
+* **Rerun with adjustments** starts a new run with this run's conf plus the adjustments you enter
+  (contamination, algorithms, hyperparameters, mode, metric); the new run links back to this one.
+
+Marking `review` *success* in the UI counts as approve, *failed* as reject. With no answer before
+the response timeout (`ANOMALY_REVIEW_TIMEOUT_HOURS`, default 72) the run is rejected.
+
+Every task logs what it did with counts; the run directory `runs/<run_id>/` keeps the raw API
+responses, the resolved config (secrets redacted), results, `pipeline.log` and `report.html`.
+The logic lives in `include/anomaly_detection`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.providers.standard.operators.python import BranchPythonOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import BaseHook, Param, dag, get_current_context, task
+
+from anomaly_detection import dag_tasks, review
+
+DAG_ID = "anomaly_detection"
+SPARK_JOBS_DIR = dag_tasks.spark_jobs_dir()
+IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True}
+REVIEW_TIMEOUT = timedelta(hours=float(os.environ.get("ANOMALY_REVIEW_TIMEOUT_HOURS", "72")))
+SPARK_CONF = {
+    "spark.pyspark.python": sys.executable,
+    "spark.pyspark.driver.python": sys.executable,
+    "spark.ui.enabled": "false",
+}
+
+
+def _nullable(kind: str, **schema):
+    return {"type": ["null", kind], **schema}
+
+
+PARAMS = {
+    "config": Param(
+        dag_tasks.DEFAULT_CONFIG,
+        type="string",
+        title="Config file",
+        description="A YAML file in configs/ (defaults < this file < the fields below).",
+        examples=sorted(p.name for p in dag_tasks.configs_dir().glob("*.yaml")),
+    ),
+    "url": Param(None, **_nullable("string"), title="API URL", description="Any http(s) URL returning JSON; empty keeps the config file's."),
+    "mode": Param(
+        None,
+        **_nullable("string", enum=[None, "native", "spark", "auto"]),
+        title="Processing mode",
+        description="native (pandas/scikit-learn), spark, or auto (by row count). Empty keeps the config's.",
+    ),
+    "algorithms": Param(
+        None,
+        **_nullable("array", items={"type": "string", "enum": ["isolation_forest", "kmeans", "dbscan"]}),
+        title="Algorithms",
+        description="Any of isolation_forest, kmeans, dbscan. Empty keeps the config's.",
+    ),
+    "hyperparameters": Param(
+        None,
+        **_nullable("string", enum=[None, "simple", "complex"]),
+        title="Hyperparameter grid",
+        description="simple (narrow, fast) or complex (wide).",
+    ),
+    "metric": Param(
+        None,
+        **_nullable("string", enum=[None, "silhouette", "davies_bouldin", "calinski_harabasz"]),
+        title="Selection metric",
+        description="Picks the best model.",
+    ),
+    "contamination": Param(
+        None,
+        **_nullable("number", exclusiveMinimum=0, maximum=0.5),
+        title="Contamination",
+        description="Share of rows labelled anomalous, in (0, 0.5].",
+    ),
+    "label_column": Param(
+        None,
+        **_nullable("string"),
+        title="Label column",
+        description="A 0/1 ground-truth column: adds ROC-AUC, PR-AUC, precision, recall, F1.",
+    ),
+    "overrides": Param({}, type="object", title="Other config overrides", description='Any config key, e.g. {"source.retries": 5}.'),
+    "rerun_of": Param(None, **_nullable("string"), title="Rerun of", description="Set by the review gate on reruns."),
+}
+
+REVIEW_FORM = {
+    "contamination": Param(None, **_nullable("number", exclusiveMinimum=0, maximum=0.5), title="Contamination", description="For a rerun."),
+    "algorithms": Param(
+        None,
+        **_nullable("array", items={"type": "string", "enum": ["isolation_forest", "kmeans", "dbscan"]}),
+        title="Algorithms",
+        description="For a rerun.",
+    ),
+    "hyperparameters": Param(None, **_nullable("string", enum=[None, "simple", "complex"]), title="Hyperparameters", description="For a rerun."),
+    "mode": Param(None, **_nullable("string", enum=[None, "native", "spark", "auto"]), title="Mode", description="For a rerun."),
+    "comment": Param("", type="string", title="Comment", description="Why you decided so; kept in decision.json and the report."),
+}
+
+
+def _credentials(source):
+    """Auth from an Airflow connection (source.auth.conn_id), else from environment variables."""
+    from airflow.sdk.log import mask_secret
+
+    from anomaly_detection.ingest import env_credentials
+
+    auth = source.auth
+    if not auth.conn_id:
+        headers, params = env_credentials(source)
+    else:
+        conn = BaseHook.get_connection(auth.conn_id)
+        token = conn.password or (conn.extra_dejson or {}).get("token")
+        if auth.type == "basic" or (conn.login and auth.type == "none"):
+            import base64
+
+            pair = base64.b64encode(f"{conn.login}:{conn.password}".encode()).decode()
+            headers, params = {auth.header_name: f"Basic {pair}"}, {}
+        elif auth.type == "query":
+            headers, params = {}, {auth.param_name: token}
+        elif auth.type == "header":
+            headers, params = {auth.header_name: token}, {}
+        else:
+            headers, params = {auth.header_name: f"Bearer {token}"}, {}
+    for value in (*headers.values(), *params.values()):
+        mask_secret(value)
+    return headers, params
+
+
+def _review_body(summary) -> str:
+    return review.gate_body(summary or {})
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None,
+    catchup=False,
+    params=PARAMS,
+    tags=["anomaly-detection", "human-in-the-loop", "spark"],
+    doc_md=__doc__,
+    default_args={"owner": "data-platform", "retries": 0},
+    max_active_runs=4,
+    render_template_as_native_obj=True,
+    user_defined_filters={"review_body": _review_body},
+)
+def anomaly_detection():
+    @task
+    def resolve_config(params=None, run_id=None) -> dict:
+        return dag_tasks.resolve(params, run_id)
+
+    @task(**IO_RETRIES)
+    def ingest(params=None, run_id=None) -> dict:
+        return dag_tasks.ingest(params, run_id, credentials=_credentials)
+
+    def _choose(params, ti, run_id):
+        rows = ti.xcom_pull(task_ids="ingest")["rows"]
+        path, why = dag_tasks.choose_path(params, rows)
+        print(f"{rows:,} rows -> {path} path ({why})")
+        return "preprocess" if path == "native" else "spark_preprocess"
+
+    choose_path = BranchPythonOperator(task_id="choose_path", python_callable=_choose)
+
+    @task
+    def preprocess(params=None, run_id=None) -> dict:
+        return dag_tasks.preprocess(params, run_id)
+
+    @task
+    def list_algorithms(params=None) -> list[str]:
+        return dag_tasks.algorithms(params)
+
+    @task(map_index_template="{{ task.op_kwargs['algorithm'] }}")
+    def detect(algorithm: str, params=None, run_id=None) -> dict:
+        return dag_tasks.detect(params, run_id, algorithm)
+
+    spark_args = [
+        "--run-dir", "{{ ti.xcom_pull(task_ids='resolve_config')['run_dir'] }}",
+        "--config", "{{ ti.xcom_pull(task_ids='resolve_config')['config_path'] }}",
+    ]  # fmt: skip
+    spark_preprocess = SparkSubmitOperator(
+        task_id="spark_preprocess",
+        application=str(SPARK_JOBS_DIR / "preprocess.py"),
+        application_args=spark_args,
+        conn_id="spark_default",
+        conf=SPARK_CONF,
+        name="anomaly-preprocess-{{ run_id }}",
+    )
+    spark_detect = SparkSubmitOperator(
+        task_id="spark_detect",
+        application=str(SPARK_JOBS_DIR / "detect.py"),
+        application_args=spark_args,
+        conn_id="spark_default",
+        conf=SPARK_CONF,
+        name="anomaly-detect-{{ run_id }}",
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def evaluate_and_select(params=None, run_id=None, ti=None) -> dict:
+        mode = "spark" if ti.xcom_pull(task_ids="choose_path") == "spark_preprocess" else "native"
+        return dag_tasks.select(params, run_id, mode=mode)
+
+    @task
+    def build_report(params=None, run_id=None) -> dict:
+        return dag_tasks.report(params, run_id)
+
+    gate = HITLOperator(
+        task_id="review",
+        subject="Review the anomaly report of {{ run_id }}",
+        body="{{ ti.xcom_pull(task_ids='build_report') | review_body }}",
+        options=list(review.OPTIONS),
+        defaults=[review.TIMEOUT_DEFAULT],
+        params=REVIEW_FORM,
+        response_timeout=REVIEW_TIMEOUT,
+    )
+
+    @task.branch(trigger_rule="all_done")
+    def apply_decision(params=None, run_id=None, ti=None, dag_run=None):
+        states = ti.get_task_states(dag_id=DAG_ID, task_ids=["review"], run_ids=[run_id])
+        gate_state = (states.get(run_id) or {}).get("review")
+        gate_state = str(getattr(gate_state, "value", gate_state)) if gate_state else None
+        response = ti.xcom_pull(task_ids="review") if gate_state == "success" else None
+        outcome = dag_tasks.apply_review(dag_run.conf or {}, run_id, gate_state=gate_state, response=response)
+        if outcome.get("rerun_conf"):
+            ti.xcom_push(key="rerun_conf", value=outcome["rerun_conf"])
+        print(f"review gate {gate_state}: decision {outcome['decision']} -> {outcome['next']}")
+        return outcome["next"]
+
+    @task
+    def publish(params=None, run_id=None) -> dict:
+        return dag_tasks.publish(params, run_id)
+
+    rejected = EmptyOperator(task_id="rejected")
+    trigger_rerun = TriggerDagRunOperator(
+        task_id="trigger_rerun",
+        trigger_dag_id=DAG_ID,
+        trigger_run_id="rerun__{{ run_id }}",
+        conf="{{ ti.xcom_pull(task_ids='apply_decision', key='rerun_conf') }}",
+    )
+
+    resolved = resolve_config()
+    ingested = ingest()
+    features = preprocess()
+    algorithms = list_algorithms()
+    detections = detect.expand(algorithm=algorithms)
+    selected = evaluate_and_select()
+    report = build_report()
+    decision = apply_decision()
+
+    resolved >> [ingested, algorithms]
+    ingested >> choose_path
+    choose_path >> features >> detections >> selected
+    choose_path >> spark_preprocess >> spark_detect >> selected
+    selected >> report >> gate >> decision >> [publish(), rejected, trigger_rerun]
+
+
+anomaly_detection_dag = anomaly_detection()
