@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PORT ?= 8765
 
-.PHONY: install demo test bench check-java clean-runs help
+.PHONY: install demo demo-cli stop test bench check-java clean-runs help
 
 help:
-	@echo "make demo    install if needed, start the demo API, run the pipeline, print the report path"
+	@echo "make demo      install if needed, start the demo API and Airflow, trigger a run, wait at the review gate"
+	@echo "make stop      stop what make demo started"
+	@echo "make demo-cli  the same pipeline without Airflow (CLI), prints the report path"
 	@echo "make test    install if needed and run every test"
 	@echo "make bench   run the benchmarks under bench/"
 
@@ -25,11 +27,18 @@ install: check-java $(STAMP)
 demo: install
 	@DEMO_PORT=$(DEMO_PORT) scripts/demo.sh
 
+stop:
+	@scripts/stop.sh
+
+demo-cli: install
+	@scripts/demo_cli.sh
+
 test: install
 	@scripts/test.sh
 
 bench: install
 	$(BIN)/python bench/native_scale.py
+	$(BIN)/python bench/airflow_overhead.py
 
 clean-runs:
 	rm -rf runs reports

@@ -26,12 +26,12 @@ from datetime import timedelta
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import BaseHook, Param, dag, get_current_context, task
 
 from anomaly_detection import dag_tasks, review
+from review_gate import ReviewGateOperator  # plugins/
 
 DAG_ID = "anomaly_detection"
 SPARK_JOBS_DIR = dag_tasks.spark_jobs_dir()
@@ -151,7 +151,7 @@ def _review_body(summary) -> str:
     tags=["anomaly-detection", "human-in-the-loop", "spark"],
     doc_md=__doc__,
     default_args={"owner": "data-platform", "retries": 0},
-    max_active_runs=4,
+    max_active_runs=16,  # runs waiting at the review gate hold a slot: keep room for new ones
     render_template_as_native_obj=True,
     user_defined_filters={"review_body": _review_body},
 )
@@ -214,7 +214,7 @@ def anomaly_detection():
     def build_report(params=None, run_id=None) -> dict:
         return dag_tasks.report(params, run_id)
 
-    gate = HITLOperator(
+    gate = ReviewGateOperator(
         task_id="review",
         subject="Review the anomaly report of {{ run_id }}",
         body="{{ ti.xcom_pull(task_ids='build_report') | review_body }}",

@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -6,3 +8,9 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 SHARED = TESTS.parents[1] / "shared" / "data"
+
+# Airflow is imported in-process only by the DAG integrity tests: give it a throwaway home and the
+# project's plugins folder (the DAG imports its review gate operator from there) before any import.
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(TESTS.parent / "plugins"))

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dag(tmp_path_factory):
     os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+    os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
@@ -58,3 +59,18 @@ def test_wiring_branch_join_gate_and_outcomes(dag):
 def test_dag_file_is_thin_wiring():
     source = (ROOT / "dags" / "anomaly_detection.py").read_text()
     assert "import pandas" not in source and "sklearn" not in source
+
+
+def test_review_gate_accepts_an_answer_naming_only_some_fields(dag):
+    from datetime import datetime, timezone
+
+    gate = dag.get_task("review")
+    event = {
+        "chosen_options": ["Approve"],
+        "params_input": {"comment": "ok"},
+        "responded_at": datetime.now(timezone.utc),
+        "responded_by_user": {"id": "1", "name": "ana"},
+    }
+    out = gate.execute_complete({}, event)
+    assert out["chosen_options"] == ["Approve"]
+    assert out["params_input"]["comment"] == "ok" and out["params_input"]["contamination"] is None

@@ -1,0 +1,202 @@
+"""End to end on a real `airflow standalone`, driven only through its REST API v2, as a user's script.
+
+All runs are triggered at once (the slow part is Airflow starting task processes), then each test
+follows one of them: approve, reject, rerun with adjustments, the Spark branch, a gate marked failed
+in the UI, and a bad conf. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from airflow_fixtures import airflow_standalone, free_port  # noqa: F401  (fixture)
+
+DAG = "anomaly_detection"
+SECRET = "s3cr3t-Token-4e2b9c"
+RUN_TIMEOUT = 900
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def demo_api():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", "2000", "--seed", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "demo API did not start"
+            time.sleep(0.2)
+    yield base
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def airflow_extra_env():
+    # an API token kept in an Airflow connection; the demo API ignores it, the test hunts for leaks
+    return {"AIRFLOW_CONN_DEMO_API": json.dumps({"conn_type": "http", "password": SECRET})}
+
+
+@pytest.fixture(scope="module")
+def client(airflow_standalone):  # noqa: F811
+    """A client with a patient timeout: a 2-core machine running six DAG runs answers slowly."""
+    from anomaly_detection.airflow_client import AirflowClient
+
+    base = airflow_standalone.client
+    return AirflowClient(airflow_standalone.url, base.username, base._password, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def runs(airflow_standalone, client, demo_api):  # noqa: F811
+    client.wait_for_dag(DAG, 300)
+    client.unpause(DAG)
+    url = f"{demo_api}/records"
+    confs = {
+        "approve": {"url": url, "overrides": {"source.auth": {"type": "bearer", "conn_id": "demo_api"}}},
+        "reject": {"url": url, "algorithms": ["isolation_forest", "kmeans"]},
+        "rerun": {"url": url, "contamination": 0.05},
+        "spark": {"url": url, "mode": "spark"},
+        "marked_failed": {"url": url, "algorithms": ["kmeans"]},
+        "bad_conf": {"url": url, "overrides": {"modeling.colour": "red"}},
+    }
+    return {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
+
+
+def _run_dir(airflow_standalone, run_id: str) -> Path:  # noqa: F811
+    from anomaly_detection.runs import safe_run_id
+
+    return airflow_standalone.home / "runs" / safe_run_id(run_id)
+
+
+def _wait_gate(client, run_id):
+    client.wait_for_task_state(DAG, run_id, "review", ["awaiting_input"], RUN_TIMEOUT)
+    return client.hitl_detail(DAG, run_id, "review")
+
+
+def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, runs):  # noqa: F811
+    run_id = runs["bad_conf"]
+    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "failed"
+    states = client.task_instances(DAG, run_id)
+    assert states["resolve_config"] == "failed"
+    assert states.get("ingest") in ("upstream_failed", None)
+    log = client.task_log(DAG, run_id, "resolve_config")
+    assert "modeling.colour" in log and "unknown key" in log
+
+
+def test_approve_publishes_and_records_the_decision(airflow_standalone, client, runs):  # noqa: F811
+    run_id = runs["approve"]
+    detail = _wait_gate(client, run_id)
+    report = client.xcom(DAG, run_id, "build_report")
+    assert report["report"] in detail["body"] and "Anomalies:" in detail["body"]
+    assert detail["options"] == ["Approve", "Reject", "Rerun with adjustments"]
+    assert Path(report["report"]).is_file()
+    ingest_log = client.task_log(DAG, run_id, "ingest")
+    assert "ingested 2000 records" in ingest_log and "page 1:" in ingest_log
+
+    client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "checked the top rows"})
+    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+    states = client.task_instances(DAG, run_id)
+    assert states["publish"] == "success" and states["rejected"] == "skipped" and states["trigger_rerun"] == "skipped"
+
+    run_dir = _run_dir(airflow_standalone, run_id)
+    decision = json.loads((run_dir / "decision.json").read_text())
+    assert decision["decision"] == "approved" and decision["by"] == "admin"
+    assert decision["comment"] == "checked the top rows" and decision["at"]
+    approved = airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html"
+    assert approved.is_file()
+    html = approved.read_text()
+    assert "Approved" in html and "checked the top rows" in html
+
+    # the token from the Airflow connection is nowhere: task logs, run directory, XCom, report
+    for task in ("ingest", "resolve_config", "build_report"):
+        assert SECRET not in client.task_log(DAG, run_id, task)
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in json.dumps(client.xcom(DAG, run_id, "ingest"))
+
+
+def test_reject_records_and_publishes_nothing(airflow_standalone, client, runs):  # noqa: F811
+    run_id = runs["reject"]
+    _wait_gate(client, run_id)
+    client.answer_hitl(DAG, run_id, "review", "Reject", {"comment": "too many false alarms"})
+    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+    states = client.task_instances(DAG, run_id)
+    assert states["rejected"] == "success" and states["publish"] == "skipped"
+    run_dir = _run_dir(airflow_standalone, run_id)
+    assert json.loads((run_dir / "decision.json").read_text())["decision"] == "rejected"
+    assert not (airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html").exists()
+    assert "Rejected" in (run_dir / "report.html").read_text()
+
+
+def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, client, runs):  # noqa: F811
+    run_id = runs["rerun"]
+    _wait_gate(client, run_id)
+    client.answer_hitl(
+        DAG, run_id, "review", "Rerun with adjustments",
+        {"contamination": 0.1, "algorithms": ["kmeans"], "comment": "wider net"},
+    )
+    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+    assert client.task_instances(DAG, run_id)["trigger_rerun"] == "success"
+    rerun_id = f"rerun__{run_id}"
+    conf = client.dag_run(DAG, rerun_id)["conf"]
+    assert conf["rerun_of"] == run_id and conf["contamination"] == 0.1
+    assert conf["overrides"]["modeling.algorithms"] == ["kmeans"]
+
+    _wait_gate(client, rerun_id)
+    rerun_dir = _run_dir(airflow_standalone, rerun_id)
+    results = json.loads((rerun_dir / "results.json").read_text())
+    assert results["rerun_of"] == run_id
+    assert {m["algorithm"] for m in results["models"]} == {"kmeans"}
+    assert results["best"]["anomaly_share"] == pytest.approx(0.1, abs=0.01)
+    assert run_id in (rerun_dir / "report.html").read_text()
+    first = json.loads((_run_dir(airflow_standalone, run_id) / "decision.json").read_text())
+    assert first["decision"] == "rerun" and first["adjustments"]["modeling.contamination"] == 0.1
+    client.answer_hitl(DAG, rerun_id, "review", "Reject")
+    assert client.wait_for_run(DAG, rerun_id, RUN_TIMEOUT) == "success"
+
+
+def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs):  # noqa: F811
+    run_id = runs["spark"]
+    _wait_gate(client, run_id)
+    states = client.task_instances(DAG, run_id)
+    assert states["spark_preprocess"] == "success" and states["spark_detect"] == "success"
+    assert states["preprocess"] == "skipped"
+    assert "spark path" in client.task_log(DAG, run_id, "choose_path")
+    results = json.loads((_run_dir(airflow_standalone, run_id) / "results.json").read_text())
+    assert results["mode"] == "spark" and results["status"] == "succeeded"
+    client.answer_hitl(DAG, run_id, "review", "Approve")
+    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+
+
+def test_gate_marked_failed_in_the_ui_counts_as_reject(airflow_standalone, client, runs):  # noqa: F811
+    run_id = runs["marked_failed"]
+    _wait_gate(client, run_id)
+    client.request(
+        "PATCH",
+        f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/review",
+        json_body={"new_state": "failed"},
+    )
+    client.wait_for_task_state(DAG, run_id, "apply_decision", ["success"], RUN_TIMEOUT)
+    client.wait_for_run(DAG, run_id, RUN_TIMEOUT)
+    states = client.task_instances(DAG, run_id)
+    assert states["publish"] == "skipped" and states["rejected"] == "success"
+    run_dir = _run_dir(airflow_standalone, run_id)
+    decision = json.loads((run_dir / "decision.json").read_text())
+    assert decision["decision"] == "rejected" and decision["via"] == "marked_failed"
