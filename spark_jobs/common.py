@@ -1,0 +1,250 @@
+"""Shared by the spark-submit jobs: arguments, the SparkSession, logging, run-directory files, errors.
+
+Both jobs are started as ``spark-submit spark_jobs/<job>.py --run-dir DIR --config DIR/config.resolved.yaml``
+(see :mod:`anomaly_detection.spark_submit`) and can be run as ``python spark_jobs/<job>.py ...`` for
+debugging, with the master then defaulting to ``local[*]``.
+
+pyspark is imported inside functions only, so this module (and the pure helpers below) import
+without a JVM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pandas as pd
+
+from anomaly_detection.config import PipelineConfig, load_config
+from anomaly_detection.errors import PipelineError
+from anomaly_detection.runs import LOG_FORMAT, PACKAGE_LOGGER, SECRET_MASK, RunPaths, run_logging
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+#: Name of the row-position column the jobs carry next to the data columns.
+POS = "_pos"
+#: PySpark 4.3 warns on every pandas conversion that pandas >= 3 is not fully supported.
+PANDAS_WARNING = r"PySpark does not yet fully support pandas"
+#: Exit status of a job that stopped on a :class:`PipelineError` (bad config, unusable data).
+EXIT_PIPELINE_ERROR = 2
+#: Prefix of the one stderr line naming the cause of a failed job.
+from anomaly_detection.spark_submit import ERROR_PREFIX  # noqa: E402 - one definition, read by run_spark_job
+
+Body = Callable[["SparkSession", PipelineConfig, RunPaths, logging.Logger], None]
+
+
+def quiet_pandas_warning() -> None:
+    """Silence PySpark's "pandas >= 3 is not fully supported" FutureWarning (and only that one)."""
+    warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
+
+
+def parse_args(prog: str, description: str, argv: list[str] | None, *, algorithm: bool = False) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (runs/<run_id>)")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="the resolved config (default: <run-dir>/config.resolved.yaml)"
+    )
+    if algorithm:
+        parser.add_argument("--algorithm", default="kmeans", choices=["kmeans"], help="the detector to tune (Spark ML)")
+    return parser.parse_args(argv)
+
+
+def job_paths(run_dir: Path) -> RunPaths:
+    root = Path(run_dir).resolve()
+    if not root.is_dir():
+        raise PipelineError(f"run directory not found: {root}")
+    # The jobs never publish a report, so reports_dir is not used.
+    return RunPaths(root, root)
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).splitlines()) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- session
+
+
+def _explicit_master_in_submit_args() -> bool:
+    return "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+
+
+def build_session(app_name: str, extra_conf: dict[str, str] | None = None) -> "SparkSession":
+    """The job's SparkSession.
+
+    The master (and the app name) come from spark-submit or ``PYSPARK_SUBMIT_ARGS``; a plain
+    ``python job.py`` run gets ``local[*]``. With a local master the driver binds to 127.0.0.1. The
+    UI is off unless ``spark.ui.enabled`` is set. Column names are case-sensitive, as in pandas.
+    """
+    quiet_pandas_warning()
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    if "PYSPARK_GATEWAY_PORT" not in os.environ and not _explicit_master_in_submit_args():
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # plain python: local[*] below
+    # Start (plain python) or join (spark-submit) the JVM first, so SparkConf() sees the settings
+    # spark-submit was given and we only fill in what is missing.
+    SparkContext._ensure_initialized()  # noqa: SLF001 - private but long-stable; SparkConf() then reads the JVM's
+    conf = SparkConf()
+    if not conf.contains("spark.master"):
+        conf.setMaster("local[*]")
+    if conf.get("spark.master", "").startswith("local"):
+        conf.setIfMissing("spark.driver.host", "127.0.0.1")
+        conf.setIfMissing("spark.driver.bindAddress", "127.0.0.1")
+    conf.setIfMissing("spark.ui.enabled", "false")
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        conf.setIfMissing("spark.ui.showConsoleProgress", "false")
+    else:  # plain python starts Spark as "pyspark-shell", which turns the progress bar on
+        conf.set("spark.ui.showConsoleProgress", "false")
+    # let adaptive execution shrink the shuffle partitions of cached frames too (2,000 rows must
+    # not run 200 tasks per pass)
+    conf.setIfMissing("spark.sql.optimizer.canChangeCachedPlanOutputPartitioning", "true")
+    conf.setIfMissing("spark.pyspark.python", sys.executable)
+    conf.setIfMissing("spark.sql.session.timeZone", "UTC")
+    conf.set("spark.sql.caseSensitive", "true")  # "a" and "A" are different API fields
+    for key, value in (extra_conf or {}).items():
+        conf.set(key, value)
+    # spark-submit --name (e.g. SparkSubmitOperator's name=) wins over our default name
+    spark = SparkSession.builder.appName(conf.get("spark.app.name", app_name)).config(conf=conf).getOrCreate()
+    spark.sparkContext.setLogLevel(conf.get("spark.log.level", "WARN"))
+    return spark
+
+
+# --------------------------------------------------------------------------- files
+
+
+def pandas_dtypes(path: Path) -> dict[str, Any]:
+    """The dtype of every column as ``pandas.read_parquet(path)`` gives it, read from the schema only."""
+    import pyarrow.parquet as pq
+
+    empty = pq.read_schema(path).empty_table().to_pandas()
+    return {str(name): dtype for name, dtype in empty.dtypes.items()}
+
+
+def quoted(name: str) -> str:
+    """A column name Spark resolves literally (dots, spaces and backticks included)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "DataFrame":
+    """Read one parquet file as columns ``_pos, c0, c1, ...`` (``c<i>`` is ``names[i]``).
+
+    ``_pos`` is the row's index in the file (Spark's ``_metadata.row_index``), which is exactly the
+    row's position when pandas reads the file, whatever the partitioning or the order Spark's
+    tasks run in. Only a single file is supported (what the native stages and these jobs write).
+    """
+    from pyspark.sql import functions as F
+
+    if not path.is_file():
+        raise PipelineError(f"{path} must be a single parquet file")
+    frame = spark.read.parquet(str(path))
+    present = set(frame.columns)
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise PipelineError(f"{path}: Spark does not see column(s) {missing}; it sees {sorted(present)[:40]}")
+    row_index = frame.metadataColumn("_metadata").getField("row_index")
+    return frame.select(row_index.alias(POS), *(F.col(quoted(n)).alias(f"c{i}") for i, n in enumerate(names)))
+
+
+def write_json(path: Path, data: Any) -> None:
+    from anomaly_detection.pipeline import _write_json  # the same encoder as the native stages
+
+    _write_json(path, data)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def job_logging(paths: RunPaths, name: str) -> Iterator[logging.Logger]:
+    """Log to the run's ``pipeline.log`` (like the native stages) and to stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(SECRET_MASK)
+    package = logging.getLogger(PACKAGE_LOGGER)
+    with run_logging(paths) as _:
+        package.addHandler(handler)
+        try:
+            yield logging.getLogger(f"{PACKAGE_LOGGER}.spark.{name}")
+        finally:
+            package.removeHandler(handler)
+
+
+def stderr_line(text: str) -> None:
+    """Write one line to the job's stderr.
+
+    Under spark-submit the JVM runs this Python driver with its stderr merged into spark-submit's
+    stdout, so the line goes through the JVM's ``System.err`` instead; a plain ``python job.py``
+    run prints it.
+    """
+    sys.stdout.flush()
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # started by spark-submit
+        try:
+            from pyspark import SparkContext
+
+            SparkContext._ensure_initialized()  # noqa: SLF001 - joins the running JVM
+            err = SparkContext._jvm.System.err  # noqa: SLF001
+            err.println(text)
+            err.flush()
+            return
+        except Exception:  # noqa: BLE001 - fall back to Python's stderr
+            pass
+    print(text, file=sys.stderr, flush=True)
+
+
+def fail(exc: BaseException) -> int:
+    """Write the one line naming the cause to stderr; return the job's exit status."""
+    stderr_line(f"{ERROR_PREFIX}{type(exc).__name__}: {one_line(exc)}")
+    return EXIT_PIPELINE_ERROR
+
+
+def run_job(name: str, args: argparse.Namespace, body: Body, *, extra_conf: dict[str, str] | None = None) -> int:
+    """Load the config, start Spark, run ``body``.
+
+    Exit status 0 on success, 2 on a :class:`PipelineError` (bad config, unusable data), 1 on any
+    other exception; a failure writes one ``error: <Type>: <cause>`` line to stderr.
+    """
+    quiet_pandas_warning()
+    try:
+        paths = job_paths(args.run_dir)
+        config = load_config(args.config or paths.config)
+    except PipelineError as exc:
+        return fail(exc)
+    with job_logging(paths, name) as log:
+        started = time.perf_counter()
+        spark = None
+        try:
+            spark = build_session(f"anomaly-detection-{name}", extra_conf)
+            log.info("spark %s: master %s, run %s", name, spark.sparkContext.master, paths.run_id)
+            body(spark, config, paths, log)
+        except PipelineError as exc:
+            log.error("spark %s failed: %s", name, exc)
+            return fail(exc)
+        except Exception as exc:  # noqa: BLE001 - the traceback goes to the log, the cause to stderr
+            log.exception("spark %s failed unexpectedly", name)
+            fail(exc)
+            return 1
+        finally:
+            if spark is not None:
+                spark.stop()
+        log.info("spark %s finished in %.1fs", name, time.perf_counter() - started)
+    return 0
+
+
+def is_numeric_dtype(dtype: Any) -> bool:
+    """The native rule: numeric or boolean pandas dtype."""
+    return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+
+
+def missing_expr(column: "Column", floating: bool) -> "Column":
+    """``pandas.isna`` in Spark: null, and NaN for floating columns."""
+    from pyspark.sql import functions as F
+
+    return (column.isNull() | F.isnan(column)) if floating else column.isNull()

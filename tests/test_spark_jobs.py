@@ -1,0 +1,272 @@
+"""The Spark jobs (spark_jobs/preprocess.py, spark_jobs/detect.py) run through real spark-submit in
+local[2] on a generated run directory, compared with the native preprocessing and KMeans, then
+read by the native select and report stages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from anomaly_detection.config import build_config, load_config
+from anomaly_detection.detect import DetectorSettings, kmeans
+from anomaly_detection.errors import PipelineError
+from anomaly_detection.pipeline import report_stage, select_stage
+from anomaly_detection.preprocess import preprocess
+from anomaly_detection.runs import RunPaths
+from anomaly_detection.spark_submit import (
+    SPARK_JOBS_DIR,
+    failure_cause,
+    job_application_args,
+    run_spark_job,
+    spark_env,
+    spark_submit_command,
+    spark_submit_executable,
+)
+
+pytestmark = pytest.mark.slow
+MASTER = "local[2]"
+N_ROWS = 2_000
+N_OUTLIERS = 20
+N_DUPLICATES = 25
+JOB_TIMEOUT = 300
+#: Test-only: these JVMs live under a minute on tiny data, where the C1 JIT alone starts ~40% faster
+#: on a busy 2-core VM. Production keeps the full JIT (long jobs need C2).
+QUICK_JVM = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
+TIMINGS: dict[str, float] = {}
+
+
+def _java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+requires_spark = pytest.mark.skipif(not _java_available(), reason="Java is not on PATH")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_table(n: int = N_ROWS, seed: int = 7) -> tuple[pd.DataFrame, np.ndarray]:
+    """Four clusters in (x, y, z), ~1% planted far outliers, NaNs, one inf, duplicates appended after
+    their originals, a constant, an id, a constant-step sequence, text, timestamps, an empty column.
+
+    Returns the table and the positions of the planted outliers' first occurrences.
+    """
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0, 0, 0], [6, 6, 0], [0, 6, 6], [6, 0, 6]], dtype=float)
+    cluster = rng.integers(0, 4, n)
+    xyz = centers[cluster] + rng.normal(0, 0.6, (n, 3))
+    count = cluster * 10 + rng.integers(0, 3, n)
+    outliers = rng.choice(n, N_OUTLIERS, replace=False)
+    direction = rng.normal(size=(N_OUTLIERS, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    xyz[outliers] = 3.0 + direction * rng.uniform(13, 16, (N_OUTLIERS, 1))
+    count[outliers] = rng.integers(0, 40, N_OUTLIERS)
+    table = pd.DataFrame(
+        {
+            "event_id": rng.permutation(n) + 1000,
+            "x": xyz[:, 0],
+            "y": xyz[:, 1],
+            "z": xyz[:, 2],
+            "count": count,
+            "flag": np.isin(cluster, [1, 3]),
+            "const": 3.0,
+            "city": rng.choice(["Lyon", "Oslo", "Lima"], n),
+            "meta.note": rng.choice(["a b", "c.d", None], n),
+            "seen_at": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10**6, n), unit="s"),
+            "empty": np.nan,
+            "is_anomaly": np.isin(np.arange(n), outliers).astype(np.int64),
+        }
+    )
+    normal = np.setdiff1d(np.arange(n), outliers)
+    holes = rng.choice(normal, 61, replace=False)
+    table.loc[holes[:30], "x"] = np.nan
+    table.loc[holes[30:60], "y"] = np.nan
+    table.loc[holes[60], "z"] = np.inf
+    table.insert(1, "seq", np.arange(n) * 3 + 5)  # an ID by its constant step, not by its name
+    # duplicates land after their original, so the kept rows are 0..n-1 and "seq" keeps its step
+    duplicated = rng.choice(n, N_DUPLICATES, replace=False)
+    keys = np.concatenate([np.arange(n, dtype=float), rng.uniform(duplicated + 0.5, n)])
+    order = np.argsort(keys, kind="stable")
+    full = pd.concat([table, table.iloc[duplicated]]).iloc[order].reset_index(drop=True)
+    first_position = np.argsort(order)[:n]  # where original row i ended up
+    return full, np.sort(first_position[outliers])
+
+
+def write_run(root: Path, table: pd.DataFrame, overrides: dict) -> tuple[RunPaths, Path]:
+    paths = RunPaths.create(root / "runs", root / "reports", "spark-test")
+    table.to_parquet(paths.flattened, index=False)
+    output = {"runs_dir": str(root / "runs"), "reports_dir": str(root / "reports")}
+    config = build_config({"name": "spark-test", "output": output}, overrides)
+    paths.config.write_text(yaml.safe_dump(config.redacted(), sort_keys=False), encoding="utf-8")
+    return paths, paths.config
+
+
+@pytest.fixture(scope="module")
+def spark_run(tmp_path_factory):
+    if not _java_available():
+        pytest.skip("Java is not on PATH")
+    root = tmp_path_factory.mktemp("spark")
+    table, planted = make_table()
+    overrides = {
+        "modeling": {"algorithms": ["kmeans"], "grids": {"kmeans": {"simple": {"n_clusters": [4, 6]}}}},
+        "evaluation": {"label_column": "is_anomaly"},
+    }
+    paths, config_path = write_run(root, table, overrides)
+    for job, extra in (("preprocess", ()), ("detect", ("--algorithm", "kmeans"))):
+        started = time.perf_counter()
+        run_spark_job(job, paths.root, config_path, master=MASTER, extra_args=extra, conf=QUICK_JVM, timeout=JOB_TIMEOUT)
+        TIMINGS[job] = time.perf_counter() - started
+    config = load_config(config_path)
+    native = preprocess(
+        pd.read_parquet(paths.flattened),
+        config.processing,
+        label_column=config.evaluation.label_column,
+        random_state=config.modeling.random_state,
+    )
+    return {"paths": paths, "config": config, "table": table, "planted": planted, "native": native}
+
+
+# --------------------------------------------------------------------------- the helper (no JVM)
+
+
+def test_spark_submit_command_line(tmp_path):
+    command = spark_submit_command(
+        "detect",
+        tmp_path,
+        tmp_path / "c.yaml",
+        master=MASTER,
+        extra_args=["--algorithm", "kmeans"],
+        conf={"spark.executor.memory": "1g"},
+    )
+    assert command[0] == str(spark_submit_executable()) and Path(command[0]).is_file()
+    assert command[1:3] == ["--master", MASTER]
+    confs = dict(command[i + 1].split("=", 1) for i, part in enumerate(command) if part == "--conf")
+    assert confs["spark.pyspark.python"] == sys.executable
+    assert confs["spark.pyspark.driver.python"] == sys.executable
+    assert confs["spark.driver.host"] == confs["spark.driver.bindAddress"] == "127.0.0.1"
+    assert confs["spark.ui.enabled"] == "false" and confs["spark.executor.memory"] == "1g"
+    script = command.index(str(SPARK_JOBS_DIR / "detect.py"))
+    assert command[script + 1 :] == [*job_application_args(tmp_path, tmp_path / "c.yaml"), "--algorithm", "kmeans"]
+    assert job_application_args("r", "c", "kmeans") == ["--run-dir", "r", "--config", "c", "--algorithm", "kmeans"]
+    cluster = spark_submit_command("preprocess", tmp_path, tmp_path / "c.yaml", master="spark://h:7077")
+    assert not any(part.startswith("spark.driver.host") for part in cluster)
+    assert spark_env(MASTER, {})["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert failure_cause("WARN x\nerror: DataError: no rows\nmore\n") == "DataError: no rows"
+    assert failure_cause("a\nb\n", tail=1) == "b"
+    with pytest.raises(PipelineError, match="unknown Spark job"):
+        spark_submit_command("nope", tmp_path, tmp_path / "c.yaml")
+
+
+def test_spark_submit_module_does_not_import_pyspark():
+    code = (
+        "import sys, anomaly_detection.spark_submit as s; "
+        "s.spark_submit_command('preprocess', 'r', 'c'); "
+        "assert 'pyspark' not in sys.modules, 'pyspark imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+@requires_spark
+def test_preprocess_job_writes_the_native_files(spark_run):
+    paths, native = spark_run["paths"], spark_run["native"]
+    features = pd.read_parquet(paths.features)
+    kept = np.load(paths.kept_rows)
+    labels = np.load(paths.labels)
+    summary = json.loads(paths.summary.read_text())
+
+    assert kept.dtype == np.int64 and labels.dtype == np.int8
+    assert features.shape == (N_ROWS, 5) and (features.dtypes == np.float64).all()
+    assert np.array_equal(kept, native.rows)  # the same duplicates removed, the first of each kept
+    assert np.array_equal(labels, native.labels)
+    assert list(features.columns) == native.feature_names == ["x", "y", "z", "count", "flag"]
+    values = features.to_numpy()
+    assert not np.isnan(values).any() and values.min() >= 0.0 and values.max() <= 1.0
+
+    assert list(summary) == list(native.summary)  # same keys, same order
+    for key in summary:
+        if key != "imputation":
+            assert summary[key] == native.summary[key], key
+    assert summary["duplicates_removed"] == N_DUPLICATES
+    assert summary["imputed_values"] == 61 and summary["infinite_values"] == 1
+    assert summary["imputation"].startswith("kmeans (")
+    dropped = summary["columns_dropped"]
+    assert dropped["event_id"] == dropped["seq"] == "looks like an identifier"
+    assert dropped["const"] == "constant (3)"
+    assert dropped["city"].startswith("not numeric") and dropped["meta.note"].startswith("not numeric")
+    assert dropped["seen_at"].startswith("not numeric (datetime64")
+    assert dropped["empty"] == "all values missing" and dropped["is_anomaly"] == "label column"
+
+    # observed values are scaled exactly as natively; imputed ones come from Spark's own centroids
+    raw = spark_run["table"].iloc[kept][native.feature_names].to_numpy(dtype=float)
+    observed = np.isfinite(raw)
+    assert np.array_equal(values[observed], native.features[observed])
+
+
+@requires_spark
+def test_detect_job_agrees_with_native_kmeans(spark_run):
+    paths, config = spark_run["paths"], spark_run["config"]
+    results = json.loads((paths.models / "kmeans.json").read_text())
+    scores = np.load(paths.models / "kmeans.scores.npy")
+    labels = np.load(paths.models / "kmeans.labels.npy")
+    assert [r["params"] for r in results] == [{"n_clusters": 4}, {"n_clusters": 6}]
+    assert scores.dtype == np.float64 and labels.dtype == np.int8 and scores.shape == labels.shape == (N_ROWS,)
+    expected = int(np.ceil(config.modeling.contamination * N_ROWS))
+    assert all(r["anomaly_count"] == expected and r["info"]["engine"] == "spark" for r in results)
+    assert labels.sum() == expected and scores[labels == 1].min() >= scores[labels == 0].max()
+
+    best = max(results, key=lambda r: r["score"])
+    assert best["threshold"] == pytest.approx(scores[labels == 1].min())
+    X = pd.read_parquet(paths.features).to_numpy()
+    settings = DetectorSettings(contamination=config.modeling.contamination, random_state=config.modeling.random_state)
+    native = kmeans(X, best["params"], settings)
+    agreement = float((native.labels & labels).sum() / native.labels.sum())
+    print(f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; timings {TIMINGS}")
+    assert agreement >= 0.8
+
+    # every planted outlier is flagged (positions in the kept-row order)
+    kept = np.load(paths.kept_rows)
+    planted = np.searchsorted(kept, spark_run["planted"])
+    assert np.array_equal(kept[planted], spark_run["planted"])
+    assert labels[planted].all()
+    assert best["recall"] == 1.0
+
+
+@requires_spark
+def test_native_select_and_report_read_the_spark_outputs(spark_run):
+    paths, config = spark_run["paths"], spark_run["config"]
+    assert not paths.ingest_info.exists()  # select tolerates its absence
+    outcome = select_stage(config, paths)
+    results = json.loads(paths.results.read_text())
+    assert results["status"] == "succeeded"
+    assert results["best"]["algorithm"] == "kmeans" and outcome["anomaly_count"] == results["best"]["anomaly_count"]
+    anomalies = pd.read_csv(paths.anomalies)
+    assert len(anomalies) == results["best"]["anomaly_count"]
+    assert set(anomalies["is_anomaly"]) <= {0, 1} and anomalies["is_anomaly"].sum() == N_OUTLIERS
+    report = report_stage(config, paths)
+    assert report.is_file() and paths.published_report.is_file()
+    assert "spark preprocess" in paths.log.read_text()  # the jobs log into the run's pipeline.log
+
+
+@requires_spark
+def test_preprocess_job_without_numeric_column_fails_with_one_line_cause(tmp_path):
+    table = pd.DataFrame({"name": [f"n{i}" for i in range(30)], "city": ["Lyon", "Oslo", "Lima"] * 10})
+    paths, config_path = write_run(tmp_path, table, {})
+    command = spark_submit_command("preprocess", paths.root, config_path, master=MASTER, conf=QUICK_JVM)
+    done = subprocess.run(command, capture_output=True, text=True, env=spark_env(MASTER), timeout=JOB_TIMEOUT)
+    assert done.returncode != 0
+    causes = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert causes == ["error: DataError: no usable numeric feature column; columns are: name (str), city (str)"]
+    assert failure_cause(done.stderr).startswith("DataError: no usable numeric feature column")
+    assert not paths.features.exists()
