@@ -207,7 +207,7 @@ def anomaly_detection():
 
     @task(trigger_rule="none_failed_min_one_success")
     def evaluate_and_select(params=None, run_id=None, ti=None) -> dict:
-        mode = "spark" if ti.xcom_pull(task_ids="choose_path") == "spark_preprocess" else "native"
+        mode, _ = dag_tasks.choose_path(params, ti.xcom_pull(task_ids="ingest")["rows"])  # the branch taken
         return dag_tasks.select(params, run_id, mode=mode)
 
     @task
