@@ -107,7 +107,7 @@ REVIEW_FORM = {
     ),
     "hyperparameters": Param(None, **_nullable("string", enum=[None, "simple", "complex"]), title="Hyperparameters", description="For a rerun."),
     "mode": Param(None, **_nullable("string", enum=[None, "native", "spark", "auto"]), title="Mode", description="For a rerun."),
-    "comment": Param("", type="string", title="Comment", description="Why you decided so; kept in decision.json and the report."),
+    "comment": Param(None, **_nullable("string"), title="Comment", description="Optional: why you decided so; kept in decision.json and the report."),
 }
 
 

@@ -308,10 +308,23 @@ class AirflowClient:
         Returns the run id (Airflow makes one like ``manual__2025-01-01T00:00:00+00:00`` if not given).
         """
         body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
-        if run_id is not None:
-            body["dag_run_id"] = run_id
-        resp = self.request("POST", f"/api/v2/dags/{_seg(dag_id)}/dagRuns", json_body=body, expect=(200, 201))
-        return resp.json()["dag_run_id"]
+        path = f"/api/v2/dags/{_seg(dag_id)}/dagRuns"
+        if run_id is None:
+            return self.request("POST", path, json_body=body, expect=(200, 201)).json()["dag_run_id"]
+        # With a run id the call is safe to repeat: a busy SQLite answers 500 "Database error" or
+        # times out, and a retry that finds the run already created (409) has succeeded.
+        body["dag_run_id"] = run_id
+        for attempt in range(5):
+            try:
+                self.request("POST", path, json_body=body, expect=(200, 201))
+                return run_id
+            except AirflowApiError as exc:
+                if exc.status == 409 and attempt:
+                    return run_id
+                if exc.status not in (None, 500, 502, 503, 504) or attempt == 4:
+                    raise
+                time.sleep(2 * (attempt + 1))
+        return run_id
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         """``GET /api/v2/dags/{dag_id}/dagRuns/{run_id}`` (``state``: queued/running/success/failed)."""
