@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -160,6 +161,9 @@ def select(params: Mapping[str, Any], run_id: str, *, mode: str) -> dict[str, An
     with stage(params, run_id) as (config, paths):
         meta = _meta(paths)
         meta.update(finished_at=utc_now(), mode=mode)
+        if meta.get("started_at"):
+            started = datetime.fromisoformat(meta["started_at"])
+            meta["duration_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
         outcome = select_stage(config, paths, run_meta=meta)
         results = json.loads(paths.results.read_text(encoding="utf-8"))
         return {
