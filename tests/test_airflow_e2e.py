@@ -8,16 +8,12 @@ in the UI, and a bad conf. Every wait is bounded.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from airflow_fixtures import airflow_standalone, free_port  # noqa: F401  (fixture)
+from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
+from demo_process import running_demo_api
 
 DAG = "anomaly_detection"
 SECRET = "s3cr3t-Token-4e2b9c"
@@ -27,24 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 @pytest.fixture(scope="module")
 def demo_api():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", "2000", "--seed", "5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "demo API did not start"
-            time.sleep(0.2)
-    yield base
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
+    with running_demo_api(rows=2000, seed=5) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -3,47 +3,23 @@
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from demo_process import free_port, running_demo_api
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def demo_api():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", "3000", "--seed", "11"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "demo API did not start"
-            time.sleep(0.1)
-    yield base
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
+    with running_demo_api(rows=3000, seed=11) as base:
+        yield base
 
 
 def run_cli(*args, cwd=ROOT, env=None):
@@ -118,7 +94,7 @@ def test_bad_override_fails_with_one_line_naming_the_key():
 
 
 def test_unreachable_api_fails_clearly_and_keeps_the_log(tmp_path):
-    port = _free_port()
+    port = free_port()
     out = run_cli(
         "run", "--quiet", "--run-id", "down",
         "--set", f"source.url=http://127.0.0.1:{port}/nothing",
