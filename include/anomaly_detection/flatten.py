@@ -275,13 +275,7 @@ def flatten_record(record: Any, *, max_depth: int, stats: FlattenStats) -> dict[
                     break
             elif type(value) is dict:
                 value = None
-            if name in out:
-                n = 1
-                while f"{name}__dup{n}" in out:
-                    n += 1
-                stats.collisions.setdefault(name, f"{name}__dup{n}")
-                name = f"{name}__dup{n}"
-            out[name] = value
+            _emit(out, name, value, stats)
         else:
             stack.pop()
     return out
@@ -292,6 +286,7 @@ _PLAIN_KINDS = frozenset({"string", "bytes", "floating", "integer", "mixed-integ
 
 
 def _emit(out: dict[str, Any], name: str, column: Any, stats: FlattenStats) -> None:
+    """Store ``column`` under ``name``, or under ``name__dupN`` when the name is already taken."""
     if name in out:
         n = 1
         while f"{name}__dup{n}" in out:
