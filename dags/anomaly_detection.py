@@ -184,26 +184,21 @@ def anomaly_detection():
     def detect(algorithm: str, params=None, run_id=None) -> dict:
         return dag_tasks.detect(params, run_id, algorithm)
 
-    spark_args = [
-        "--run-dir", "{{ ti.xcom_pull(task_ids='resolve_config')['run_dir'] }}",
-        "--config", "{{ ti.xcom_pull(task_ids='resolve_config')['config_path'] }}",
-    ]  # fmt: skip
-    spark_preprocess = SparkSubmitOperator(
-        task_id="spark_preprocess",
-        application=str(SPARK_JOBS_DIR / "preprocess.py"),
-        application_args=spark_args,
-        conn_id="spark_default",
-        conf=SPARK_CONF,
-        name="anomaly-preprocess-{{ run_id }}",
-    )
-    spark_detect = SparkSubmitOperator(
-        task_id="spark_detect",
-        application=str(SPARK_JOBS_DIR / "detect.py"),
-        application_args=spark_args,
-        conn_id="spark_default",
-        conf=SPARK_CONF,
-        name="anomaly-detect-{{ run_id }}",
-    )
+    def spark_job(job: str) -> SparkSubmitOperator:
+        return SparkSubmitOperator(
+            task_id=f"spark_{job}",
+            application=str(SPARK_JOBS_DIR / f"{job}.py"),
+            application_args=[
+                "--run-dir", "{{ ti.xcom_pull(task_ids='resolve_config')['run_dir'] }}",
+                "--config", "{{ ti.xcom_pull(task_ids='resolve_config')['config_path'] }}",
+            ],  # fmt: skip
+            conn_id="spark_default",
+            conf=SPARK_CONF,
+            name=f"anomaly-{job}-{{{{ run_id }}}}",
+        )
+
+    spark_preprocess = spark_job("preprocess")
+    spark_detect = spark_job("detect")
 
     @task(trigger_rule="none_failed_min_one_success")
     def evaluate_and_select(params=None, run_id=None, ti=None) -> dict:

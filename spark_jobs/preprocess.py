@@ -43,6 +43,7 @@ import numpy as np
 from anomaly_detection.config import PipelineConfig
 from anomaly_detection.errors import DataError, PipelineError
 from anomaly_detection.preprocess import (
+    log_feature_choice,
     _CAMEL_ID,
     _FALSE,
     _ID_NAME,
@@ -133,12 +134,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
 
     # -- feature selection (one pass of aggregates, which also checks the label column)
     features, dropped, stats = _select_features(kept, processing, names, col, dtypes, floating, rows_after, labels)
-    for name, reason in dropped.items():
-        log.info("column %r not used as a feature: %s", name, reason)
-    if not features:
-        kinds = ", ".join(f"{k} ({v})" for k, v in list(summary["dtypes"].items())[:30])
-        raise DataError(f"no usable numeric feature column; columns are: {kinds}")
-    log.info("using %d feature(s): %s", len(features), ", ".join(features))
+    log_feature_choice(features, dropped, summary["dtypes"])
 
     # -- +-inf to missing, MinMax scaling (min/max of the finite values, as numpy's nanmin/nanmax)
     n_infinite = sum(stats[n]["infinite"] for n in features)

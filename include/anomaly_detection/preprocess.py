@@ -148,6 +148,16 @@ def select_features(
     return features, dropped
 
 
+def log_feature_choice(features: list[str], dropped: dict[str, str], dtypes: dict[str, str]) -> None:
+    """Log why each column was dropped and which features remain; no feature left is a DataError."""
+    for name, reason in dropped.items():
+        log.info("column %r not used as a feature: %s", name, reason)
+    if not features:
+        kinds = ", ".join(f"{k} ({v})" for k, v in list(dtypes.items())[:30])
+        raise DataError(f"no usable numeric feature column; columns are: {kinds}")
+    log.info("using %d feature(s): %s", len(features), ", ".join(features))
+
+
 def minmax_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scale each column to [0, 1] ignoring NaN; returns ``(scaled, minimum, maximum)``."""
     minimum = np.nanmin(values, axis=0)
@@ -236,12 +246,7 @@ def preprocess(
 
     labels = extract_labels(table, label_column) if label_column else None
     features, dropped = select_features(table, processing, exclude={label_column} if label_column else set())
-    for name, reason in dropped.items():
-        log.info("column %r not used as a feature: %s", name, reason)
-    if not features:
-        kinds = ", ".join(f"{k} ({v})" for k, v in list(summary["dtypes"].items())[:30])
-        raise DataError(f"no usable numeric feature column; columns are: {kinds}")
-    log.info("using %d feature(s): %s", len(features), ", ".join(features))
+    log_feature_choice(features, dropped, summary["dtypes"])
 
     values = np.array(table[features].to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
     infinite = ~np.isfinite(values) & ~np.isnan(values)
