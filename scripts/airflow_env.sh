@@ -54,6 +54,9 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True   # nothing runs until so
 export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=120           # imports are slow on small VMs
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$AIRFLOW_URL/execution/"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+# SQLite busy timeouts (60 s; the API server 3 s): see include/anomaly_detection/airflow_sqlite.py.
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=anomaly_detection.airflow_sqlite.CONNECT_ARGS
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=anomaly_detection.airflow_sqlite.CONNECT_ARGS_ASYNC
 
 # --- auth: simple auth manager, one password-protected admin (never all-admins) --------------------
 export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager

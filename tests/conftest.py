@@ -14,3 +14,12 @@ SHARED = TESTS.parents[1] / "shared" / "data"
 if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(TESTS.parent / "plugins"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run modules marked ``slow`` (real Airflow, Spark) after the quick ones, keeping each module whole.
+
+    A failing quick test then shows up within minutes, and module-scoped servers start once.
+    """
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ in slow_modules)

@@ -2,12 +2,15 @@
 
 All runs are triggered at once (the slow part is Airflow starting task processes), then each test
 follows one of them: approve, reject, rerun with adjustments, the Spark branch, a gate marked failed
-in the UI, and a bad conf. Every wait is bounded.
+in the UI, and a bad conf. Every wait is bounded, and all of them together by one budget counted from
+the trigger, so a stuck Airflow fails the module in BUDGET seconds, not once per test; a failed wait
+quotes the Airflow log's errors.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from demo_process import running_demo_api
 
 DAG = "anomaly_detection"
 SECRET = "s3cr3t-Token-4e2b9c"
-RUN_TIMEOUT = 900
+BUDGET = 1800
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
@@ -55,7 +58,55 @@ def runs(airflow_standalone, client, demo_api):  # noqa: F811
         "marked_failed": {"url": url, "algorithms": ["kmeans"]},
         "bad_conf": {"url": url, "overrides": {"modeling.colour": "red"}},
     }
-    return {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
+    triggered = {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
+    _deadline[0] = time.monotonic() + BUDGET
+    return triggered
+
+
+_deadline = [0.0]
+
+
+class Waits:
+    """The client's waits, each bounded by what is left of the module's budget."""
+
+    def __init__(self, client, airflow_standalone):  # noqa: F811
+        self.client, self.airflow = client, airflow_standalone
+
+    def left(self) -> float:
+        left = _deadline[0] - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"the module's {BUDGET}s budget is used up{self.diagnosis()}", pytrace=False)
+        return left
+
+    def diagnosis(self) -> str:
+        text = self.airflow.log_file.read_text(errors="replace") if self.airflow.log_file.exists() else ""
+        lines = text.splitlines()
+        errors = [ln for ln in lines if "[error" in ln or "exited with status" in ln or "Error:" in ln]
+        return (
+            f"\n---- {len(errors)} error lines in {self.airflow.log_file} (last 15) ----\n" + "\n".join(errors[-15:])
+            + "\n---- last 15 log lines ----\n" + "\n".join(lines[-15:])
+        )
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args, self.left())
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}{self.diagnosis()}", pytrace=False)
+
+    def run(self, run_id: str) -> str:
+        return self._call(self.client.wait_for_run, DAG, run_id)
+
+    def task(self, run_id: str, task_id: str, states: list[str]) -> str:
+        return self._call(self.client.wait_for_task_state, DAG, run_id, task_id, states)
+
+    def gate(self, run_id: str) -> dict:
+        self.task(run_id, "review", ["awaiting_input"])
+        return self.client.hitl_detail(DAG, run_id, "review")
+
+
+@pytest.fixture(scope="module")
+def wait(client, airflow_standalone, runs):  # noqa: F811
+    return Waits(client, airflow_standalone)
 
 
 def _run_dir(airflow_standalone, run_id: str) -> Path:  # noqa: F811
@@ -64,14 +115,9 @@ def _run_dir(airflow_standalone, run_id: str) -> Path:  # noqa: F811
     return airflow_standalone.home / "runs" / safe_run_id(run_id)
 
 
-def _wait_gate(client, run_id):
-    client.wait_for_task_state(DAG, run_id, "review", ["awaiting_input"], RUN_TIMEOUT)
-    return client.hitl_detail(DAG, run_id, "review")
-
-
-def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, runs):  # noqa: F811
+def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, runs, wait):  # noqa: F811
     run_id = runs["bad_conf"]
-    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "failed"
+    assert wait.run(run_id) == "failed"
     states = client.task_instances(DAG, run_id)
     assert states["resolve_config"] == "failed"
     assert states.get("ingest") in ("upstream_failed", None)
@@ -79,9 +125,9 @@ def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, ru
     assert "modeling.colour" in log and "unknown key" in log
 
 
-def test_approve_publishes_and_records_the_decision(airflow_standalone, client, runs):  # noqa: F811
+def test_approve_publishes_and_records_the_decision(airflow_standalone, client, runs, wait):  # noqa: F811
     run_id = runs["approve"]
-    detail = _wait_gate(client, run_id)
+    detail = wait.gate(run_id)
     report = client.xcom(DAG, run_id, "build_report")
     assert report["report"] in detail["body"] and "Anomalies:" in detail["body"]
     assert detail["options"] == ["Approve", "Reject", "Rerun with adjustments"]
@@ -90,7 +136,7 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
     assert "ingested 2000 records" in ingest_log and "page 1:" in ingest_log
 
     client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "checked the top rows"})
-    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+    assert wait.run(run_id) == "success"
     states = client.task_instances(DAG, run_id)
     assert states["publish"] == "success" and states["rejected"] == "skipped" and states["trigger_rerun"] == "skipped"
 
@@ -112,11 +158,11 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
     assert SECRET not in json.dumps(client.xcom(DAG, run_id, "ingest"))
 
 
-def test_reject_records_and_publishes_nothing(airflow_standalone, client, runs):  # noqa: F811
+def test_reject_records_and_publishes_nothing(airflow_standalone, client, runs, wait):  # noqa: F811
     run_id = runs["reject"]
-    _wait_gate(client, run_id)
+    wait.gate(run_id)
     client.answer_hitl(DAG, run_id, "review", "Reject", {"comment": "too many false alarms"})
-    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+    assert wait.run(run_id) == "success"
     states = client.task_instances(DAG, run_id)
     assert states["rejected"] == "success" and states["publish"] == "skipped"
     run_dir = _run_dir(airflow_standalone, run_id)
@@ -125,21 +171,21 @@ def test_reject_records_and_publishes_nothing(airflow_standalone, client, runs):
     assert "Rejected" in (run_dir / "report.html").read_text()
 
 
-def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, client, runs):  # noqa: F811
+def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, client, runs, wait):  # noqa: F811
     run_id = runs["rerun"]
-    _wait_gate(client, run_id)
+    wait.gate(run_id)
     client.answer_hitl(
         DAG, run_id, "review", "Rerun with adjustments",
         {"contamination": 0.1, "algorithms": ["kmeans"], "comment": "wider net"},
     )
-    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+    assert wait.run(run_id) == "success"
     assert client.task_instances(DAG, run_id)["trigger_rerun"] == "success"
     rerun_id = f"rerun__{run_id}"
     conf = client.dag_run(DAG, rerun_id)["conf"]
     assert conf["rerun_of"] == run_id and conf["contamination"] == 0.1
     assert conf["overrides"]["modeling.algorithms"] == ["kmeans"]
 
-    _wait_gate(client, rerun_id)
+    wait.gate(rerun_id)
     rerun_dir = _run_dir(airflow_standalone, rerun_id)
     results = json.loads((rerun_dir / "results.json").read_text())
     assert results["rerun_of"] == run_id
@@ -149,12 +195,12 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
     first = json.loads((_run_dir(airflow_standalone, run_id) / "decision.json").read_text())
     assert first["decision"] == "rerun" and first["adjustments"]["modeling.contamination"] == 0.1
     client.answer_hitl(DAG, rerun_id, "review", "Reject")
-    assert client.wait_for_run(DAG, rerun_id, RUN_TIMEOUT) == "success"
+    assert wait.run(rerun_id) == "success"
 
 
-def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs):  # noqa: F811
+def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs, wait):  # noqa: F811
     run_id = runs["spark"]
-    _wait_gate(client, run_id)
+    wait.gate(run_id)
     states = client.task_instances(DAG, run_id)
     assert states["spark_preprocess"] == "success" and states["spark_detect"] == "success"
     assert states["preprocess"] == "skipped"
@@ -162,19 +208,19 @@ def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs
     results = json.loads((_run_dir(airflow_standalone, run_id) / "results.json").read_text())
     assert results["mode"] == "spark" and results["status"] == "succeeded"
     client.answer_hitl(DAG, run_id, "review", "Approve")
-    assert client.wait_for_run(DAG, run_id, RUN_TIMEOUT) == "success"
+    assert wait.run(run_id) == "success"
 
 
-def test_gate_marked_failed_in_the_ui_counts_as_reject(airflow_standalone, client, runs):  # noqa: F811
+def test_gate_marked_failed_in_the_ui_counts_as_reject(airflow_standalone, client, runs, wait):  # noqa: F811
     run_id = runs["marked_failed"]
-    _wait_gate(client, run_id)
+    wait.gate(run_id)
     client.request(
         "PATCH",
         f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/review",
         json_body={"new_state": "failed"},
     )
-    client.wait_for_task_state(DAG, run_id, "apply_decision", ["success"], RUN_TIMEOUT)
-    client.wait_for_run(DAG, run_id, RUN_TIMEOUT)
+    wait.task(run_id, "apply_decision", ["success"])
+    wait.run(run_id)
     states = client.task_instances(DAG, run_id)
     assert states["publish"] == "skipped" and states["rejected"] == "success"
     run_dir = _run_dir(airflow_standalone, run_id)

@@ -6,10 +6,13 @@ Uses a throwaway DAG in a temporary dags folder, never the repo's dags/.
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
 import time
 import uuid
 
+import psutil
 import pytest
 import requests
 
@@ -95,6 +98,47 @@ def test_rest_api_requires_auth(airflow_standalone):  # noqa: F811
     assert creds.stat().st_mode & 0o777 == 0o600
     # Bound to loopback only.
     assert airflow_standalone.env["AIRFLOW__API__HOST"] == "127.0.0.1"
+
+
+def _real_scheduler(airflow_standalone) -> psutil.Process:  # noqa: F811
+    """The scheduler's own Python process (not the restarting wrapper around it) in the instance's group."""
+    pgid = int((airflow_standalone.home / "standalone.pid").read_text())
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if os.getpgid(proc.pid) == pgid and "scheduler" in cmd and "python" in os.path.basename(cmd[0]):
+                found.append(proc)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    assert len(found) == 1, [p.cmdline() for p in found]
+    return found[0]
+
+
+def test_a_scheduler_that_dies_is_started_again(airflow_standalone):  # noqa: F811
+    # `airflow standalone` never restarts a part that exits; scripts/airflow_up.sh's wrapper does.
+    client = airflow_standalone.client
+    client.wait_for_dag(DAG_ID, timeout=120)
+    first = _real_scheduler(airflow_standalone)
+    killed_at = time.time()
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+
+    deadline = time.monotonic() + 120
+    while "airflow_up.sh: scheduler exited with status" not in airflow_standalone.log_file.read_text(errors="replace"):
+        assert time.monotonic() < deadline, airflow_standalone.log_tail()
+        time.sleep(1)
+
+    def beat_after_kill():
+        health = client.health()
+        beat = (health.get("scheduler") or {}).get("latest_scheduler_heartbeat")
+        from datetime import datetime
+
+        fresh = beat is not None and datetime.fromisoformat(beat).timestamp() > killed_at
+        return fresh and health["scheduler"]["status"] == "healthy", health, f"scheduler {health.get('scheduler')}"
+
+    client._poll("a heartbeat of the restarted scheduler", 150, beat_after_kill)
+    assert _real_scheduler(airflow_standalone).pid != first.pid
 
 
 def test_import_errors_surface(airflow_standalone):  # noqa: F811

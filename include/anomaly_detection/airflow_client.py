@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +50,12 @@ __all__ = [
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
 # States a task instance does not leave by itself (a run that is cleared is another story).
 FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+#: How often a request that failed on a database error (HTTP 500, reason "Database error") is sent again.
+DB_ERROR_RETRIES = 3
+DB_ERROR_BACKOFF = 1.0
+#: Seconds a human-in-the-loop gate must have been waiting before ``answer_hitl`` answers it.
+HITL_SETTLE_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -162,7 +169,8 @@ class AirflowClient:
         auth: bool = True,
     ) -> requests.Response:
         """One API call; ``path`` starts with ``/``. Raises ``AirflowApiError`` unless the status is in ``expect``."""
-        for attempt in (1, 2):
+        relogged = False
+        for attempt in range(1, DB_ERROR_RETRIES + 2):
             hdrs = dict(headers or {})
             if auth:
                 if self._token is None:
@@ -179,8 +187,13 @@ class AirflowClient:
                 )
             except requests.RequestException as exc:
                 raise AirflowApiError(f"{method} {path}: cannot reach Airflow at {self.base_url}: {exc}") from exc
-            if auth and attempt == 1 and _token_rejected(resp):
+            if auth and not relogged and _token_rejected(resp):
                 self._token = None  # expired or no longer valid: log in again, once
+                relogged = True
+                continue
+            if _database_error(resp) and attempt <= DB_ERROR_RETRIES:
+                # The request's transaction was rolled back (SQLite busy): safe to send again.
+                time.sleep(DB_ERROR_BACKOFF * attempt)
                 continue
             break
         if resp.status_code not in expect:
@@ -495,11 +508,41 @@ class AirflowClient:
         with ``{"chosen_options": [...], "params_input": {...}}``. Airflow answers 400 for an option that
         is not offered, 409 if it was answered already."""
         options = [chosen_options] if isinstance(chosen_options, str) else list(chosen_options)
+        self._let_gate_settle(self.hitl_detail(dag_id, run_id, task_id, map_index))
         return self.request(
             "PATCH",
             self._hitl_path(dag_id, run_id, task_id, map_index),
             json_body={"chosen_options": options, "params_input": dict(params_input or {})},
         ).json()
+
+
+    def _let_gate_settle(self, detail: Mapping[str, Any]) -> None:
+        """Wait until the gate has been waiting ``HITL_SETTLE_SECONDS``, counted from its ``created_at``.
+
+        Airflow 3.3.2's scheduler fails a human-in-the-loop task whose answer arrives before it has
+        processed the exit of the task's paused process ("finished with state success, but the task
+        instance's state attribute is queued"). A person never answers that fast; a script can.
+        """
+        try:
+            created = datetime.fromisoformat(str(detail.get("created_at")))
+        except ValueError:
+            return
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=timezone.utc)
+        age = (datetime.now(timezone.utc) - created).total_seconds()
+        if age < HITL_SETTLE_SECONDS:
+            time.sleep(HITL_SETTLE_SECONDS - max(age, 0.0))
+
+
+def _database_error(resp: requests.Response) -> bool:
+    """Airflow's 500 for a failed database statement (e.g. SQLite "database is locked")."""
+    if resp.status_code != 500:
+        return False
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(detail, dict) and detail.get("reason") == "Database error"
 
 
 def _token_rejected(resp: requests.Response) -> bool:
