@@ -99,6 +99,8 @@ class SourceConfig(_Model):
     retries: int = Field(3, ge=0, le=20)
     backoff_seconds: float = Field(0.5, ge=0)
     max_backoff_seconds: float = Field(30.0, ge=0)
+    concurrency: int = Field(4, ge=1, le=64)
+    max_requests_per_second: float | None = Field(None, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -120,6 +122,13 @@ class ProcessingConfig(_Model):
     exclude_features: list[str] = Field(default_factory=list)
     max_list_length: int = Field(10, ge=0)
     max_depth: int = Field(32, ge=1)
+
+
+class SparkConfig(_Model):
+    master: str = "local[*]"
+    driver_memory: str = Field("4g", pattern=r"^[0-9]+[kmgtKMGT]$")
+    executor_memory: str = Field("4g", pattern=r"^[0-9]+[kmgtKMGT]$")
+    sample_size: int = Field(100_000, ge=1_000)
 
 
 class ModelingConfig(_Model):
@@ -186,6 +195,7 @@ class PipelineConfig(_Model):
     name: str = "default"
     source: SourceConfig = Field(default_factory=SourceConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
     modeling: ModelingConfig = Field(default_factory=ModelingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
