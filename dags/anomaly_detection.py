@@ -31,6 +31,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import BaseHook, Param, dag, get_current_context, task
 
 from anomaly_detection import dag_tasks, review
+from anomaly_detection.config import ALGORITHMS
 from review_gate import ReviewGateOperator  # plugins/
 
 DAG_ID = "anomaly_detection"
@@ -65,9 +66,9 @@ PARAMS = {
     ),
     "algorithms": Param(
         None,
-        **_nullable("array", items={"type": "string", "enum": ["isolation_forest", "kmeans", "dbscan"]}),
+        **_nullable("array", items={"type": "string", "enum": list(ALGORITHMS)}),
         title="Algorithms",
-        description="Any of isolation_forest, kmeans, dbscan. Empty keeps the config's.",
+        description="Any of " + ", ".join(ALGORITHMS) + ". Empty keeps the config's.",
     ),
     "hyperparameters": Param(
         None,
@@ -101,7 +102,7 @@ REVIEW_FORM = {
     "contamination": Param(None, **_nullable("number", exclusiveMinimum=0, maximum=0.5), title="Contamination", description="For a rerun."),
     "algorithms": Param(
         None,
-        **_nullable("array", items={"type": "string", "enum": ["isolation_forest", "kmeans", "dbscan"]}),
+        **_nullable("array", items={"type": "string", "enum": list(ALGORITHMS)}),
         title="Algorithms",
         description="For a rerun.",
     ),

@@ -19,6 +19,7 @@ def blobs_with_outliers(n=600, d=4, outliers=12, seed=0):
 PARAMS = {
     "isolation_forest": {"n_estimators": 100, "max_samples": 256},
     "kmeans": {"n_clusters": 3},
+    "bisecting_kmeans": {"n_clusters": 3},
     "dbscan": {"eps_quantile": 0.95, "min_samples": 10},
 }
 

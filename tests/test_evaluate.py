@@ -87,3 +87,26 @@ def test_fast_silhouette_single_member_group_scores_zero_for_it():
     X = np.array([[0.0], [0.1], [0.2], [5.0]])
     labels = np.array([0, 0, 0, 1])
     assert two_group_silhouette(X, labels) == pytest.approx(silhouette_score(X, labels))
+
+
+def test_split_metrics_from_aggregates_equal_sklearn():
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from anomaly_detection.evaluate import split_metrics_from_aggregates
+
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(0, 1, (400, 4)), rng.normal(4, 2, (25, 4))])
+    labels = np.r_[np.zeros(400, int), np.ones(25, int)]
+    counts = np.bincount(labels)
+    sums = np.stack([X[labels == g].sum(axis=0) for g in (0, 1)])
+    squared = np.array([(X[labels == g] ** 2).sum() for g in (0, 1)])
+    centroids = sums / counts[:, None]
+    mean_dist = np.array([np.linalg.norm(X[labels == g] - centroids[g], axis=1).mean() for g in (0, 1)])
+    got = split_metrics_from_aggregates(counts, sums, squared, mean_dist)
+    assert got["davies_bouldin"] == pytest.approx(davies_bouldin_score(X, labels), rel=1e-9)
+    assert got["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(X, labels), rel=1e-9)
+    # one group only: no split to measure
+    assert split_metrics_from_aggregates(np.array([425, 0]), sums, squared, mean_dist) == {
+        "davies_bouldin": None,
+        "calinski_harabasz": None,
+    }

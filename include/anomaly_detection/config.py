@@ -17,12 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-ALGORITHMS = ("isolation_forest", "kmeans", "dbscan")
+ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans", "dbscan")
+Algorithm = Literal["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan"]
 
 #: Hyperparameter names each detector accepts in its grid (checked when the config loads).
 GRID_PARAMS: dict[str, frozenset[str]] = {
     "isolation_forest": frozenset({"n_estimators", "max_samples", "max_features", "bootstrap"}),
     "kmeans": frozenset({"n_clusters", "init", "n_init", "max_iter"}),
+    "bisecting_kmeans": frozenset({"n_clusters", "max_iter", "bisecting_strategy"}),
     "dbscan": frozenset({"eps", "eps_quantile", "min_samples", "metric"}),
 }
 
@@ -36,6 +38,10 @@ DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
         },
     },
     "kmeans": {
+        "simple": {"n_clusters": [3, 5, 8]},
+        "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]},
+    },
+    "bisecting_kmeans": {
         "simple": {"n_clusters": [3, 5, 8]},
         "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]},
     },
@@ -132,13 +138,13 @@ class SparkConfig(_Model):
 
 
 class ModelingConfig(_Model):
-    algorithms: list[Literal["isolation_forest", "kmeans", "dbscan"]] = Field(default_factory=lambda: list(ALGORITHMS))
+    algorithms: list[Algorithm] = Field(default_factory=lambda: ["isolation_forest", "kmeans", "dbscan"])
     hyperparameters: Literal["simple", "complex"] = "simple"
     contamination: float = Field(0.05, gt=0, le=0.5)
     random_state: int = 42
     fit_sample_size: int = Field(100_000, ge=100)
     dbscan_sample_size: int = Field(5_000, ge=50)
-    grids: dict[Literal["isolation_forest", "kmeans", "dbscan"], dict[Literal["simple", "complex"], dict[str, list[Any]]]] = Field(
+    grids: dict[Algorithm, dict[Literal["simple", "complex"], dict[str, list[Any]]]] = Field(
         default_factory=lambda: copy.deepcopy(DEFAULT_GRIDS)
     )
 

@@ -2,7 +2,7 @@
 and a 0/1 label, and is tuned over a scikit-learn ``ParameterGrid``.
 
 * Isolation Forest: ``-score_samples``; labels mark the top ``contamination`` share.
-* KMeans: distance to the nearest centroid; labels mark the top ``contamination`` share.
+* KMeans and Bisecting KMeans: distance to the assigned centroid; labels mark the top ``contamination`` share.
 * DBSCAN: fitted on a bounded sample; a row's score is its distance to the nearest core point and
   it is an anomaly when that distance exceeds ``eps`` (DBSCAN's own noise rule, applied to every
   row). Time and memory stay linear in the number of rows.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from sklearn.cluster import DBSCAN, KMeans
+from sklearn.cluster import DBSCAN, BisectingKMeans, KMeans
 from sklearn.ensemble import IsolationForest
 from sklearn.model_selection import ParameterGrid
 from sklearn.neighbors import NearestNeighbors
@@ -93,12 +93,23 @@ def isolation_forest(X: np.ndarray, params: dict[str, Any], settings: DetectorSe
 
 
 def kmeans(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
+    return _centroid_distance("kmeans", KMeans, X, params, settings)
+
+
+def bisecting_kmeans(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
+    return _centroid_distance("bisecting_kmeans", BisectingKMeans, X, params, settings)
+
+
+def _centroid_distance(
+    algorithm: str, estimator: type, X: np.ndarray, params: dict[str, Any], settings: DetectorSettings
+) -> Detection:
+    """Fit ``estimator`` on at most ``fit_sample_size`` rows; score = distance to the assigned centroid."""
     started = time.perf_counter()
     rng = np.random.default_rng(settings.random_state)
     idx = _sample(len(X), settings.fit_sample_size, rng)
     fit_rows = X if idx is None else X[idx]
     n_clusters = min(int(params.get("n_clusters", 8)), len(fit_rows))
-    model = KMeans(random_state=settings.random_state, **{**params, "n_clusters": n_clusters}).fit(fit_rows)
+    model = estimator(random_state=settings.random_state, **{**params, "n_clusters": n_clusters}).fit(fit_rows)
     distances = np.empty(len(X))
     assignment = np.empty(len(X), dtype=np.int32)
     for start in range(0, len(X), 200_000):
@@ -108,7 +119,7 @@ def kmeans(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) ->
     labels, threshold = top_share_labels(distances, settings.contamination)
     sizes = np.bincount(assignment, minlength=model.n_clusters)
     info = {"n_clusters": int((sizes > 0).sum()), "cluster_sizes": sizes.tolist(), "fit_rows": len(fit_rows)}
-    return Detection("kmeans", dict(params), distances, labels, threshold, time.perf_counter() - started, info)
+    return Detection(algorithm, dict(params), distances, labels, threshold, time.perf_counter() - started, info)
 
 
 def dbscan(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
@@ -149,6 +160,7 @@ def dbscan(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) ->
 DETECTORS: dict[str, Callable[[np.ndarray, dict[str, Any], DetectorSettings], Detection]] = {
     "isolation_forest": isolation_forest,
     "kmeans": kmeans,
+    "bisecting_kmeans": bisecting_kmeans,
     "dbscan": dbscan,
 }
 
@@ -158,7 +170,7 @@ def run_grid(algorithm: str, grid: dict[str, list[Any]], X: np.ndarray, settings
 
     Parameters
     ----------
-    algorithm : {"isolation_forest", "kmeans", "dbscan"}
+    algorithm : {"isolation_forest", "kmeans", "bisecting_kmeans", "dbscan"}
     grid : dict of str to list
     X : ndarray of shape (n_rows, n_features)
         Scaled feature matrix without NaN.

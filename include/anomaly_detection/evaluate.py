@@ -167,7 +167,7 @@ def sanity_flags(detection: Detection) -> list[str]:
         flags.append(f"degenerate: {detection.info['degenerate']}")
     elif np.ptp(detection.scores) == 0:
         flags.append("degenerate: every row has the same score")
-    if detection.info.get("n_clusters") == 1 and detection.algorithm == "kmeans" and detection.params.get("n_clusters", 2) > 1:
+    if detection.info.get("n_clusters") == 1 and detection.algorithm in ("kmeans", "bisecting_kmeans") and detection.params.get("n_clusters", 2) > 1:
         flags.append("single cluster: fewer distinct rows than clusters asked for")
     elif detection.info.get("n_clusters") == 1 and detection.algorithm == "dbscan":
         flags.append("single cluster found by DBSCAN")
@@ -224,3 +224,37 @@ def select_best(results: Iterable[ModelResult]) -> ModelResult | None:
         if better(result, best):
             best = result
     return best
+
+
+def split_metrics_from_aggregates(
+    counts: np.ndarray, sums: np.ndarray, squared_norms: np.ndarray, mean_distances: np.ndarray
+) -> dict[str, float | None]:
+    """Davies-Bouldin and Calinski-Harabasz of a 0/1 split from per-group aggregates (the Spark path).
+
+    Equal to scikit-learn's scores on the full data, computed from what one or two distributed
+    aggregations give: no row reaches the driver.
+
+    Parameters
+    ----------
+    counts : ndarray of shape (2,)
+        Rows in group 0 (normal) and group 1 (anomalies).
+    sums : ndarray of shape (2, n_features)
+        Sum of the feature vectors of each group.
+    squared_norms : ndarray of shape (2,)
+        Sum over each group's rows of ``||x||^2``.
+    mean_distances : ndarray of shape (2,)
+        Mean Euclidean distance of each group's rows to the group's centroid (a second pass).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if (counts > 0).sum() < 2:
+        return {"davies_bouldin": None, "calinski_harabasz": None}
+    sums = np.asarray(sums, dtype=np.float64)
+    centroids = sums / counts[:, None]
+    overall = sums.sum(axis=0) / counts.sum()
+    between = float((counts * ((centroids - overall) ** 2).sum(axis=1)).sum())
+    within = float((np.asarray(squared_norms, dtype=np.float64) - counts * (centroids**2).sum(axis=1)).sum())
+    n, k = counts.sum(), 2
+    calinski = 1.0 if within <= 0 else between * (n - k) / (within * (k - 1))
+    separation = float(np.sqrt(((centroids[0] - centroids[1]) ** 2).sum()))
+    davies = 0.0 if separation == 0 else float(np.sum(mean_distances)) / separation
+    return {"davies_bouldin": _finite(davies), "calinski_harabasz": _finite(calinski)}
