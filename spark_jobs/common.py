@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 POS = "_pos"
 #: PySpark 4.3 warns on every pandas conversion that pandas >= 3 is not fully supported.
 PANDAS_WARNING = r"PySpark does not yet fully support pandas"
+#: Detectors of the Spark path (pyspark.ml).
+SPARK_ALGORITHMS = ("kmeans", "bisecting_kmeans")
 #: Exit status of a job that stopped on a :class:`PipelineError` (bad config, unusable data).
 EXIT_PIPELINE_ERROR = 2
 #: Prefix of the one stderr line naming the cause of a failed job.
@@ -53,7 +55,12 @@ def parse_args(prog: str, description: str, argv: list[str] | None, *, algorithm
         "--config", type=Path, default=None, help="the resolved config (default: <run-dir>/config.resolved.yaml)"
     )
     if algorithm:
-        parser.add_argument("--algorithm", default="kmeans", choices=["kmeans"], help="the detector to tune (Spark ML)")
+        parser.add_argument(
+            "--algorithm",
+            default=None,
+            choices=list(SPARK_ALGORITHMS),
+            help="the detector to tune (default: every configured algorithm that runs on Spark)",
+        )
     return parser.parse_args(argv)
 
 

@@ -1,22 +1,28 @@
-"""Spark version of ``detect_stage("kmeans")``: pyspark.ml KMeans over the configured grid.
+"""Spark detection: pyspark.ml KMeans and Bisecting KMeans over the configured grids.
 
-    spark-submit spark_jobs/detect.py --run-dir DIR --config DIR/config.resolved.yaml [--algorithm kmeans]
+    spark-submit spark_jobs/detect.py --run-dir DIR --config DIR/config.resolved.yaml [--algorithm NAME]
 
-Reads ``features.parquet`` (written by the Spark or the native preprocessing) and writes
-``models/kmeans.json`` (a list of ``ModelResult.to_dict()``) plus ``models/kmeans.scores.npy`` and
-``models/kmeans.labels.npy`` for the best configuration, rows in kept-row order, exactly as
-:func:`anomaly_detection.pipeline.detect_stage` does, so the native select stage picks it up.
+Reads ``features.parquet`` (written by the Spark or the native preprocessing) and, for every
+configured algorithm that runs on Spark (``kmeans``, ``bisecting_kmeans``; the others are skipped
+with a warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) plus
+``models/<algorithm>.scores.npy`` and ``.labels.npy`` of its best configuration, rows in kept-row
+order, exactly as :func:`anomaly_detection.pipeline.detect_stage` does, so the common select, report
+and review steps read them unchanged.
 
-For each ``n_clusters`` of ``modeling.grid_for("kmeans")`` (and ``init``, ``n_init``, ``max_iter``
-when given): KMeans is fitted (seed ``modeling.random_state``) on at most ``fit_sample_size`` rows,
-every row is scored by its Euclidean distance to its assigned (nearest) centroid with a Spark
-expression, and the ``ceil(contamination * n)`` highest scores are labelled anomalies. That is an
-exact top-k (ties at the threshold go to the lower row position), not ``approxQuantile``, so the
-anomaly count is the native one.
+For each configuration of ``modeling.grid_for(algorithm)``, everything below runs distributed:
 
-Known limit of this first version: the evaluation is the native code
-(:func:`anomaly_detection.evaluate.evaluate`, which takes numpy), so the driver reads the feature
-matrix once and receives every configuration's scores and labels (9 bytes a row).
+* the model is fitted (seed ``modeling.random_state``) on at most ``fit_sample_size`` rows;
+* every row's score is its Euclidean distance to its assigned centroid, a JVM expression;
+* the threshold is ``approxQuantile(score, 1 - top/n)`` with ``top = ceil(contamination * n)``, so
+  about ``top`` rows score above it (exactly ``top`` up to ties while ``n * QUANTILE_ERROR < 1``);
+* silhouette of the anomaly/normal split comes from ``ClusteringEvaluator`` (squared Euclidean,
+  every row, linear time); Davies-Bouldin and Calinski-Harabasz from per-group sums
+  (:func:`anomaly_detection.evaluate.split_metrics_from_aggregates`, equal to scikit-learn's);
+* with a label column, ROC-AUC and PR-AUC from ``BinaryClassificationEvaluator`` on the score, and
+  precision, recall and F1 from the confusion counts.
+
+Only aggregates reach the driver while tuning. Known limit: the best configuration's scores and
+labels (9 bytes a row) are then read on the driver for the ``.npy`` files the select stage reads.
 """
 
 from __future__ import annotations
@@ -33,123 +39,109 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make ``spark_j
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import pandas as pd
 
 from anomaly_detection.config import PipelineConfig
-from anomaly_detection.detect import Detection
 from anomaly_detection.errors import PipelineError
-from anomaly_detection.evaluate import ModelResult, better, evaluate
+from anomaly_detection.evaluate import MAX_SANE_SHARE, ModelResult, better, split_metrics_from_aggregates
 from anomaly_detection.runs import RunPaths
-from spark_jobs.common import POS, pandas_dtypes, parse_args, read_positioned, run_job, write_json
+from spark_jobs.common import POS, SPARK_ALGORITHMS, pandas_dtypes, parse_args, read_positioned, run_job, write_json
 
 NAME = "detect"
 #: sklearn's ``init`` values and their Spark ML ``initMode``.
 INIT_MODES = {"k-means++": "k-means||", "random": "random"}
+#: Relative error of the threshold's ``approxQuantile``.
+QUANTILE_ERROR = 1e-4
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("spark_jobs/detect.py", "Spark KMeans detection over a run directory.", argv, algorithm=True)
-    return run_job(f"{NAME}-{args.algorithm}", args, functools.partial(detect_job, algorithm=args.algorithm))
+    args = parse_args("spark_jobs/detect.py", "Spark KMeans / Bisecting KMeans detection over a run directory.", argv, algorithm=True)
+    name = f"{NAME}-{args.algorithm}" if args.algorithm else NAME
+    return run_job(name, args, functools.partial(detect_job, algorithm=args.algorithm))
 
 
-def detect_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, *, algorithm: str = "kmeans") -> None:
+def detect_job(
+    spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, *, algorithm: str | None = None
+) -> None:
     from pyspark import StorageLevel
     from pyspark.ml.feature import VectorAssembler
     from sklearn.model_selection import ParameterGrid
 
-    if algorithm != "kmeans":
-        raise PipelineError(f"the Spark detect job supports only 'kmeans', got {algorithm!r}")
+    configured = config.modeling.algorithms
+    algorithms = [algorithm] if algorithm else [a for a in configured if a in SPARK_ALGORITHMS]
+    skipped = [a for a in configured if a not in SPARK_ALGORITHMS and not algorithm]
+    if skipped:
+        log.warning("not available on the Spark path, skipped: %s (Spark runs %s)", ", ".join(skipped), ", ".join(SPARK_ALGORITHMS))
+    if not algorithms:
+        raise PipelineError(
+            f"none of the configured algorithms ({', '.join(configured)}) runs on Spark; "
+            f"add {' or '.join(SPARK_ALGORITHMS)} to modeling.algorithms"
+        )
     if not paths.features.is_file():
         raise PipelineError(f"{paths.features} not found: run the preprocess job first")
     started = time.perf_counter()
     names = list(pandas_dtypes(paths.features))
     ccols = [f"c{i}" for i in range(len(names))]
     frame = read_positioned(spark, paths.features, names)
+    if paths.labels.exists():
+        frame = frame.join(_labels_frame(spark, np.load(paths.labels)), POS)
     data = VectorAssembler(inputCols=ccols, outputCol="_v").transform(frame).persist(StorageLevel.MEMORY_AND_DISK)
     n = data.count()
-    log.info("read %s: %d rows x %d features", paths.features.name, n, len(names))
-
-    # Known limit: the native evaluation takes numpy, so the matrix is read on the driver once.
-    X = pd.read_parquet(paths.features).to_numpy(dtype=np.float64)
-    y_true = np.load(paths.labels) if paths.labels.exists() else None
+    log.info("read %s: %d rows x %d features%s", paths.features.name, n, len(names), ", with labels" if paths.labels.exists() else "")
     modeling = config.modeling
     paths.models.mkdir(parents=True, exist_ok=True)
-    results: list[ModelResult] = []
-    best: ModelResult | None = None
-    for params in ParameterGrid(modeling.grid_for(algorithm)):
-        detection = spark_kmeans(
-            data,
-            ccols,
-            n,
-            params,
-            contamination=modeling.contamination,
-            random_state=modeling.random_state,
-            fit_sample_size=modeling.fit_sample_size,
-        )
-        result = evaluate(
-            X,
-            detection,
-            metric=config.evaluation.metric,
-            y_true=y_true,
-            sample_size=config.evaluation.silhouette_sample_size,
-            random_state=modeling.random_state,
-        )
-        results.append(result)
+    for name in algorithms:
+        clock = time.perf_counter()
+        results: list[ModelResult] = []
+        best: ModelResult | None = None
+        best_scored = None
+        for params in ParameterGrid(modeling.grid_for(name)):
+            scored, result = tune_one(
+                data, ccols, n, name, params, config=config, with_labels=paths.labels.exists()
+            )
+            results.append(result)
+            log.info(
+                "%s %s: %d clusters fitted on %d rows, %d anomalies (%.2f%%) above %.4g, %s=%s, in %.2fs",
+                name,
+                params,
+                result.info["n_clusters"],
+                result.info["fit_rows"],
+                result.anomaly_count,
+                100 * result.anomaly_share,
+                result.threshold,
+                result.metric,
+                result.score,
+                result.seconds,
+            )
+            if better(result, best):
+                if best_scored is not None:
+                    best_scored.unpersist()
+                best, best_scored = result, scored
+            else:
+                scored.unpersist()
+        assert best is not None and best_scored is not None
+        _save_best(best_scored, best.threshold, n, paths, name)
+        best_scored.unpersist()
+        write_json(paths.models / f"{name}.json", [r.to_dict() for r in results])
         log.info(
-            "%s %s: %d clusters fitted on %d rows, %d anomalies (%.2f%%) above %.4g, %s=%s, in %.2fs",
-            algorithm,
-            params,
-            detection.info["n_clusters"],
-            detection.info["fit_rows"],
-            result.anomaly_count,
-            100 * result.anomaly_share,
-            detection.threshold,
-            result.metric,
-            result.score,
-            detection.seconds,
+            "%s: best %s with %s=%s (%d configuration(s) in %.1fs)",
+            name, best.params, best.metric, best.score, len(results), time.perf_counter() - clock,
         )
-        if better(result, best):
-            best = result
-            np.save(paths.models / f"{algorithm}.scores.npy", detection.scores)
-            np.save(paths.models / f"{algorithm}.labels.npy", detection.labels)
     data.unpersist()
-    write_json(paths.models / f"{algorithm}.json", [r.to_dict() for r in results])
-    assert best is not None
-    log.info(
-        "%s: best %s with %s=%s (%d configuration(s) in %.1fs)",
-        algorithm,
-        best.params,
-        best.metric,
-        best.score,
-        len(results),
-        time.perf_counter() - started,
-    )
+    log.info("Spark detection done in %.1fs", time.perf_counter() - started)
 
 
-def spark_kmeans(
-    data: Any,
-    ccols: list[str],
-    n: int,
-    params: dict[str, Any],
-    *,
-    contamination: float,
-    random_state: int,
-    fit_sample_size: int,
-) -> Detection:
-    """One KMeans configuration on the assembled features ``data`` (columns ``_pos``, ``ccols``, ``_v``).
+def _labels_frame(spark: Any, labels: np.ndarray) -> Any:
+    """The ground-truth labels as a DataFrame ``(_pos, _y)`` (known limit: built from the driver's array)."""
+    import pandas as pd
 
-    Returns a native :class:`Detection` whose ``scores`` and ``labels`` are in row-position order.
-    """
+    return spark.createDataFrame(pd.DataFrame({POS: np.arange(len(labels), dtype=np.int64), "_y": labels.astype(np.int32)}))
+
+
+def fit_centroids(data: Any, algorithm: str, params: dict[str, Any], n: int, *, random_state: int, fit_sample_size: int) -> tuple[list[list[float]], dict[str, Any]]:
+    """Fit ``algorithm`` on at most ``fit_sample_size`` rows of ``data`` (column ``_v``); return its centres."""
     from pyspark import StorageLevel
-    from pyspark.ml.clustering import KMeans
-    from pyspark.sql import functions as F
+    from pyspark.ml.clustering import BisectingKMeans, KMeans
 
-    started = time.perf_counter()
-    init = params.get("init", "k-means++")
-    if init not in INIT_MODES:
-        raise PipelineError(f"kmeans init {init!r} is not available in Spark; use one of {sorted(INIT_MODES)}")
-    n_init = params.get("n_init", "auto")
-    runs = 1 if n_init == "auto" else max(1, int(n_init))
     fit, fit_rows = data, n  # ``data`` is cached
     if n > fit_sample_size:
         fraction = min(1.0, 1.05 * fit_sample_size / n)
@@ -157,61 +149,179 @@ def spark_kmeans(
         fit = fit.select("_v").persist(StorageLevel.MEMORY_AND_DISK)
         fit_rows = fit.count()
     k = max(1, min(int(params.get("n_clusters", 8)), fit_rows))
-    model = None
-    for run in range(runs):  # n_init: keep the lowest within-cluster cost, as sklearn does
-        candidate = KMeans(
-            k=k,
-            seed=random_state + run,
-            maxIter=int(params.get("max_iter", 300)),
-            initMode=INIT_MODES[init],
-            featuresCol="_v",
-            predictionCol="_c",
-        ).fit(fit)
-        if model is None or candidate.summary.trainingCost < model.summary.trainingCost:
-            model = candidate
+    max_iter = int(params.get("max_iter", 300 if algorithm == "kmeans" else 20))
+    if algorithm == "kmeans":
+        init = params.get("init", "k-means++")
+        if init not in INIT_MODES:
+            raise PipelineError(f"kmeans init {init!r} is not available in Spark; use one of {sorted(INIT_MODES)}")
+        n_init = params.get("n_init", "auto")
+        runs = 1 if n_init == "auto" else max(1, int(n_init))
+        model = None
+        for run in range(runs):  # n_init: keep the lowest within-cluster cost, as sklearn does
+            candidate = KMeans(
+                k=k, seed=random_state + run, maxIter=max_iter, initMode=INIT_MODES[init], featuresCol="_v", predictionCol="_c"
+            ).fit(fit)
+            if model is None or candidate.summary.trainingCost < model.summary.trainingCost:
+                model = candidate
+    elif algorithm == "bisecting_kmeans":
+        if params.get("bisecting_strategy", "biggest_inertia") != "biggest_inertia":
+            raise PipelineError("bisecting_kmeans on Spark splits the cluster with the largest cost: use bisecting_strategy biggest_inertia")
+        model = BisectingKMeans(k=k, seed=random_state, maxIter=max_iter, featuresCol="_v", predictionCol="_c").fit(fit)
+    else:
+        raise PipelineError(f"{algorithm!r} does not run on Spark; use one of {', '.join(SPARK_ALGORITHMS)}")
     if fit is not data:
         fit.unpersist()
     centers = [[float(v) for v in center] for center in model.clusterCenters()]
+    return centers, {"fit_rows": int(fit_rows), "iterations": int(getattr(model.summary, "numIter", 0) or 0)}
 
-    # distance to the assigned centroid, as a JVM expression (no Python worker)
-    assigned = model.transform(data)
-    index = (F.col("_c") + 1).cast("int")
+
+def distance_expr(ccols: list[str], centers: list[list[float]], index: Any) -> Any:
+    """Euclidean distance from the row's features ``ccols`` to ``centers[index]``, as a JVM expression."""
+    from pyspark.sql import functions as F
+
     squares = [
         (F.col(c) - F.element_at(F.array(*(F.lit(center[j]) for center in centers)), index)) ** 2 for j, c in enumerate(ccols)
     ]
-    distance = F.sqrt(functools.reduce(lambda a, b: a + b, squares))
-    scored = assigned.select(POS, "_c", distance.alias("_score")).persist(StorageLevel.MEMORY_AND_DISK)
+    return F.sqrt(functools.reduce(lambda a, b: a + b, squares))
 
-    # exact top-k: the k-th row in (score desc, position asc) order is the last one flagged
-    top = min(n, max(1, math.ceil(contamination * n)))
-    last = (
-        scored.orderBy(F.desc("_score"), F.asc(POS))
-        .limit(top)
-        .agg(F.min(F.struct(F.col("_score"), (-F.col(POS)).alias("neg_pos"))))
-        .first()[0]
+
+def nearest_expr(ccols: list[str], centers: list[list[float]]) -> Any:
+    """The 1-based index of the nearest of ``centers`` (ties: the lower index), as a JVM expression."""
+    from pyspark.sql import functions as F
+
+    d2 = [functools.reduce(lambda a, b: a + b, [(F.col(c) - F.lit(center[j])) ** 2 for j, c in enumerate(ccols)]) for center in centers]
+    best = F.struct(d2[0].alias("d"), F.lit(1).alias("i"))
+    for i, d in enumerate(d2[1:], start=2):
+        best = F.least(best, F.struct(d.alias("d"), F.lit(i).alias("i")))
+    return best.getField("i")
+
+
+def tune_one(data: Any, ccols: list[str], n: int, algorithm: str, params: dict[str, Any], *, config: PipelineConfig, with_labels: bool) -> tuple[Any, ModelResult]:
+    """Fit, score and evaluate one configuration. Returns the persisted scored rows and the result."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    started = time.perf_counter()
+    modeling = config.modeling
+    centers, info = fit_centroids(data, algorithm, params, n, random_state=modeling.random_state, fit_sample_size=modeling.fit_sample_size)
+    index = nearest_expr(ccols, centers)
+    keep = [POS, "_v", *ccols, *(["_y"] if with_labels else [])]
+    scored = (
+        data.select(*keep, index.alias("_c"))
+        .withColumn("_score", distance_expr(ccols, centers, F.col("_c")))
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    threshold, last_pos = float(last["_score"]), -int(last["neg_pos"])
-    flagged = (F.col("_score") > threshold) | ((F.col("_score") == threshold) & (F.col(POS) <= last_pos))
-    labelled = scored.select(POS, "_c", "_score", F.when(flagged, 1).otherwise(0).cast("byte").alias("_label"))
-    sizes = np.zeros(len(centers), dtype=np.int64)
-    for cluster, count in labelled.groupBy("_c").count().collect():
-        sizes[int(cluster)] = int(count)
-    # Known limit: the scores and labels come to the driver (the .npy files and native evaluation).
-    local = labelled.orderBy(POS).select(POS, "_score", "_label").toArrow()
-    scored.unpersist()
+    top = min(n, max(1, math.ceil(modeling.contamination * n)))
+    threshold = float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
+    flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))
+    metrics, stats = split_metrics(flagged, ccols, with_labels=with_labels)
+    info.update(n_clusters=int(stats["clusters"]), engine="spark", silhouette_method="ClusteringEvaluator (squared Euclidean, all rows)")
+    count = int(stats["anomalies"])
+    flags = []
+    if count == 0:
+        flags.append("anomaly share is 0%")
+    elif count / n > MAX_SANE_SHARE:
+        flags.append(f"anomaly share {count / n:.0%} is above {MAX_SANE_SHARE:.0%}")
+    if stats["score_min"] == stats["score_max"]:
+        flags.append("degenerate: every row has the same score")
+    if info["n_clusters"] == 1 and int(params.get("n_clusters", 2)) > 1:
+        flags.append("single cluster: fewer distinct rows than clusters asked for")
+    metric = config.evaluation.metric
+    if metrics[metric] is None and count:
+        flags.append(f"{metric} undefined for this split")
+    result = ModelResult(
+        algorithm=algorithm,
+        params=dict(params),
+        metric=metric,
+        score=metrics[metric],
+        silhouette=metrics["silhouette"],
+        davies_bouldin=metrics["davies_bouldin"],
+        calinski_harabasz=metrics["calinski_harabasz"],
+        anomaly_count=count,
+        anomaly_share=count / n,
+        threshold=threshold,
+        seconds=round(time.perf_counter() - started, 4),
+        flags=flags,
+        roc_auc=metrics.get("roc_auc"),
+        pr_auc=metrics.get("pr_auc"),
+        precision=metrics.get("precision"),
+        recall=metrics.get("recall"),
+        f1=metrics.get("f1"),
+        info=info,
+    )
+    return scored, result
+
+
+def split_metrics(flagged: Any, ccols: list[str], *, with_labels: bool) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Internal metrics of the anomaly/normal split ``_a`` (and label metrics), from distributed aggregates."""
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator, ClusteringEvaluator
+    from pyspark.sql import functions as F
+
+    squared_norm = functools.reduce(lambda a, b: a + b, [F.col(c) * F.col(c) for c in ccols])
+    extra = []
+    if with_labels:
+        extra = [F.sum("_y").alias("positives"), F.sum(F.col("_y") * F.col("_a")).alias("hits")]
+    groups = {
+        int(row["_a"]): row
+        for row in flagged.groupBy("_a").agg(
+            F.count(F.lit(1)).alias("count"),
+            F.sum(squared_norm).alias("sq"),
+            F.min("_score").alias("score_min"),
+            F.max("_score").alias("score_max"),
+            F.countDistinct("_c").alias("clusters"),
+            *(F.sum(c).alias(c) for c in ccols),
+            *extra,
+        ).collect()
+    }
+    counts = np.array([groups[g]["count"] if g in groups else 0 for g in (0, 1)], dtype=np.float64)
+    sums = np.array([[groups[g][c] if g in groups else 0.0 for c in ccols] for g in (0, 1)], dtype=np.float64)
+    squared = np.array([groups[g]["sq"] if g in groups else 0.0 for g in (0, 1)], dtype=np.float64)
+    stats = {
+        "anomalies": int(counts[1]),
+        "score_min": min(groups[g]["score_min"] for g in groups),
+        "score_max": max(groups[g]["score_max"] for g in groups),
+        # clusters that hold rows: the per-group distinct counts may overlap, so count them once more
+        "clusters": flagged.select("_c").distinct().count() if len(groups) > 1 else groups[next(iter(groups))]["clusters"],
+    }
+    metrics: dict[str, float | None] = {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
+    if (counts > 0).all():
+        centroids = sums / counts[:, None]
+        to_centroid = F.sqrt(
+            functools.reduce(
+                lambda a, b: a + b,
+                [(F.col(c) - F.when(F.col("_a") == 1, F.lit(centroids[1, j])).otherwise(F.lit(centroids[0, j]))) ** 2 for j, c in enumerate(ccols)],
+            )
+        )
+        mean = {int(r["_a"]): float(r["m"]) for r in flagged.groupBy("_a").agg(F.avg(to_centroid).alias("m")).collect()}
+        metrics.update(split_metrics_from_aggregates(counts, sums, squared, np.array([mean[0], mean[1]])))
+        silhouette = ClusteringEvaluator(featuresCol="_v", predictionCol="_a", metricName="silhouette").evaluate(flagged)
+        metrics["silhouette"] = float(silhouette) if math.isfinite(silhouette) else None
+    if with_labels:
+        positives = sum(int(groups[g]["positives"] or 0) for g in groups)
+        hits = int(groups[1]["hits"] or 0) if 1 in groups else 0
+        flagged_count = int(counts[1])
+        if 0 < positives < counts.sum():
+            labelled = flagged.select(F.col("_score").alias("rawPrediction"), F.col("_y").cast("double").alias("label"))
+            evaluator = BinaryClassificationEvaluator(rawPredictionCol="rawPrediction", labelCol="label")
+            metrics["roc_auc"] = float(evaluator.setMetricName("areaUnderROC").evaluate(labelled))
+            metrics["pr_auc"] = float(evaluator.setMetricName("areaUnderPR").evaluate(labelled))
+            precision = hits / flagged_count if flagged_count else 0.0
+            recall = hits / positives
+            metrics["precision"], metrics["recall"] = precision, recall
+            metrics["f1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return metrics, stats
+
+
+def _save_best(scored: Any, threshold: float, n: int, paths: RunPaths, algorithm: str) -> None:
+    """``models/<algorithm>.scores.npy`` / ``.labels.npy`` in row-position order (the known limit)."""
+    from pyspark.sql import functions as F
+
+    local = scored.select(POS, "_score", (F.col("_score") > F.lit(threshold)).cast("byte").alias("_a")).orderBy(POS).toArrow()
     positions = local.column(POS).to_numpy()
     if len(positions) != n or not (positions == np.arange(n)).all():
         raise RuntimeError("scored rows do not match the rows of features.parquet")
-    scores = local.column("_score").to_numpy().astype(np.float64, copy=False)
-    labels = local.column("_label").to_numpy().astype(np.int8, copy=False)
-    info = {
-        "n_clusters": int((sizes > 0).sum()),
-        "cluster_sizes": sizes.tolist(),
-        "fit_rows": int(fit_rows),
-        "iterations": int(model.summary.numIter),
-        "engine": "spark",
-    }
-    return Detection("kmeans", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
+    np.save(paths.models / f"{algorithm}.scores.npy", local.column("_score").to_numpy().astype(np.float64, copy=False))
+    np.save(paths.models / f"{algorithm}.labels.npy", local.column("_a").to_numpy().astype(np.int8, copy=False))
 
 
 if __name__ == "__main__":

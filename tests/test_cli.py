@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -22,13 +23,13 @@ def demo_api():
         yield base
 
 
-def run_cli(*args, cwd=ROOT, env=None):
+def run_cli(*args, cwd=ROOT, env=None, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "anomaly_detection", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -115,3 +116,34 @@ def test_check_config_redacts_secrets(tmp_path):
     out = run_cli("check-config", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert "TOPSECRET" not in out.stdout and "api.example.com" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not shutil.which("java"), reason="Java is not on PATH")
+def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path):
+    out = run_cli(
+        "run", "--config", "configs/demo.yaml", "--quiet", "--run-id", "demo-spark",
+        "--set", f"source.url={demo_api}/records",
+        "--set", "processing.mode=spark",
+        "--set", 'modeling.algorithms=["kmeans", "bisecting_kmeans", "dbscan"]',
+        "--set", "modeling.grids.kmeans.simple={n_clusters: [4]}",
+        "--set", "modeling.grids.bisecting_kmeans.simple={n_clusters: [4]}",
+        "--set", "spark.master=local[2]",
+        "--set", "spark.driver_memory=1g",
+        "--set", f"output.runs_dir={tmp_path / 'runs'}",
+        "--set", f"output.reports_dir={tmp_path / 'reports'}",
+        timeout=1100,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp_path / "runs" / "demo-spark"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "succeeded" and results["mode"] == "spark"
+    assert {m["algorithm"] for m in results["models"]} == {"kmeans", "bisecting_kmeans"}  # dbscan: native only
+    assert all(m["info"]["engine"] == "spark" for m in results["models"])
+    log = (run_dir / "pipeline.log").read_text()
+    assert "spark path (processing.mode is spark)" in log and "skipped: dbscan" in log
+    planted = json.loads(urllib.request.urlopen(demo_api + "/planted").read())["ids"]
+    anomalies = pd.read_csv(run_dir / "anomalies.csv")
+    assert set(planted) <= set(anomalies["id"]), "the Spark path misses planted anomalies"
+    assert (run_dir / "report.html").is_file()

@@ -117,13 +117,9 @@ def ingest(params: Mapping[str, Any], run_id: str, *, credentials: CredentialRes
 
 def choose_path(params: Mapping[str, Any], rows: int) -> tuple[str, str]:
     """``("native" | "spark", why)`` from the configured mode and the ingested row count."""
-    config = config_from_params(params)
-    mode, threshold = config.processing.mode, config.processing.auto_threshold_rows
-    if mode != "auto":
-        return mode, f"processing.mode is {mode}"
-    if rows >= threshold:
-        return "spark", f"auto: {rows:,} rows >= auto_threshold_rows {threshold:,}"
-    return "native", f"auto: {rows:,} rows < auto_threshold_rows {threshold:,}"
+    from .pipeline import choose_path as choose
+
+    return choose(config_from_params(params), rows)
 
 
 def preprocess(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:

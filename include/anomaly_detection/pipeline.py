@@ -147,6 +147,31 @@ def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dic
     return {"algorithm": algorithm, "configurations": len(results), "best": best.to_dict()}
 
 
+def choose_path(config: PipelineConfig, rows: int) -> tuple[str, str]:
+    """``("native" | "spark", why)`` from ``processing.mode`` and the ingested row count."""
+    mode, threshold = config.processing.mode, config.processing.auto_threshold_rows
+    if mode != "auto":
+        return mode, f"processing.mode is {mode}"
+    if rows >= threshold:
+        return "spark", f"auto: {rows:,} rows >= auto_threshold_rows {threshold:,}"
+    return "native", f"auto: {rows:,} rows < auto_threshold_rows {threshold:,}"
+
+
+def spark_conf(config: PipelineConfig) -> dict[str, str]:
+    """The Spark settings of ``config.spark`` for spark-submit's ``--conf``."""
+    return {"spark.driver.memory": config.spark.driver_memory, "spark.executor.memory": config.spark.executor_memory}
+
+
+def spark_stage(config: PipelineConfig, paths: RunPaths, job: str) -> None:
+    """Run ``spark_jobs/<job>.py`` on the run directory through spark-submit (``spark.master``)."""
+    from .spark_submit import run_spark_job
+
+    started = time.perf_counter()
+    log.info("spark-submit %s on %s", job, config.spark.master)
+    run_spark_job(job, paths.root, paths.config, master=config.spark.master, conf=spark_conf(config))
+    log.info("spark %s finished in %.1fs", job, time.perf_counter() - started)
+
+
 def _model_results(paths: RunPaths, algorithms: list[str]) -> list[ModelResult]:
     results = []
     for algorithm in algorithms:
@@ -311,19 +336,25 @@ def run_pipeline(
     with run_logging(paths, echo=echo):
         try:
             resolve_stage(config, paths)
-            for stage, call in (
-                ("ingest", lambda: ingest_stage(config, paths, credentials=credentials)),
-                ("preprocess", lambda: preprocess_stage(config, paths)),
-            ):
+            if on_stage:
+                on_stage("ingest")
+            ingested = ingest_stage(config, paths, credentials=credentials)
+            path, why = choose_path(config, ingested["rows"])
+            log.info("%s path (%s)", path, why)
+            meta["mode"] = path
+            if path == "spark":
+                for job in ("preprocess", "detect"):
+                    if on_stage:
+                        on_stage(f"spark {job}")
+                    spark_stage(config, paths, job)
+            else:
                 if on_stage:
-                    on_stage(stage)
-                call()
-            if config.processing.mode == "spark":
-                log.warning("processing.mode=spark: the CLI runs the native path; Spark runs through Airflow")
-            for algorithm in config.modeling.algorithms:
-                if on_stage:
-                    on_stage(f"detect {algorithm}")
-                detect_stage(config, paths, algorithm)
+                    on_stage("preprocess")
+                preprocess_stage(config, paths)
+                for algorithm in config.modeling.algorithms:
+                    if on_stage:
+                        on_stage(f"detect {algorithm}")
+                    detect_stage(config, paths, algorithm)
             meta.update(finished_at=utc_now(), duration_seconds=round(time.perf_counter() - clock, 3))
             outcome = select_stage(config, paths, run_meta=meta)
             if on_stage:
