@@ -34,7 +34,7 @@ POS = "_pos"
 #: PySpark 4.3 warns on every pandas conversion that pandas >= 3 is not fully supported.
 PANDAS_WARNING = r"PySpark does not yet fully support pandas"
 #: Detectors of the Spark path (pyspark.ml).
-SPARK_ALGORITHMS = ("kmeans", "bisecting_kmeans")
+SPARK_ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans")
 #: Exit status of a job that stopped on a :class:`PipelineError` (bad config, unusable data).
 EXIT_PIPELINE_ERROR = 2
 #: Prefix of the one stderr line naming the cause of a failed job.

@@ -1,9 +1,10 @@
-"""Spark detection: pyspark.ml KMeans and Bisecting KMeans over the configured grids.
+"""Spark detection: pyspark.ml KMeans and Bisecting KMeans, and scikit-learn's Isolation Forest scored
+with ``mapInPandas``, over the configured grids.
 
     spark-submit spark_jobs/detect.py --run-dir DIR --config DIR/config.resolved.yaml [--algorithm NAME]
 
 Reads ``features.parquet`` (written by the Spark or the native preprocessing) and, for every
-configured algorithm that runs on Spark (``kmeans``, ``bisecting_kmeans``; the others are skipped
+configured algorithm that runs on Spark (``isolation_forest``, ``kmeans``, ``bisecting_kmeans``; DBSCAN is skipped
 with a warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) plus
 ``models/<algorithm>.scores.npy`` and ``.labels.npy`` of its best configuration, rows in kept-row
 order, exactly as :func:`anomaly_detection.pipeline.detect_stage` does, so the common select, report
@@ -11,8 +12,11 @@ and review steps read them unchanged.
 
 For each configuration of ``modeling.grid_for(algorithm)``, everything below runs distributed:
 
-* the model is fitted (seed ``modeling.random_state``) on at most ``fit_sample_size`` rows;
-* every row's score is its Euclidean distance to its assigned centroid, a JVM expression;
+* KMeans / Bisecting KMeans are fitted (seed ``modeling.random_state``) on at most
+  ``fit_sample_size`` rows, and every row's score is its Euclidean distance to the nearest centroid,
+  a JVM expression;
+* Isolation Forest is fitted at the driver on at most ``min(fit_sample_size, spark.sample_size)``
+  sampled rows, broadcast, and scores every row on the executors (``-score_samples``);
 * the threshold is ``approxQuantile(score, 1 - top/n)`` with ``top = ceil(contamination * n)``, so
   about ``top`` rows score above it (exactly ``top`` up to ties while ``n * QUANTILE_ERROR < 1``);
 * silhouette of the anomaly/normal split comes from ``ClusteringEvaluator`` (squared Euclidean,
@@ -54,7 +58,7 @@ QUANTILE_ERROR = 1e-4
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("spark_jobs/detect.py", "Spark KMeans / Bisecting KMeans detection over a run directory.", argv, algorithm=True)
+    args = parse_args("spark_jobs/detect.py", "Spark anomaly detection over a run directory.", argv, algorithm=True)
     name = f"{NAME}-{args.algorithm}" if args.algorithm else NAME
     return run_job(name, args, functools.partial(detect_job, algorithm=args.algorithm))
 
@@ -203,19 +207,21 @@ def tune_one(data: Any, ccols: list[str], n: int, algorithm: str, params: dict[s
 
     started = time.perf_counter()
     modeling = config.modeling
-    centers, info = fit_centroids(data, algorithm, params, n, random_state=modeling.random_state, fit_sample_size=modeling.fit_sample_size)
-    index = nearest_expr(ccols, centers)
     keep = [POS, "_v", *ccols, *(["_y"] if with_labels else [])]
-    scored = (
-        data.select(*keep, index.alias("_c"))
-        .withColumn("_score", distance_expr(ccols, centers, F.col("_c")))
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    if algorithm == "isolation_forest":
+        scored, info = isolation_forest_scores(data, ccols, keep, n, params, config=config)
+    else:
+        centers, info = fit_centroids(data, algorithm, params, n, random_state=modeling.random_state, fit_sample_size=modeling.fit_sample_size)
+        scored = data.select(*keep, nearest_expr(ccols, centers).alias("_c"))
+        scored = scored.withColumn("_score", distance_expr(ccols, centers, F.col("_c")))
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     top = min(n, max(1, math.ceil(modeling.contamination * n)))
     threshold = float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
     flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))
     metrics, stats = split_metrics(flagged, ccols, with_labels=with_labels)
-    info.update(n_clusters=int(stats["clusters"]), engine="spark", silhouette_method="ClusteringEvaluator (squared Euclidean, all rows)")
+    if algorithm != "isolation_forest":
+        info["n_clusters"] = int(stats["clusters"])
+    info.update(engine="spark", silhouette_method="ClusteringEvaluator (squared Euclidean, all rows)")
     count = int(stats["anomalies"])
     flags = []
     if count == 0:
@@ -224,7 +230,7 @@ def tune_one(data: Any, ccols: list[str], n: int, algorithm: str, params: dict[s
         flags.append(f"anomaly share {count / n:.0%} is above {MAX_SANE_SHARE:.0%}")
     if stats["score_min"] == stats["score_max"]:
         flags.append("degenerate: every row has the same score")
-    if info["n_clusters"] == 1 and int(params.get("n_clusters", 2)) > 1:
+    if algorithm != "isolation_forest" and info["n_clusters"] == 1 and int(params.get("n_clusters", 2)) > 1:
         flags.append("single cluster: fewer distinct rows than clusters asked for")
     metric = config.evaluation.metric
     if metrics[metric] is None and count:
@@ -250,6 +256,43 @@ def tune_one(data: Any, ccols: list[str], n: int, algorithm: str, params: dict[s
         info=info,
     )
     return scored, result
+
+
+def isolation_forest_scores(data: Any, ccols: list[str], keep: list[str], n: int, params: dict[str, Any], *, config: PipelineConfig) -> tuple[Any, dict[str, Any]]:
+    """scikit-learn's IsolationForest fitted on a bounded random sample at the driver, then scoring
+    every row on the executors with ``mapInPandas`` (score = ``-score_samples``, as the native path).
+
+    The forest subsamples ``max_samples`` rows per tree anyway, so a sample of
+    ``min(fit_sample_size, spark.sample_size)`` rows loses nothing that matters.
+    """
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql import functions as F
+    from sklearn.ensemble import IsolationForest
+
+    random_state = config.modeling.random_state
+    size = min(config.modeling.fit_sample_size, config.spark.sample_size)
+    fraction = min(1.0, 1.05 * size / n)
+    sample = data.select(*ccols)
+    if fraction < 1.0:
+        sample = sample.sample(withReplacement=False, fraction=fraction, seed=random_state)
+    X = sample.limit(size).toPandas().to_numpy(dtype=np.float64)
+    fitted = dict(params)
+    if isinstance(fitted.get("max_samples"), int):
+        fitted["max_samples"] = min(fitted["max_samples"], len(X))
+    model = IsolationForest(random_state=random_state, n_jobs=1, **fitted).fit(X)
+    broadcast = data.sparkSession.sparkContext.broadcast(model)
+    columns = list(ccols)
+
+    def score(batches):
+        forest = broadcast.value
+        for batch in batches:
+            yield batch.assign(_score=-forest.score_samples(batch[columns].to_numpy(dtype=np.float64)))
+
+    rows = data.select(*keep)
+    schema = rows.select(*keep, F.lit(0.0).alias("_score")).drop("_v").schema
+    scored = rows.drop("_v").mapInPandas(score, schema=schema)
+    scored = VectorAssembler(inputCols=columns, outputCol="_v").transform(scored).withColumn("_c", F.lit(0))
+    return scored, {"fit_rows": len(X), "n_clusters": 1}
 
 
 def split_metrics(flagged: Any, ccols: list[str], *, with_labels: bool) -> tuple[dict[str, float | None], dict[str, Any]]:

@@ -126,7 +126,7 @@ def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path)
         "run", "--config", "configs/demo.yaml", "--quiet", "--run-id", "demo-spark",
         "--set", f"source.url={demo_api}/records",
         "--set", "processing.mode=spark",
-        "--set", 'modeling.algorithms=["kmeans", "bisecting_kmeans", "dbscan"]',
+        "--set", 'modeling.algorithms=["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan"]',
         "--set", "modeling.grids.kmeans.simple={n_clusters: [4]}",
         "--set", "modeling.grids.bisecting_kmeans.simple={n_clusters: [4]}",
         "--set", "spark.master=local[2]",
@@ -139,7 +139,7 @@ def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path)
     run_dir = tmp_path / "runs" / "demo-spark"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "succeeded" and results["mode"] == "spark"
-    assert {m["algorithm"] for m in results["models"]} == {"kmeans", "bisecting_kmeans"}  # dbscan: native only
+    assert {m["algorithm"] for m in results["models"]} == {"isolation_forest", "kmeans", "bisecting_kmeans"}  # dbscan: native only
     assert all(m["info"]["engine"] == "spark" for m in results["models"])
     log = (run_dir / "pipeline.log").read_text()
     assert "spark path (processing.mode is spark)" in log and "skipped: dbscan" in log
