@@ -53,6 +53,10 @@ export AIRFLOW__CORE__PLUGINS_FOLDER="${AIRFLOW_PLUGINS_FOLDER:-$_ad_repo/plugin
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True   # nothing runs until someone unpauses it
 export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=120           # imports are slow on small VMs
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$AIRFLOW_URL/execution/"
+# Tasks talk to the API server for every state change; on a busy 2-core machine its answers can take
+# longer than the default 5 s, and 5 attempts then fail a healthy task. Wait longer, try more often.
+export AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=30
+export AIRFLOW__WORKERS__EXECUTION_API_RETRIES=10
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
 # SQLite busy timeouts (60 s; the API server 3 s): see include/anomaly_detection/airflow_sqlite.py.
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=anomaly_detection.airflow_sqlite.CONNECT_ARGS
