@@ -6,15 +6,30 @@ with :func:`importlib.util.find_spec`, which does not run the package.
 The Airflow DAG passes :func:`job_application_args` as a ``SparkSubmitOperator``'s
 ``application_args`` with ``application=str(job_path("preprocess"))``; :func:`run_spark_job` runs a
 job from Python (tests, the CLI, a ``BashOperator``).
+
+Masters: ``local[...]`` runs the job inside the spark-submit JVM. A standalone master
+(``spark://host:port``) runs it in client deploy mode: the driver (this machine's Python) stays
+in the spark-submit process and the executors run on the cluster's workers with the same Python
+(``spark.pyspark.python``), the code of ``anomaly_detection`` and ``spark_jobs`` shipped to them as a
+``--py-files`` zip (:func:`build_py_files`). With a master on loopback the driver binds to
+127.0.0.1 too. :func:`run_spark_job` first checks that a standalone master accepts connections,
+so an unreachable master fails in seconds with its URL in the message (Spark itself retries for
+about a minute and then reports "All masters are unresponsive").
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -22,11 +37,22 @@ from .errors import PipelineError
 
 #: The repository's ``spark_jobs/`` directory (next to ``include/``).
 SPARK_JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
+#: This package's directory (``include/anomaly_detection``), shipped to executors with the jobs.
+PACKAGE_DIR = Path(__file__).resolve().parent
 JOBS = ("preprocess", "detect")
 #: Printed by a job before it exits on a pipeline error (see ``spark_jobs/common.py``).
 ERROR_PREFIX = "error: "
 DEFAULT_TIMEOUT_SECONDS = 6 * 3600
 STDERR_TAIL_LINES = 20
+#: Seconds :func:`run_spark_job` waits for a standalone master to accept a TCP connection.
+MASTER_CONNECT_TIMEOUT_SECONDS = 5.0
+#: Name prefix of the ``--py-files`` zips (:func:`build_py_files`).
+PY_FILES_PREFIX = "anomaly-detection-pyfiles-"
+#: A zip not used for this long is removed when a zip of other sources is built next to it
+#: (far longer than :data:`DEFAULT_TIMEOUT_SECONDS`).
+PY_FILES_KEEP_SECONDS = 2 * 24 * 3600
+#: What Spark's standalone client logs when it gives up registering with the master(s).
+UNRESPONSIVE_MASTER = "All masters are unresponsive"
 
 
 def spark_home() -> Path:
@@ -63,9 +89,61 @@ def job_application_args(run_dir: str | Path, config_path: str | Path, algorithm
     return args
 
 
+def is_local_master(master: str) -> bool:
+    """``local``, ``local[4]``, ``local[*]``, ``local-cluster[...]``: Spark inside the spark-submit JVM."""
+    return master.startswith("local")
+
+
+def is_standalone_master(master: str) -> bool:
+    """A Spark standalone master URL, ``spark://host:port`` (or ``spark://h1:p1,h2:p2`` with standby masters)."""
+    return master.startswith("spark://")
+
+
+def master_addresses(master: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` pairs of a ``spark://`` URL (port 7077 when omitted)."""
+    if not is_standalone_master(master):
+        raise PipelineError(f"not a Spark standalone master URL: {master!r}")
+    addresses = []
+    for part in master[len("spark://") :].split(","):
+        part = part.strip().rstrip("/")
+        if part.startswith("["):  # [::1]:7077
+            host, _, rest = part[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+        if not host:
+            raise PipelineError(f"Spark master URL {master!r} has no host")
+        try:
+            addresses.append((host, int(port) if port else 7077))
+        except ValueError:
+            raise PipelineError(f"Spark master URL {master!r} has a bad port {port!r}") from None
+    return addresses
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_master(master: str) -> bool:
+    """A local master, or a standalone master whose every host is a loopback address."""
+    if is_local_master(master):
+        return True
+    if not is_standalone_master(master):
+        return False
+    try:
+        return all(_is_loopback(host) for host, _ in master_addresses(master))
+    except PipelineError:
+        return False
+
+
 def default_conf(master: str) -> dict[str, str]:
     """Settings every job gets: this interpreter on the driver and executors, quiet logs, no UI,
-    and with a local master a driver bound to 127.0.0.1."""
+    and with a local or loopback standalone master a driver bound to 127.0.0.1."""
     conf = {
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
@@ -73,10 +151,78 @@ def default_conf(master: str) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.log.level": "WARN",
     }
-    if master.startswith("local"):
+    if is_loopback_master(master):
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
     return conf
+
+
+def _py_files_sources() -> list[tuple[str, Path]]:
+    """``(name in the zip, file)`` of every file of ``anomaly_detection`` and ``spark_jobs``, sorted."""
+    sources = []
+    for root, prefix in ((PACKAGE_DIR, "anomaly_detection"), (SPARK_JOBS_DIR, "spark_jobs")):
+        if not root.is_dir():
+            raise PipelineError(f"cannot ship {prefix} to the executors: {root} is not a directory")
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root)
+            if path.is_file() and "__pycache__" not in relative.parts and path.suffix not in (".pyc", ".pyo"):
+                sources.append((f"{prefix}/{relative.as_posix()}", path))
+    return sources
+
+
+def default_py_files_dir() -> Path:
+    """Where :func:`build_py_files` puts its zips by default: a per-user directory in the temp dir."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"anomaly-detection-spark-{uid}"
+
+
+def build_py_files(directory: str | Path | None = None) -> Path:
+    """A zip of the ``anomaly_detection`` package and ``spark_jobs``, for ``spark-submit --py-files``.
+
+    Executors on other machines import the jobs' code from it (on this machine the venv has it
+    too). The file is named after a hash of the sources, so an unchanged checkout reuses it and
+    concurrent builders write identical bytes (each through its own temporary file).
+    """
+    target_dir = Path(directory) if directory is not None else default_py_files_dir()
+    sources = _py_files_sources()
+    digest = hashlib.sha256()
+    contents = []
+    for name, path in sources:
+        data = path.read_bytes()
+        contents.append((name, data))
+        digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    target = target_dir / f"{PY_FILES_PREFIX}{digest.hexdigest()[:16]}.zip"
+    if target.is_file():
+        os.utime(target)  # in use: see _prune_py_files
+        return target
+    target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _prune_py_files(target_dir)
+    handle, temporary = tempfile.mkstemp(prefix=".pyfiles-", suffix=".zip", dir=target_dir)
+    try:
+        with os.fdopen(handle, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in contents:
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return target
+
+
+def _prune_py_files(directory: Path) -> None:
+    """Remove zips of older sources not used for :data:`PY_FILES_KEEP_SECONDS` (a running job's
+    driver serves its zip to executors from that path, so a recent one may still be needed)."""
+    cutoff = time.time() - PY_FILES_KEEP_SECONDS
+    for old in directory.glob(f"{PY_FILES_PREFIX}*.zip"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass
 
 
 def spark_submit_command(
@@ -87,14 +233,21 @@ def spark_submit_command(
     master: str = "local[*]",
     extra_args: Iterable[str] = (),
     conf: Mapping[str, str] | None = None,
+    py_files_dir: str | Path | None = None,
 ) -> list[str]:
     """The spark-submit command line of ``job`` on ``run_dir``.
 
     ``extra_args`` are appended to the job's arguments (e.g. ``("--algorithm", "kmeans")``);
     ``conf`` entries are added as ``--conf key=value`` and win over :func:`default_conf`.
+    With any master other than ``local[...]`` the job runs in client deploy mode with
+    ``--py-files`` set to :func:`build_py_files` (built in ``py_files_dir`` if given; this writes
+    the zip when it does not exist yet).
     """
     settings = {**default_conf(master), **{k: str(v) for k, v in (conf or {}).items()}}
-    command = [str(spark_submit_executable()), "--master", master, "--name", f"anomaly-detection-{Path(str(job)).stem}"]
+    command = [str(spark_submit_executable()), "--master", master]
+    if not is_local_master(master):
+        command += ["--deploy-mode", "client", "--py-files", str(build_py_files(py_files_dir))]
+    command += ["--name", f"anomaly-detection-{Path(str(job)).stem}"]
     for key, value in settings.items():
         command += ["--conf", f"{key}={value}"]
     command.append(str(job_path(job)))
@@ -104,14 +257,29 @@ def spark_submit_command(
 
 
 def spark_env(master: str = "local[*]", base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for spark-submit: ``SPARK_HOME`` of this pyspark and, with a local master,
-    ``SPARK_LOCAL_IP=127.0.0.1`` (no hostname look-up, no warning about it)."""
+    """The environment for spark-submit: ``SPARK_HOME`` of this pyspark and, with a local or
+    loopback standalone master, ``SPARK_LOCAL_IP=127.0.0.1`` (no hostname look-up, no warning)."""
     env = dict(os.environ if base is None else base)
     env["SPARK_HOME"] = str(spark_home())
     env.setdefault("PYSPARK_PYTHON", sys.executable)
-    if master.startswith("local"):
+    if is_loopback_master(master):
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     return env
+
+
+def check_master_reachable(master: str, timeout: float = MASTER_CONNECT_TIMEOUT_SECONDS) -> None:
+    """Raise :class:`PipelineError` naming ``master`` when no host of a ``spark://`` URL accepts a
+    TCP connection within ``timeout`` seconds (other masters are not checked)."""
+    if not is_standalone_master(master):
+        return
+    problems = []
+    for host, port in master_addresses(master):
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return
+        except OSError as exc:
+            problems.append(f"{host}:{port}: {exc.strerror or exc}")
+    raise PipelineError(f"Spark master {master} is unreachable ({'; '.join(problems)}); is the master running?")
 
 
 def failure_cause(stderr: str, *, tail: int = STDERR_TAIL_LINES) -> str:
@@ -138,8 +306,9 @@ def run_spark_job(
 
     The job runs in its own process group, which is killed when ``timeout`` seconds pass.
     """
-    command = spark_submit_command(job, run_dir, config_path, master=master, extra_args=extra_args, conf=conf)
     name = Path(str(job)).stem
+    check_master_reachable(master)
+    command = spark_submit_command(job, run_dir, config_path, master=master, extra_args=extra_args, conf=conf)
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -153,14 +322,27 @@ def run_spark_job(
     except subprocess.TimeoutExpired:
         _kill_group(process)
         stdout, stderr = process.communicate()
-        raise PipelineError(f"Spark job {name} timed out after {timeout:g}s; last output:\n{failure_cause(stderr)}") from None
+        raise PipelineError(
+            f"Spark job {name} timed out after {timeout:g}s{_master_note(master, stderr)}; last output:\n{failure_cause(stderr)}"
+        ) from None
     except BaseException:
         _kill_group(process)
         raise
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if result.returncode != 0:
-        raise PipelineError(f"Spark job {name} failed (exit status {result.returncode}): {failure_cause(stderr)}")
+        raise PipelineError(
+            f"Spark job {name} failed (exit status {result.returncode}){_master_note(master, stderr)}: {failure_cause(stderr)}"
+        )
     return result
+
+
+def _master_note(master: str, stderr: str) -> str:
+    """`` on master spark://...`` plus Spark's verdict when its standalone client gave up on the master."""
+    if is_local_master(master):
+        return ""
+    if UNRESPONSIVE_MASTER in stderr:
+        return f" on master {master} ({UNRESPONSIVE_MASTER})"
+    return f" on master {master}"
 
 
 def _kill_group(process: subprocess.Popen) -> None:
