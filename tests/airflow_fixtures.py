@@ -150,7 +150,9 @@ class AirflowStandalone:
                 pytrace=False,
             )
         self.startup_seconds = time.monotonic() - began
-        self.client = AirflowClient.from_credentials_file(self.url, self.env["AIRFLOW_CREDENTIALS_FILE"])
+        self.client = AirflowClient.from_credentials_file(
+            self.url, self.env["AIRFLOW_CREDENTIALS_FILE"], timeout=120  # a loaded 2-core machine answers slowly
+        )
         return self
 
     def stop(self) -> None:
