@@ -45,6 +45,9 @@ SPARK_CONF = {
 }
 
 
+SPARK_RUN_CONF = ("spark.driver.memory", "spark.executor.memory")
+
+
 def _nullable(kind: str, **schema):
     return {"type": ["null", kind], **schema}
 
@@ -194,7 +197,11 @@ def anomaly_detection():
                 "--config", "{{ ti.xcom_pull(task_ids='resolve_config')['config_path'] }}",
             ],  # fmt: skip
             conn_id="spark_default",
-            conf=SPARK_CONF,
+            conf={
+                **SPARK_CONF,
+                # the run's config (spark.driver_memory / executor_memory), rendered per run
+                **{key: f"{{{{ ti.xcom_pull(task_ids='resolve_config')['spark_conf']['{key}'] }}}}" for key in SPARK_RUN_CONF},
+            },
             name=f"anomaly-{job}-{{{{ run_id }}}}",
         )
 

@@ -96,7 +96,7 @@ def _meta(paths: RunPaths) -> dict[str, Any]:
 
 def resolve(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     """Validate the params and write the resolved config; a bad conf fails here, naming the key."""
-    from .pipeline import resolve_stage
+    from .pipeline import resolve_stage, spark_conf
 
     with stage(params, run_id) as (config, paths):
         resolve_stage(config, paths)
@@ -104,7 +104,12 @@ def resolve(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
         (paths.root / "run_meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if meta["rerun_of"]:
             log.info("run %s is a rerun of %s", paths.run_id, meta["rerun_of"])
-        return {"run_dir": str(paths.root), "config_path": str(paths.config), "mode": config.processing.mode}
+        return {
+            "run_dir": str(paths.root),
+            "config_path": str(paths.config),
+            "mode": config.processing.mode,
+            "spark_conf": spark_conf(config),
+        }
 
 
 def ingest(params: Mapping[str, Any], run_id: str, *, credentials: CredentialResolver = env_credentials) -> dict[str, Any]:
