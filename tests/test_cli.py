@@ -34,13 +34,19 @@ def run_cli(*args, cwd=ROOT, env=None, timeout=600):
     )
 
 
+def run_demo(demo_api, tmp_path, run_id, *overrides, runs_dir=None, timeout=600):
+    """``run --config configs/demo.yaml`` against the demo API, outputs under ``tmp_path``; ``overrides``
+    are ``KEY=VALUE`` strings for ``--set``."""
+    sets = [f"source.url={demo_api}/records", *overrides]
+    sets += [f"output.runs_dir={runs_dir or tmp_path / 'runs'}", f"output.reports_dir={tmp_path / 'reports'}"]
+    args = ["run", "--config", "configs/demo.yaml", "--quiet", "--run-id", run_id]
+    for item in sets:
+        args += ["--set", item]
+    return run_cli(*args, timeout=timeout)
+
+
 def test_demo_run_reports_the_planted_anomalies(demo_api, tmp_path):
-    out = run_cli(
-        "run", "--config", "configs/demo.yaml", "--quiet", "--run-id", "demo-e2e",
-        "--set", f"source.url={demo_api}/records",
-        "--set", f"output.runs_dir={tmp_path / 'runs'}",
-        "--set", f"output.reports_dir={tmp_path / 'reports'}",
-    )
+    out = run_demo(demo_api, tmp_path, "demo-e2e")
     assert out.returncode == 0, out.stderr
     report = Path(re.search(r"^report: (.+)$", out.stdout, re.M).group(1))
     assert report.is_file() and report.parent.name == "demo-e2e"
@@ -73,13 +79,9 @@ def test_demo_run_reports_the_planted_anomalies(demo_api, tmp_path):
 
 
 def test_complex_mode_tries_a_wider_grid(demo_api, tmp_path):
-    out = run_cli(
-        "run", "--config", "configs/demo.yaml", "--quiet", "--run-id", "complex",
-        "--set", f"source.url={demo_api}/records",
-        "--set", "modeling.hyperparameters=complex",
-        "--set", "modeling.algorithms=[kmeans, dbscan]",
-        "--set", f"output.runs_dir={tmp_path}",
-        "--set", f"output.reports_dir={tmp_path / 'reports'}",
+    out = run_demo(
+        demo_api, tmp_path, "complex", "modeling.hyperparameters=complex", "modeling.algorithms=[kmeans, dbscan]",
+        runs_dir=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     results = json.loads((tmp_path / "complex" / "results.json").read_text())
@@ -122,17 +124,14 @@ def test_check_config_redacts_secrets(tmp_path):
 @pytest.mark.timeout(1200)
 @pytest.mark.skipif(not shutil.which("java"), reason="Java is not on PATH")
 def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path):
-    out = run_cli(
-        "run", "--config", "configs/demo.yaml", "--quiet", "--run-id", "demo-spark",
-        "--set", f"source.url={demo_api}/records",
-        "--set", "processing.mode=spark",
-        "--set", 'modeling.algorithms=["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan"]',
-        "--set", "modeling.grids.kmeans.simple={n_clusters: [4]}",
-        "--set", "modeling.grids.bisecting_kmeans.simple={n_clusters: [4]}",
-        "--set", "spark.master=local[2]",
-        "--set", "spark.driver_memory=1g",
-        "--set", f"output.runs_dir={tmp_path / 'runs'}",
-        "--set", f"output.reports_dir={tmp_path / 'reports'}",
+    out = run_demo(
+        demo_api, tmp_path, "demo-spark",
+        "processing.mode=spark",
+        'modeling.algorithms=["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan"]',
+        "modeling.grids.kmeans.simple={n_clusters: [4]}",
+        "modeling.grids.bisecting_kmeans.simple={n_clusters: [4]}",
+        "spark.master=local[2]",
+        "spark.driver_memory=1g",
         timeout=1100,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
