@@ -220,7 +220,7 @@ def tune_one(data: Any, ccols: list[str], n: int, algorithm: str, params: dict[s
     flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))
     metrics, stats = split_metrics(flagged, ccols, with_labels=with_labels)
     if algorithm != "isolation_forest":
-        info["n_clusters"] = int(stats["clusters"])
+        info["n_clusters"] = scored.select("_c").distinct().count()  # clusters that hold rows
     info.update(engine="spark", silhouette_method="ClusteringEvaluator (squared Euclidean, all rows)")
     count = int(stats["anomalies"])
     flags = []
@@ -311,7 +311,6 @@ def split_metrics(flagged: Any, ccols: list[str], *, with_labels: bool) -> tuple
             F.sum(squared_norm).alias("sq"),
             F.min("_score").alias("score_min"),
             F.max("_score").alias("score_max"),
-            F.countDistinct("_c").alias("clusters"),
             *(F.sum(c).alias(c) for c in ccols),
             *extra,
         ).collect()
@@ -323,8 +322,6 @@ def split_metrics(flagged: Any, ccols: list[str], *, with_labels: bool) -> tuple
         "anomalies": int(counts[1]),
         "score_min": min(groups[g]["score_min"] for g in groups),
         "score_max": max(groups[g]["score_max"] for g in groups),
-        # clusters that hold rows: the per-group distinct counts may overlap, so count them once more
-        "clusters": flagged.select("_c").distinct().count() if len(groups) > 1 else groups[next(iter(groups))]["clusters"],
     }
     metrics: dict[str, float | None] = {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
     if (counts > 0).all():
