@@ -58,22 +58,18 @@ def runs(airflow_standalone, client, demo_api):  # noqa: F811
         "marked_failed": {"url": url, "algorithms": ["kmeans"]},
         "bad_conf": {"url": url, "overrides": {"modeling.colour": "red"}},
     }
-    triggered = {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
-    _deadline[0] = time.monotonic() + BUDGET
-    return triggered
-
-
-_deadline = [0.0]
+    return {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
 
 
 class Waits:
-    """The client's waits, each bounded by what is left of the module's budget."""
+    """The client's waits, each bounded by what is left of the module's budget (counted from creation)."""
 
     def __init__(self, client, airflow_standalone):  # noqa: F811
         self.client, self.airflow = client, airflow_standalone
+        self.deadline = time.monotonic() + BUDGET
 
     def left(self) -> float:
-        left = _deadline[0] - time.monotonic()
+        left = self.deadline - time.monotonic()
         if left <= 0:
             pytest.fail(f"the module's {BUDGET}s budget is used up{self.diagnosis()}", pytrace=False)
         return left
@@ -106,7 +102,7 @@ class Waits:
 
 @pytest.fixture(scope="module")
 def wait(client, airflow_standalone, runs):  # noqa: F811
-    return Waits(client, airflow_standalone)
+    return Waits(client, airflow_standalone)  # made right after ``runs`` triggered them
 
 
 def _run_dir(airflow_standalone, run_id: str) -> Path:  # noqa: F811
