@@ -247,6 +247,16 @@ class ApiReader:
         manifest = [vars(p) for p in self.pages]
         (self.raw_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
 
+    def settle(self, record: PageRecord, records: int | None) -> None:
+        """Record how many records a saved page held (None: it could not be read) in the manifest."""
+        if records is not None:
+            record.records = records
+        self.write_manifest()
+
+    def _request(self, url: str, headers: dict[str, str]) -> requests.Response:
+        """Send one attempt; subclasses may throttle it or pick a session per thread."""
+        return self.session.request(self.source.method, url, headers=headers, timeout=self.source.timeout_seconds)
+
     def get(self, url: str, page: int) -> tuple[requests.Response, bytes, PageRecord]:
         """GET ``url`` (retrying connection errors, timeouts, 429 and 5xx) and save the body.
 
@@ -269,12 +279,7 @@ class ApiReader:
                 self.sleep(delay)
             response = None
             try:
-                response = self.session.request(
-                    self.source.method,
-                    request_url,
-                    headers=headers,
-                    timeout=self.source.timeout_seconds,
-                )
+                response = self._request(request_url, headers)
             except requests.Timeout:
                 last_problem = f"timed out (no response within {self.source.timeout_seconds:g}s)"
                 continue
@@ -293,6 +298,7 @@ class ApiReader:
             body = response.content
             record = self._save(page, url, response, body, attempt + 1, time.perf_counter() - started)
             if response.status_code >= 400:
+                self.settle(record, None)
                 snippet = self.scrub(body[:200].decode("utf-8", "replace").strip())
                 raise IngestionError(
                     f"GET {safe_url} failed with HTTP {response.status_code}; body starts with {snippet!r} "
@@ -300,7 +306,8 @@ class ApiReader:
                 )
             return response, body, record
         if response is not None:
-            self._save(page, url, response, response.content, self.source.retries + 1, time.perf_counter() - started)
+            record = self._save(page, url, response, response.content, self.source.retries + 1, time.perf_counter() - started)
+            self.settle(record, None)
         raise IngestionError(f"GET {safe_url} failed after {self.source.retries + 1} attempt(s): {last_problem}")
 
 
@@ -312,6 +319,34 @@ def _next_in_body(payload: Any, path: str) -> str | None:
         else:
             return None
     return node if isinstance(node, str) and node else None
+
+
+def read_records(reader: ApiReader, url: str, body: bytes, record: PageRecord, records_path: str | None) -> tuple[Any, list[Any], str]:
+    """Parse a saved page and find its records: ``(payload, records, path_used)``.
+
+    The record count (or, on failure, that the page could not be read) goes to the manifest; an
+    error names the URL and the saved raw file.
+    """
+    safe = reader.safe_url(url)
+    try:
+        payload = parse_json(body, source=safe)
+        records, path = extract_records(payload, records_path, source=safe)
+    except IngestionError as exc:
+        reader.settle(record, None)
+        raise IngestionError(f"{reader.scrub(str(exc))} (raw response saved to {reader.raw_dir / record.file})") from None
+    reader.settle(record, len(records))
+    return payload, records, path
+
+
+def next_link(kind: str, next_url_path: str, url: str, payload: Any, response: requests.Response) -> str | None:
+    """The absolute URL of the next page for ``next_url`` / ``link_header`` pagination, else None."""
+    if kind == "next_url":
+        nxt = _next_in_body(payload, next_url_path)
+    elif kind == "link_header":
+        nxt = response.links.get("next", {}).get("url")
+    else:
+        return None
+    return urljoin(url, nxt) if nxt else None
 
 
 def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, str, Any, list[Any], str]]:
@@ -336,21 +371,15 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
         response, body, record = reader.get(url, page_index)
         digest = hashlib.sha256(body).digest()
         if page_index > 1 and digest == previous_digest:
+            reader.settle(record, None)
             log.warning(
                 "stopping pagination: page %d from %s is identical to the page before it "
                 "(the API seems to ignore the paging parameters)", page_index, reader.safe_url(url)
             )
             return
         previous_digest = digest
-        safe = reader.safe_url(url)
-        try:
-            payload = parse_json(body, source=safe)
-            records, path = extract_records(payload, source.records_path, source=safe)
-        except IngestionError as exc:
-            raise IngestionError(f"{reader.scrub(str(exc))} (raw response saved to {reader.raw_dir / record.file})") from None
-        record.records = len(records)
-        reader.write_manifest()
-        log.info("page %d: %d records from %s", page_index, len(records), safe)
+        payload, records, path = read_records(reader, url, body, record, source.records_path)
+        log.info("page %d: %d records from %s", page_index, len(records), reader.safe_url(url))
         yield page_index, url, payload, records, path
         fetched += len(records)
         if not records:
@@ -360,14 +389,8 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
         if pagination.type in ("offset", "page"):
             if len(records) < pagination.page_size:
                 return
-        elif pagination.type == "next_url":
-            nxt = _next_in_body(payload, pagination.next_url_path)
-            url = urljoin(url, nxt) if nxt else None
-        elif pagination.type == "link_header":
-            nxt = response.links.get("next", {}).get("url")
-            url = urljoin(url, nxt) if nxt else None
         else:
-            url = None
+            url = next_link(pagination.type, pagination.next_url_path, url, payload, response)
     if url is not None and page_index >= pagination.max_pages:
         log.warning("stopping pagination at max_pages=%d", pagination.max_pages)
 
