@@ -11,6 +11,7 @@ without a JVM.
 from __future__ import annotations
 
 import argparse
+import itertools
 import contextlib
 import logging
 import os
@@ -129,9 +130,9 @@ def build_session(app_name: str, extra_conf: dict[str, str] | None = None) -> "S
 
 def pandas_dtypes(path: Path) -> dict[str, Any]:
     """The dtype of every column as ``pandas.read_parquet(path)`` gives it, read from the schema only."""
-    import pyarrow.parquet as pq
+    from anomaly_detection.scored import read_schema
 
-    empty = pq.read_schema(path).empty_table().to_pandas()
+    empty = read_schema(path).empty_table().to_pandas()
     return {str(name): dtype for name, dtype in empty.dtypes.items()}
 
 
@@ -141,23 +142,40 @@ def quoted(name: str) -> str:
 
 
 def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "DataFrame":
-    """Read one parquet file as columns ``_pos, c0, c1, ...`` (``c<i>`` is ``names[i]``).
+    """Read a parquet file, or a directory of part files, as columns ``_pos, c0, c1, ...``.
 
-    ``_pos`` is the row's index in the file (Spark's ``_metadata.row_index``), which is exactly the
-    row's position when pandas reads the file, whatever the partitioning or the order Spark's
-    tasks run in. Only a single file is supported (what the native stages and these jobs write).
+    ``c<i>`` is ``names[i]``. ``_pos`` is the row's index in the whole dataset, files taken in name
+    order (what pandas and :func:`anomaly_detection.scored.iter_batches` see): the row's index in
+    its file (Spark's ``_metadata.row_index``) plus the rows of the files before it, whatever the
+    partitioning or the order Spark's tasks run in. The per-file offsets come from the Parquet
+    footers and join as a broadcast table.
     """
     from pyspark.sql import functions as F
 
-    if not path.is_file():
-        raise PipelineError(f"{path} must be a single parquet file")
-    frame = spark.read.parquet(str(path))
+    from anomaly_detection.scored import parquet_files
+    import pyarrow.parquet as pq
+
+    files = parquet_files(path)
+    if not files:
+        raise PipelineError(f"{path} holds no parquet files")
+    frame = spark.read.parquet(*(str(f) for f in files))
     present = set(frame.columns)
     missing = [n for n in names if n not in present]
     if missing:
         raise PipelineError(f"{path}: Spark does not see column(s) {missing}; it sees {sorted(present)[:40]}")
-    row_index = frame.metadataColumn("_metadata").getField("row_index")
-    return frame.select(row_index.alias(POS), *(F.col(quoted(n)).alias(f"c{i}") for i, n in enumerate(names)))
+    metadata = frame.metadataColumn("_metadata")
+    columns = [F.col(quoted(n)).alias(f"c{i}") for i, n in enumerate(names)]
+    if len(files) == 1:
+        return frame.select(metadata.getField("row_index").alias(POS), *columns)
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    starts = itertools.accumulate(counts[:-1], initial=0)
+    offsets = spark.createDataFrame([(f.name, int(o)) for f, o in zip(files, starts)], "_file string, _offset long")
+    located = frame.select(
+        metadata.getField("file_name").alias("_file"), metadata.getField("row_index").alias("_row"), *columns
+    )
+    return located.join(F.broadcast(offsets), "_file").select(
+        (F.col("_offset") + F.col("_row")).alias(POS), *(F.col(f"c{i}") for i in range(len(names)))
+    )
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -3,12 +3,13 @@ with ``mapInPandas``, over the configured grids.
 
     spark-submit spark_jobs/detect.py --run-dir DIR --config DIR/config.resolved.yaml [--algorithm NAME]
 
-Reads ``features.parquet`` (written by the Spark or the native preprocessing) and, for every
-configured algorithm that runs on Spark (``isolation_forest``, ``kmeans``, ``bisecting_kmeans``; DBSCAN is skipped
-with a warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) plus
-``models/<algorithm>.scores.npy`` and ``.labels.npy`` of its best configuration, rows in kept-row
-order, exactly as :func:`anomaly_detection.pipeline.detect_stage` does, so the common select, report
-and review steps read them unchanged.
+Reads ``features.spark.parquet`` (written by ``preprocess.py``) and, for every configured algorithm
+that runs on Spark (``isolation_forest``, ``kmeans``, ``bisecting_kmeans``; DBSCAN is skipped with a
+warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best
+configuration, the scored outputs of :mod:`anomaly_detection.scored`: the flagged rows (position and
+score, part files written by Spark) and a bounded report sample. They are what
+:func:`anomaly_detection.pipeline.detect_stage` writes, so the common select, report and review steps
+read them unchanged.
 
 For each configuration of ``modeling.grid_for(algorithm)``, everything below runs distributed:
 
@@ -25,15 +26,18 @@ For each configuration of ``modeling.grid_for(algorithm)``, everything below run
 * with a label column, ROC-AUC and PR-AUC from ``BinaryClassificationEvaluator`` on the score, and
   precision, recall and F1 from the confusion counts.
 
-Only aggregates reach the driver while tuning. Known limit: the best configuration's scores and
-labels (9 bytes a row) are then read on the driver for the ``.npy`` files the select stage reads.
+Only aggregates and bounded samples reach the driver: the fit samples, and the report sample of at
+most ``report.plot_sample_size + report.top_anomalies`` rows.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,12 +47,14 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make ``spark_j
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import pandas as pd
 
 from anomaly_detection.config import PipelineConfig
 from anomaly_detection.errors import PipelineError
 from anomaly_detection.evaluate import MAX_SANE_SHARE, ModelResult, better, split_metrics_from_aggregates
 from anomaly_detection.runs import RunPaths
-from spark_jobs.common import POS, SPARK_ALGORITHMS, pandas_dtypes, parse_args, read_positioned, run_job, write_json
+from anomaly_detection.scored import feature_column, flagged_path, sample_path, sample_table, write_table
+from spark_jobs.common import POS, SPARK_ALGORITHMS, parse_args, run_job, write_json
 
 NAME = "detect"
 #: sklearn's ``init`` values and their Spark ML ``initMode``.
@@ -68,6 +74,7 @@ def detect_job(
 ) -> None:
     from pyspark import StorageLevel
     from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql import functions as F
     from sklearn.model_selection import ParameterGrid
 
     configured = config.modeling.algorithms
@@ -80,17 +87,19 @@ def detect_job(
             f"none of the configured algorithms ({', '.join(configured)}) runs on Spark; "
             f"add {' or '.join(SPARK_ALGORITHMS)} to modeling.algorithms"
         )
-    if not paths.features.is_file():
-        raise PipelineError(f"{paths.features} not found: run the preprocess job first")
+    if not paths.spark_features.is_dir() or not paths.summary.is_file():
+        raise PipelineError(f"{paths.spark_features} not found: run the Spark preprocess job first")
     started = time.perf_counter()
-    names = list(pandas_dtypes(paths.features))
+    names = list(json.loads(paths.summary.read_text(encoding="utf-8"))["features"])
     ccols = [f"c{i}" for i in range(len(names))]
-    frame = read_positioned(spark, paths.features, names)
-    if paths.labels.exists():
-        frame = frame.join(_labels_frame(spark, np.load(paths.labels)), POS)
+    stored = spark.read.parquet(str(paths.spark_features))
+    with_labels = "_label" in stored.columns
+    frame = stored.select(
+        POS, *(F.col(feature_column(j)).alias(c) for j, c in enumerate(ccols)), *([F.col("_label").alias("_y")] if with_labels else [])
+    )
     data = VectorAssembler(inputCols=ccols, outputCol="_v").transform(frame).persist(StorageLevel.MEMORY_AND_DISK)
     n = data.count()
-    log.info("read %s: %d rows x %d features%s", paths.features.name, n, len(names), ", with labels" if paths.labels.exists() else "")
+    log.info("read %s: %d rows x %d features%s", paths.spark_features.name, n, len(names), ", with labels" if with_labels else "")
     modeling = config.modeling
     paths.models.mkdir(parents=True, exist_ok=True)
     for name in algorithms:
@@ -100,7 +109,7 @@ def detect_job(
         best_scored = None
         for params in ParameterGrid(modeling.grid_for(name)):
             scored, result = tune_one(
-                data, ccols, n, name, params, config=config, with_labels=paths.labels.exists()
+                data, ccols, n, name, params, config=config, with_labels=with_labels
             )
             results.append(result)
             log.info(
@@ -123,7 +132,7 @@ def detect_job(
             else:
                 scored.unpersist()
         assert best is not None and best_scored is not None
-        _save_best(best_scored, best.threshold, n, paths, name)
+        save_best(best_scored, best.threshold, n, ccols, paths, name, config=config)
         best_scored.unpersist()
         write_json(paths.models / f"{name}.json", [r.to_dict() for r in results])
         log.info(
@@ -132,13 +141,6 @@ def detect_job(
         )
     data.unpersist()
     log.info("Spark detection done in %.1fs", time.perf_counter() - started)
-
-
-def _labels_frame(spark: Any, labels: np.ndarray) -> Any:
-    """The ground-truth labels as a DataFrame ``(_pos, _y)`` (known limit: built from the driver's array)."""
-    import pandas as pd
-
-    return spark.createDataFrame(pd.DataFrame({POS: np.arange(len(labels), dtype=np.int64), "_y": labels.astype(np.int32)}))
 
 
 def fit_centroids(data: Any, algorithm: str, params: dict[str, Any], n: int, *, random_state: int, fit_sample_size: int) -> tuple[list[list[float]], dict[str, Any]]:
@@ -352,16 +354,46 @@ def split_metrics(flagged: Any, ccols: list[str], *, with_labels: bool) -> tuple
     return metrics, stats
 
 
-def _save_best(scored: Any, threshold: float, n: int, paths: RunPaths, algorithm: str) -> None:
-    """``models/<algorithm>.scores.npy`` / ``.labels.npy`` in row-position order (the known limit)."""
+def save_best(scored: Any, threshold: float, n: int, ccols: list[str], paths: RunPaths, algorithm: str, *, config: PipelineConfig) -> None:
+    """Write the best configuration's flagged rows (Spark part files) and its report sample.
+
+    The sample is a uniform random sample of at most ``report.plot_sample_size`` rows plus the
+    ``report.top_anomalies`` highest-scoring rows, the only rows that reach the driver.
+    """
     from pyspark.sql import functions as F
 
-    local = scored.select(POS, "_score", (F.col("_score") > F.lit(threshold)).cast("byte").alias("_a")).orderBy(POS).toArrow()
-    positions = local.column(POS).to_numpy()
-    if len(positions) != n or not (positions == np.arange(n)).all():
-        raise RuntimeError("scored rows do not match the rows of features.parquet")
-    np.save(paths.models / f"{algorithm}.scores.npy", local.column("_score").to_numpy().astype(np.float64, copy=False))
-    np.save(paths.models / f"{algorithm}.labels.npy", local.column("_a").to_numpy().astype(np.int8, copy=False))
+    flagged = scored.where(F.col("_score") > F.lit(threshold)).select(
+        F.col(POS).cast("long").alias("position"), F.col("_score").cast("double").alias("score")
+    )
+    target = flagged_path(paths.models, algorithm)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    flagged.write.mode("overwrite").parquet(str(tmp))
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.replace(tmp, target)
+
+    report = config.report
+    columns = [F.col(POS).alias("position"), F.col("_score").alias("score"), *(F.col(c) for c in ccols)]
+    random_rows = scored
+    if n > report.plot_sample_size:
+        fraction = min(1.0, 1.1 * report.plot_sample_size / n)
+        random_rows = scored.sample(withReplacement=False, fraction=fraction, seed=config.modeling.random_state)
+    random_rows = random_rows.select(*columns).limit(report.plot_sample_size).toPandas()
+    top = scored.where(F.col("_score") > F.lit(threshold)).select(*columns).orderBy(F.col("_score").desc(), F.col(POS)).limit(report.top_anomalies).toPandas()
+    random_rows["sampled"] = True
+    top["sampled"] = False
+    sample = pd.concat([random_rows, top[~top["position"].isin(random_rows["position"])]], ignore_index=True).sort_values("position")
+    write_table(
+        sample_table(
+            sample["position"].to_numpy(),
+            sample["score"].to_numpy(),
+            (sample["score"].to_numpy() > threshold).astype(np.int8),
+            sample["sampled"].to_numpy(),
+            sample[ccols].to_numpy(dtype=np.float64),
+        ),
+        sample_path(paths.models, algorithm),
+    )
 
 
 if __name__ == "__main__":

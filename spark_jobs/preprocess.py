@@ -1,11 +1,14 @@
-"""Spark version of ``preprocess_stage``: the same files, in the same formats, from Spark DataFrames.
+"""Spark version of ``preprocess_stage``: the same rules and summary, from Spark DataFrames.
 
     spark-submit spark_jobs/preprocess.py --run-dir DIR --config DIR/config.resolved.yaml
 
-Reads ``flattened.parquet`` and writes ``features.parquet``, ``kept_rows.npy``, ``labels.npy``
-(with a label column) and ``data_summary.json`` exactly as
-:func:`anomaly_detection.pipeline.preprocess_stage` does, so the native select and report stages
-read them unchanged. The rules are those of :mod:`anomaly_detection.preprocess`:
+Reads ``flattened.parquet`` (one file, or the part files of bulk ingestion) and writes
+``features.spark.parquet``, a directory of Spark part files with ``_pos`` (the row's position in
+``flattened.parquet``), the scaled features ``f0``, ``f1``, ... (named in ``data_summary.json``'s
+``features``) and, with a label column, ``_label``; and ``data_summary.json`` with the fields
+:func:`anomaly_detection.pipeline.preprocess_stage` writes. No row passes through the driver:
+only aggregates and the imputation's bounded fit sample do. The rules are those of
+:mod:`anomaly_detection.preprocess`:
 
 * duplicates: rows equal over every original column; the first occurrence (lowest position) stays;
 * label column: 0/1, true/false or normal/anomaly, the same error messages;
@@ -16,11 +19,6 @@ read them unchanged. The rules are those of :mod:`anomaly_detection.preprocess`:
 * missing values take the coordinate of the nearest KMeans centroid (pyspark.ml KMeans fitted on
   at most 50,000 complete rows, distance over the observed coordinates); with fewer than 20
   complete rows, or ``missing_values: median``, the column median (``approxQuantile``).
-
-Known limit of this first version: ``kept_rows.npy`` and ``labels.npy`` are numpy files for the
-driver, so the kept positions (8 bytes a row) and labels (1 byte a row) pass through the driver,
-streamed part file by part file while ``features.parquet`` is assembled. Everything else stays in
-Spark.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script by spark-submit: make ``spark_jobs`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 
 from anomaly_detection.config import PipelineConfig
 from anomaly_detection.errors import DataError, PipelineError
@@ -68,8 +65,6 @@ NAME = "preprocess"
 #: Relative error of ``approxQuantile`` for the median fallback (exact up to this many rows).
 MEDIAN_EXACT_ROWS = 200_000
 MEDIAN_RELATIVE_ERROR = 1e-4
-#: Rows per batch when the driver streams Spark's part files into ``features.parquet``.
-MERGE_BATCH_ROWS = 262_144
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +83,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     started = time.perf_counter()
     processing = config.processing
     label = config.evaluation.label_column
-    if not paths.flattened.is_file():
+    if not paths.flattened.exists():
         raise PipelineError(f"{paths.flattened} not found: run the ingest stage first")
     dtypes = pandas_dtypes(paths.flattened)
     names = list(dtypes)
@@ -169,10 +164,8 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
         log.info("imputed %d missing value(s): %s", n_missing, method)
     out = scaled.select(POS, *(c.alias(name) for c, name in zip(filled_cols, fcols)), *(["_label"] if extra else []))
 
-    # -- write: Spark writes sorted part files, the driver streams them into the native file layout
-    rows = _write_outputs(out, paths, features, fcols, with_labels=bool(extra))
-    if len(rows) != rows_after:
-        raise RuntimeError(f"wrote {len(rows)} rows, expected {rows_after}")
+    # -- write: Spark's part files, nothing through the driver
+    write_features(out, paths.spark_features)
     summary.update(
         rows_after=int(rows_after),
         features=list(features),
@@ -184,12 +177,11 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     )
     write_json(paths.summary, summary)
     log.info(
-        "wrote %s (%d rows x %d features), %s%s and %s in %.1fs",
-        paths.features.name,
+        "wrote %s (%d rows x %d features%s) and %s in %.1fs",
+        paths.spark_features.name,
         rows_after,
         len(features),
-        paths.kept_rows.name,
-        f", {paths.labels.name}" if extra else "",
+        ", with labels" if extra else "",
         paths.summary.name,
         time.perf_counter() - started,
     )
@@ -450,48 +442,18 @@ def _kmeans_fill(
 # --------------------------------------------------------------------------- output
 
 
-def _write_outputs(out: Any, paths: RunPaths, features: list[str], fcols: list[str], *, with_labels: bool) -> np.ndarray:
-    """Write the four native files; return the kept positions.
+def write_features(out: Any, target: Path) -> None:
+    """Write the scaled features (``_pos``, ``f0`` ..., ``_label``) as Spark part files.
 
-    Spark sorts by position and writes part files (range partitions: part ``i`` holds positions
-    below part ``i + 1``'s). The driver streams them, in part order, into one ``features.parquet``
-    with the feature names as columns (the file layout pandas writes), collecting positions and
-    labels for the ``.npy`` files. The positions are checked to be strictly increasing.
+    Spark writes into a temporary directory beside ``target``, which then replaces it, so a
+    retried job never leaves a half-written dataset for the detect job.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parts = paths.root / "features.spark-parts"
-    shutil.rmtree(parts, ignore_errors=True)
-    out.orderBy(POS).write.mode("overwrite").parquet(str(parts))
-    target = paths.features.with_name(paths.features.name + ".tmp")
-    positions: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    schema = pa.schema([pa.field(name, pa.float64()) for name in features])
-    try:
-        with pq.ParquetWriter(target, schema) as writer:
-            for part in sorted(parts.glob("part-*.parquet")):
-                for batch in pq.ParquetFile(part).iter_batches(batch_size=MERGE_BATCH_ROWS):
-                    if batch.num_rows == 0:
-                        continue
-                    positions.append(batch.column(POS).to_numpy().astype(np.int64, copy=False))
-                    if with_labels:
-                        labels.append(batch.column("_label").to_numpy().astype(np.int8, copy=False))
-                    columns = [batch.column(c).cast(pa.float64()) for c in fcols]
-                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        rows = np.concatenate(positions) if positions else np.empty(0, dtype=np.int64)
-        if rows.size > 1 and not (np.diff(rows) > 0).all():
-            raise RuntimeError("Spark's part files are not in row order; refusing to write features.parquet")
-        os.replace(target, paths.features)
-    finally:
-        target.unlink(missing_ok=True)
-        shutil.rmtree(parts, ignore_errors=True)
-    np.save(paths.kept_rows, rows)
-    if with_labels:
-        np.save(paths.labels, np.concatenate(labels))
-    elif paths.labels.exists():
-        paths.labels.unlink()
-    return rows
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.write.mode("overwrite").parquet(str(tmp))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,24 @@ def write_run(root: Path, table: pd.DataFrame, overrides: dict) -> tuple[RunPath
     return paths, paths.config
 
 
+
+
+# --------------------------------------------------------------------------- reading the outputs
+
+
+def spark_features(paths: RunPaths) -> tuple[np.ndarray, pd.DataFrame, np.ndarray | None]:
+    """Spark's ``features.spark.parquet`` in position order: kept positions, the named features and
+    the labels (``None`` without a label column). Tests read all of it; the pipeline never does."""
+    import json
+
+    names = json.loads(paths.summary.read_text())["features"]
+    stored = pd.read_parquet(paths.spark_features).sort_values("_pos").reset_index(drop=True)
+    features = stored[[f"f{j}" for j in range(len(names))]].set_axis(names, axis=1)
+    labels = stored["_label"].to_numpy() if "_label" in stored else None
+    return stored["_pos"].to_numpy(), features, labels
+
+
+def flagged_positions(paths: RunPaths, algorithm: str) -> np.ndarray:
+    from anomaly_detection.scored import flagged_path, read_flagged
+
+    return np.sort(read_flagged(flagged_path(paths.models, algorithm))["position"].to_numpy())

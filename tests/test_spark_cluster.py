@@ -35,7 +35,17 @@ from anomaly_detection.spark_submit import (
     spark_submit_command,
 )
 from spark_cluster import spark_standalone  # noqa: F401  (the fixture)
-from spark_helpers import JOB_TIMEOUT, QUICK_JVM, java_available, make_table, requires_spark, write_run
+from anomaly_detection.scored import read_sample, sample_path
+from spark_helpers import (
+    JOB_TIMEOUT,
+    QUICK_JVM,
+    flagged_positions,
+    java_available,
+    make_table,
+    requires_spark,
+    spark_features,
+    write_run,
+)
 
 pytestmark = pytest.mark.slow
 N_ROWS = 3_000
@@ -206,10 +216,10 @@ def test_jobs_ran_on_the_cluster(runs, spark_standalone):  # noqa: F811
 @requires_spark
 def test_cluster_preprocess_matches_local(runs, inputs):
     local, cluster = runs["local"], runs["cluster"]
-    assert np.array_equal(np.load(cluster.kept_rows), np.load(local.kept_rows))
-    assert np.array_equal(np.load(cluster.labels), np.load(local.labels))
+    kept, features, labels = spark_features(cluster)
+    local_kept, expected, local_labels = spark_features(local)
+    assert np.array_equal(kept, local_kept) and np.array_equal(labels, local_labels)
     assert json.loads(cluster.summary.read_text()) == json.loads(local.summary.read_text())
-    features, expected = pd.read_parquet(cluster.features), pd.read_parquet(local.features)
     assert list(features.columns) == list(expected.columns) == ["x", "y", "z", "count", "flag"]
     assert features.shape == (N_ROWS, 5)
     np.testing.assert_allclose(features.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
@@ -232,9 +242,10 @@ def test_cluster_detect_matches_local(runs, inputs):
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-9, abs=1e-12), key
             else:
                 assert mine[key] == theirs[key], key
-    labels = np.load(cluster / "kmeans.labels.npy")
-    assert np.array_equal(labels, np.load(local / "kmeans.labels.npy"))
-    np.testing.assert_allclose(np.load(cluster / "kmeans.scores.npy"), np.load(local / "kmeans.scores.npy"), rtol=1e-9, atol=1e-12)
+    flagged = flagged_positions(runs["cluster"], "kmeans")
+    assert np.array_equal(flagged, flagged_positions(runs["local"], "kmeans"))
+    mine, theirs = read_sample(sample_path(cluster, "kmeans")), read_sample(sample_path(local, "kmeans"))
+    assert np.array_equal(mine["position"], theirs["position"])
+    np.testing.assert_allclose(mine["score"], theirs["score"], rtol=1e-9, atol=1e-12)
     # the planted outliers are among the anomalies
-    kept = np.load(runs["cluster"].kept_rows)
-    assert labels[np.searchsorted(kept, inputs["planted"])].all()
+    assert set(inputs["planted"]) <= set(flagged)

@@ -12,9 +12,10 @@ import pytest
 
 from anomaly_detection.config import load_config
 from anomaly_detection.detect import DetectorSettings, kmeans
-from anomaly_detection.pipeline import preprocess_stage
+from anomaly_detection.preprocess import preprocess
+from anomaly_detection.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.spark_submit import failure_cause, run_spark_job, spark_env, spark_submit_command
-from spark_helpers import JOB_TIMEOUT, QUICK_JVM, java_available, write_run
+from spark_helpers import JOB_TIMEOUT, QUICK_JVM, flagged_positions, java_available, spark_features, write_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not java_available(), reason="Java is not on PATH")]
 MASTER = "local[2]"
@@ -49,8 +50,8 @@ def scored(tmp_path_factory):
     }
     paths, config_path = write_run(tmp_path_factory.mktemp("parity"), table, overrides)
     config = load_config(config_path)
-    preprocess_stage(config, paths)  # the native features: both engines see the same matrix
-    run_spark_job("detect", paths.root, config_path, master=MASTER, conf=QUICK_JVM, timeout=JOB_TIMEOUT * 2)
+    for job in ("preprocess", "detect"):
+        run_spark_job(job, paths.root, config_path, master=MASTER, conf=QUICK_JVM, timeout=JOB_TIMEOUT * 2)
     return {"paths": paths, "config": config, "planted": planted}
 
 
@@ -59,19 +60,19 @@ def _results(paths, algorithm):
 
 
 def test_spark_and_native_kmeans_flag_mostly_the_same_rows(scored):
+    """The native pipeline's own preprocessing and KMeans against Spark's, on the same table."""
     paths, config = scored["paths"], scored["config"]
-    spark_labels = np.load(paths.models / "kmeans.labels.npy")
-    X = pd.read_parquet(paths.features).to_numpy()
+    spark_flagged = flagged_positions(paths, "kmeans")
+    native_features = preprocess(pd.read_parquet(paths.flattened), config.processing, label_column="label", random_state=0)
     settings = DetectorSettings(contamination=config.modeling.contamination, random_state=config.modeling.random_state)
-    native = kmeans(X, {"n_clusters": K}, settings)
-    top = int(native.labels.sum())
-    assert abs(int(spark_labels.sum()) - top) <= max(2, int(1e-3 * ROWS))  # approxQuantile's error bound
-    agreement = (native.labels.astype(bool) & spark_labels.astype(bool)).sum() / top
+    native = kmeans(native_features.features, {"n_clusters": K}, settings)
+    native_flagged = native_features.rows[native.labels == 1]
+    top = len(native_flagged)
+    assert abs(len(spark_flagged) - top) <= max(2, int(1e-3 * ROWS))  # approxQuantile's error bound
+    agreement = len(np.intersect1d(native_flagged, spark_flagged)) / top
     print(f"\nnative vs Spark KMeans k={K}: top-{top} agreement {agreement:.1%}")
     assert agreement >= 0.9
-    kept = np.load(paths.kept_rows)
-    planted = np.searchsorted(kept, scored["planted"])
-    assert native.labels[planted].all() and spark_labels[planted].all()
+    assert set(scored["planted"]) <= set(native_flagged) and set(scored["planted"]) <= set(spark_flagged)
 
 
 @pytest.mark.parametrize("algorithm", ["isolation_forest", "kmeans", "bisecting_kmeans"])
@@ -82,10 +83,15 @@ def test_each_spark_detector_reports_label_metrics_and_finds_the_planted_rows(sc
     assert result["roc_auc"] > 0.95 and result["pr_auc"] > 0.5 and result["recall"] > 0.9
     assert result["silhouette"] is not None and result["davies_bouldin"] > 0 and result["calinski_harabasz"] > 0
     assert result["anomaly_count"] == pytest.approx(0.01 * ROWS, abs=max(2, 1e-3 * ROWS))
-    scores = np.load(paths.models / f"{algorithm}.scores.npy")
-    labels = np.load(paths.models / f"{algorithm}.labels.npy")
-    assert scores.shape == labels.shape == (ROWS,) and labels.sum() == result["anomaly_count"]
-    assert scores[labels == 0].max() <= result["threshold"] < scores[labels == 1].min()
+    flagged = read_flagged(flagged_path(paths.models, algorithm))
+    assert len(flagged) == result["anomaly_count"] and (flagged["score"] > result["threshold"]).all()
+    # the report sample is bounded: plot_sample_size random rows plus the top list
+    sample = read_sample(sample_path(paths.models, algorithm))
+    report = scored["config"].report
+    assert report.plot_sample_size <= len(sample) <= report.plot_sample_size + report.top_anomalies
+    assert sample["sampled"].sum() == report.plot_sample_size
+    assert set(flagged["position"][: report.top_anomalies]) <= set(sample["position"])
+    assert sample.loc[sample["anomaly"] == 0, "score"].max() <= result["threshold"]
     if algorithm == "isolation_forest":
         assert result["info"]["fit_rows"] <= scored["config"].spark.sample_size
 
@@ -96,8 +102,9 @@ def test_spark_and_native_internal_metrics_match_on_the_same_split(scored):
 
     paths = scored["paths"]
     (result,) = _results(paths, "kmeans")
-    X = pd.read_parquet(paths.features).to_numpy()
-    labels = np.load(paths.models / "kmeans.labels.npy")
+    kept, features, _ = spark_features(paths)
+    X = features.to_numpy()
+    labels = np.isin(kept, flagged_positions(paths, "kmeans")).astype(int)
     assert result["davies_bouldin"] == pytest.approx(davies_bouldin_score(X, labels), rel=1e-6)
     assert result["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(X, labels), rel=1e-6)
 
@@ -115,7 +122,7 @@ def test_all_rows_duplicates_fail_with_the_cause(tmp_path):
     assert done.returncode != 0
     cause = failure_cause(done.stderr)
     assert cause.startswith("DataError: need at least") and "49 duplicate" in cause, cause
-    assert not paths.features.exists()
+    assert not paths.spark_features.exists()
 
 
 def test_a_column_entirely_null_is_dropped_with_its_reason(tmp_path):

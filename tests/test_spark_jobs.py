@@ -19,6 +19,7 @@ from anomaly_detection.detect import DetectorSettings, kmeans
 from anomaly_detection.errors import PipelineError
 from anomaly_detection.pipeline import report_stage, select_stage
 from anomaly_detection.preprocess import preprocess
+from anomaly_detection.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.spark_submit import (
     SPARK_JOBS_DIR,
     failure_cause,
@@ -35,8 +36,10 @@ from spark_helpers import (
     N_ROWS,
     QUICK_JVM,
     java_available,
+    flagged_positions,
     make_table,
     requires_spark,
+    spark_features,
     write_run,
 )
 
@@ -114,14 +117,13 @@ def test_spark_submit_module_does_not_import_pyspark():
 
 
 @requires_spark
-def test_preprocess_job_writes_the_native_files(spark_run):
+def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
     paths, native = spark_run["paths"], spark_run["native"]
-    features = pd.read_parquet(paths.features)
-    kept = np.load(paths.kept_rows)
-    labels = np.load(paths.labels)
+    assert paths.spark_features.is_dir() and not paths.features.exists() and not paths.kept_rows.exists()
+    kept, features, labels = spark_features(paths)
     summary = json.loads(paths.summary.read_text())
 
-    assert kept.dtype == np.int64 and labels.dtype == np.int8
+    assert kept.dtype == np.int64
     assert features.shape == (N_ROWS, 5) and (features.dtypes == np.float64).all()
     assert np.array_equal(kept, native.rows)  # the same duplicates removed, the first of each kept
     assert np.array_equal(labels, native.labels)
@@ -153,29 +155,34 @@ def test_preprocess_job_writes_the_native_files(spark_run):
 def test_detect_job_agrees_with_native_kmeans(spark_run):
     paths, config = spark_run["paths"], spark_run["config"]
     results = json.loads((paths.models / "kmeans.json").read_text())
-    scores = np.load(paths.models / "kmeans.scores.npy")
-    labels = np.load(paths.models / "kmeans.labels.npy")
     assert [r["params"] for r in results] == [{"n_clusters": 4}, {"n_clusters": 6}]
-    assert scores.dtype == np.float64 and labels.dtype == np.int8 and scores.shape == labels.shape == (N_ROWS,)
     expected = int(np.ceil(config.modeling.contamination * N_ROWS))
     assert all(r["anomaly_count"] == expected and r["info"]["engine"] == "spark" for r in results)
-    assert labels.sum() == expected and scores[labels == 1].min() >= scores[labels == 0].max()
-
     best = max(results, key=lambda r: r["score"])
+
+    flagged = read_flagged(flagged_path(paths.models, "kmeans"))
+    assert flagged_path(paths.models, "kmeans").is_dir()  # Spark's part files, not a driver write
+    assert len(flagged) == expected and flagged["position"].is_unique
+    assert (flagged["score"] > best["threshold"]).all()
+    # the report sample: a random sample of every row (2,000 <= plot_sample_size) plus the top list
+    sample = read_sample(sample_path(paths.models, "kmeans"))
+    assert len(sample) == N_ROWS and sample["sampled"].all()
+    assert sample["anomaly"].sum() == expected
+    assert set(sample.loc[sample["anomaly"] == 1, "position"]) == set(flagged["position"])
     # the threshold is the approxQuantile cut: every anomaly scores above it, no normal row does
-    assert scores[labels == 0].max() <= best["threshold"] < scores[labels == 1].min()
-    X = pd.read_parquet(paths.features).to_numpy()
+    assert sample.loc[sample["anomaly"] == 0, "score"].max() <= best["threshold"]
+
+    kept, features, _ = spark_features(paths)
+    assert np.array_equal(sample["position"].to_numpy(), kept)
+    np.testing.assert_array_equal(sample[[f"f{j}" for j in range(features.shape[1])]].to_numpy(), features.to_numpy())
     settings = DetectorSettings(contamination=config.modeling.contamination, random_state=config.modeling.random_state)
-    native = kmeans(X, best["params"], settings)
-    agreement = float((native.labels & labels).sum() / native.labels.sum())
+    native = kmeans(features.to_numpy(), best["params"], settings)
+    agreement = len(np.intersect1d(kept[native.labels == 1], flagged["position"])) / native.labels.sum()
     print(f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; timings {TIMINGS}")
     assert agreement >= 0.8
 
-    # every planted outlier is flagged (positions in the kept-row order)
-    kept = np.load(paths.kept_rows)
-    planted = np.searchsorted(kept, spark_run["planted"])
-    assert np.array_equal(kept[planted], spark_run["planted"])
-    assert labels[planted].all()
+    # every planted outlier is flagged
+    assert set(spark_run["planted"]) <= set(flagged["position"])
     assert best["recall"] == 1.0
 
 
@@ -190,6 +197,12 @@ def test_native_select_and_report_read_the_spark_outputs(spark_run):
     anomalies = pd.read_csv(paths.anomalies)
     assert len(anomalies) == results["best"]["anomaly_count"]
     assert set(anomalies["is_anomaly"]) <= {0, 1} and anomalies["is_anomaly"].sum() == N_OUTLIERS
+    assert anomalies["rank"].tolist() == list(range(1, len(anomalies) + 1))
+    assert anomalies["score"].is_monotonic_decreasing
+    # the CSV holds the original fields of the flagged positions
+    flagged = read_flagged(flagged_path(paths.models, "kmeans"))
+    original = spark_run["table"].iloc[flagged["position"]].reset_index(drop=True)
+    np.testing.assert_array_equal(anomalies["seq"].to_numpy(), original["seq"].to_numpy())
     report = report_stage(config, paths)
     assert report.is_file() and paths.published_report.is_file()
     assert "spark preprocess" in paths.log.read_text()  # the jobs log into the run's pipeline.log
@@ -205,4 +218,4 @@ def test_preprocess_job_without_numeric_column_fails_with_one_line_cause(tmp_pat
     causes = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert causes == ["error: DataError: no usable numeric feature column; columns are: name (str), city (str)"]
     assert failure_cause(done.stderr).startswith("DataError: no usable numeric feature column")
-    assert not paths.features.exists()
+    assert not paths.spark_features.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .errors import PipelineError
 from .evaluate import ModelResult, better, evaluate, select_best
 from .ingest import CredentialResolver, env_credentials, ingest
 from .preprocess import preprocess
+from . import scored
 from .runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,17 @@ def resolve_stage(config: PipelineConfig, paths: RunPaths) -> Path:
 
 
 def ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver = env_credentials) -> dict[str, Any]:
-    """Fetch the API into ``raw/`` and ``flattened.parquet``."""
+    """Fetch the API into ``raw/`` and ``flattened.parquet``.
+
+    With ``processing.mode: spark`` the pages are fetched concurrently and streamed into Parquet
+    part files (``flattened.parquet/part-NNNNNN.parquet``, :mod:`.bulk_ingest`); otherwise the
+    records are read into one frame and written as one file.
+    """
     started = time.perf_counter()
+    if config.processing.mode == "spark":
+        return _bulk_ingest_stage(config, paths, credentials=credentials)
+    if paths.flattened.is_dir():
+        shutil.rmtree(paths.flattened)
     result = ingest(config.source, config.processing, paths.raw, credentials=credentials)
     SECRET_MASK.add(*result.secrets)
     _storable(result.frame).to_parquet(paths.flattened, index=False)
@@ -85,6 +96,27 @@ def ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: Creden
         "truncated_at_max_records": result.truncated,
         "seconds": round(time.perf_counter() - started, 3),
         "key_collisions": result.stats.collisions,
+    }
+    _write_json(paths.ingest_info, info)
+    return info
+
+
+def _bulk_ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver) -> dict[str, Any]:
+    from .bulk_ingest import ingest_to_parquet
+
+    if paths.flattened.is_file():
+        paths.flattened.unlink()
+    result = ingest_to_parquet(config.source, config.processing, paths.raw, paths.flattened, credentials=credentials)
+    info = {
+        "rows": result.records,
+        "columns": len(result.columns),
+        "pages": result.pages,
+        "requests": result.requests,
+        "records_path": config.source.records_path,
+        "truncated_at_max_records": result.truncated,
+        "seconds": result.seconds,
+        "records_per_second": round(result.records_per_second, 1),
+        "bulk": True,
     }
     _write_json(paths.ingest_info, info)
     return info
@@ -138,11 +170,20 @@ def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dic
         )
         results.append(result)
         if better(result, best):
-            best = result
-            np.save(paths.models / f"{algorithm}.scores.npy", detection.scores)
-            np.save(paths.models / f"{algorithm}.labels.npy", detection.labels)
-    _write_json(paths.models / f"{algorithm}.json", [r.to_dict() for r in results])
+            best, best_detection = result, detection
     assert best is not None
+    scored.write_native(
+        paths.models,
+        algorithm,
+        scores=best_detection.scores,
+        labels=best_detection.labels,
+        positions=np.load(paths.kept_rows),
+        X=X,
+        plot_sample_size=config.report.plot_sample_size,
+        top_anomalies=config.report.top_anomalies,
+        seed=config.modeling.random_state,
+    )
+    _write_json(paths.models / f"{algorithm}.json", [r.to_dict() for r in results])
     log.info("%s: best %s with %s=%s", algorithm, best.params, best.metric, best.score)
     return {"algorithm": algorithm, "configurations": len(results), "best": best.to_dict()}
 
@@ -189,19 +230,14 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     best_per_algorithm = {a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms}
     best = select_best(r for r in best_per_algorithm.values() if r is not None)
     assert best is not None
-    scores = np.load(paths.models / f"{best.algorithm}.scores.npy")
-    labels = np.load(paths.models / f"{best.algorithm}.labels.npy")
-    np.save(paths.root / "best_scores.npy", scores)
-    np.save(paths.root / "best_labels.npy", labels)
-
-    kept_rows = np.load(paths.kept_rows)
-    flagged = np.flatnonzero(labels == 1)
-    flagged = flagged[np.argsort(-scores[flagged], kind="stable")]
-    table = pd.read_parquet(paths.flattened)
-    anomalies = table.iloc[kept_rows[flagged]].reset_index(drop=True)
-    anomalies.insert(0, "score", scores[flagged])
+    flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm))
+    anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
+    anomalies.insert(0, "score", flagged["score"].to_numpy())
     anomalies.insert(0, "rank", np.arange(1, len(flagged) + 1))
-    anomalies.to_csv(paths.anomalies, index=False)
+    tmp = paths.anomalies.with_name(f".{paths.anomalies.name}.tmp")
+    anomalies.to_csv(tmp, index=False)
+    tmp.replace(paths.anomalies)
+    shutil.copyfile(scored.sample_path(paths.models, best.algorithm), paths.report_sample)
 
     summary = _read_json(paths.summary)
     ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
@@ -252,17 +288,10 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
 
     results = _read_json(paths.results)
     summary = _read_json(paths.summary)
-    X, feature_names, _ = _load_features(paths)
-    scores = np.load(paths.root / "best_scores.npy")
-    labels = np.load(paths.root / "best_labels.npy")
-    rng = np.random.default_rng(config.modeling.random_state)
-    n = len(X)
-    sample = np.arange(n) if n <= config.report.plot_sample_size else np.sort(rng.choice(n, config.report.plot_sample_size, replace=False))
-    # keep every anomaly of the top list visible in the scatter
-    top = np.flatnonzero(labels == 1)
-    top = top[np.argsort(-scores[top])][: config.report.top_anomalies]
-    sample = np.union1d(sample, top)
-    preview = pd.read_parquet(paths.flattened).head(config.report.preview_rows)
+    feature_names = list(summary["features"])
+    sample = scored.read_sample(paths.report_sample)
+    X = sample[[scored.feature_column(j) for j in range(len(feature_names))]].to_numpy(dtype=np.float64)
+    preview = scored.head(paths.flattened, config.report.preview_rows)
     top_anomalies = pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies)
     if decision is None and (paths.root / "decision.json").exists():
         decision = _read_json(paths.root / "decision.json")
@@ -283,10 +312,10 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
         preview=preview,
         models=results["models"],
         best=results["best"],
-        features=X[sample],
+        features=X,
         feature_names=feature_names,
-        sample_labels=labels[sample],
-        scores=scores,
+        sample_labels=sample["anomaly"].to_numpy(),
+        scores=sample.loc[sample["sampled"], "score"].to_numpy(),
         threshold=float(results["best"]["threshold"]),
         top_anomalies=top_anomalies,
         log_text=SECRET_MASK.mask(paths.log.read_text(encoding="utf-8")) if paths.log.exists() else "",

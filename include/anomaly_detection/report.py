@@ -87,7 +87,8 @@ class ReportInputs:
     sample_labels : numpy.ndarray
         Anomaly labels (0/1) of the best model for the sampled rows, shape ``(n_sample,)``.
     scores : numpy.ndarray
-        Anomaly score of the best model for every row (higher is more anomalous).
+        Anomaly score of the best model for every row, or for a uniform random sample of them
+        when the run has more rows than ``report.plot_sample_size`` (higher is more anomalous).
     threshold : float
         Score from which the best model flags a row.
     top_anomalies : pandas.DataFrame
@@ -482,11 +483,16 @@ def _figures(inputs: ReportInputs, best_index: int | None) -> tuple[list[dict[st
                 {"key": "heatmap", "title": "Feature correlation", "image": None, "caption": "",
                  "note": "Skipped: a correlation heatmap needs at least two features."}  # fmt: skip
             )
+    total_rows = int(inputs.summary.get("rows_after") or len(inputs.scores))
+    which = (
+        "every row" if len(inputs.scores) >= total_rows
+        else f"a uniform random sample of {len(inputs.scores):,} of the {total_rows:,} rows"
+    )
     add(
         "scores",
         "Anomaly score distribution",
         lambda: plots.score_distribution(inputs.scores, inputs.threshold),
-        "Scores of every row under the selected model; rows at or above the dashed threshold are flagged.",
+        f"Scores of {which} under the selected model; rows above the dashed threshold are flagged.",
         "No finite scores to draw.",
     )
     add(

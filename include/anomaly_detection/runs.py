@@ -56,8 +56,12 @@ class RunPaths:
     raw = property(lambda self: self.root / "raw")
     models = property(lambda self: self.root / "models")
     config = property(lambda self: self.root / "config.resolved.yaml")
+    #: The ingested table: one file (native ingestion) or a directory of page part files (bulk).
     flattened = property(lambda self: self.root / "flattened.parquet")
     features = property(lambda self: self.root / "features.parquet")
+    #: Spark's scaled features: a directory of part files with ``_pos`` (and ``_label``) columns.
+    spark_features = property(lambda self: self.root / "features.spark.parquet")
+    report_sample = property(lambda self: self.root / "report_sample.parquet")
     kept_rows = property(lambda self: self.root / "kept_rows.npy")
     labels = property(lambda self: self.root / "labels.npy")
     summary = property(lambda self: self.root / "data_summary.json")
