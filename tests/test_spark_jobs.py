@@ -181,6 +181,17 @@ def test_detect_job_agrees_with_native_kmeans(spark_run):
     print(f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; timings {TIMINGS}")
     assert agreement >= 0.8
 
+    # the internal metrics of the best split equal scikit-learn's on the same rows; the silhouette
+    # is ClusteringEvaluator's squared-Euclidean one
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    split = np.isin(kept, flagged["position"]).astype(int)
+    X = features.to_numpy()
+    assert best["silhouette"] == pytest.approx(silhouette_score(X, split, metric="sqeuclidean"), rel=1e-9)
+    assert best["davies_bouldin"] == pytest.approx(davies_bouldin_score(X, split), rel=1e-9)
+    assert best["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(X, split), rel=1e-9)
+    assert best["info"]["n_clusters"] == best["params"]["n_clusters"]
+
     # every planted outlier is flagged
     assert set(spark_run["planted"]) <= set(flagged["position"])
     assert best["recall"] == 1.0
