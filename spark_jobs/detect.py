@@ -199,6 +199,26 @@ def fit_centroids(sample: FitSample, algorithm: str, params: dict[str, Any], *, 
     return centers, {"fit_rows": int(fit_rows), "iterations": int(getattr(model.summary, "numIter", 0) or 0)}
 
 
+def centroid_scores(data: Any, keep: list[str], ccols: list[str], centers: list[list[float]]) -> Any:
+    """``keep`` plus ``_score``, the Euclidean distance to the nearest of ``centers``, and ``_c``, that
+    centre's 1-based index (ties: the lower index). Each squared distance is computed once per row,
+    as a column of its own; the score is the square root of their least."""
+    from pyspark.sql import functions as F
+
+    dcols = [f"_d{i}" for i in range(1, len(centers) + 1)]
+    squared = [
+        functools.reduce(lambda a, b: a + b, [(F.col(c) - F.lit(center[j])) ** 2 for j, c in enumerate(ccols)]).alias(d)
+        for d, center in zip(dcols, centers)
+    ]
+    least = F.least(*map(F.col, dcols)) if len(dcols) > 1 else F.col(dcols[0])
+    nearest = F.coalesce(*(F.when(F.col(d) == F.col("_m"), F.lit(i)) for i, d in enumerate(dcols, start=1)))
+    return (
+        data.select(*keep, *squared)
+        .select(*keep, *dcols, least.alias("_m"))
+        .select(*keep, F.sqrt("_m").alias("_score"), nearest.alias("_c"))
+    )
+
+
 def distance_expr(ccols: list[str], centers: list[list[float]], index: Any) -> Any:
     """Euclidean distance from the row's features ``ccols`` to ``centers[index]``, as a JVM expression."""
     from pyspark.sql import functions as F
@@ -238,13 +258,17 @@ def tune_one(data: Any, sample: FitSample, ccols: list[str], n: int, algorithm: 
         centers = 0
     else:
         fitted, info = fit_centroids(sample, algorithm, params, random_state=modeling.random_state)
-        scored = data.select(*keep, nearest_expr(ccols, fitted).alias("_c"))
-        scored = scored.withColumn("_score", distance_expr(ccols, fitted, F.col("_c")))
+        info["fit_seconds"] = round(time.perf_counter() - started, 3)
+        scored = centroid_scores(data, keep, ccols, fitted)
         centers = len(fitted)
     top = min(n, max(1, math.ceil(modeling.contamination * n)))
+    clock = time.perf_counter()
     threshold = float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
+    info["threshold_seconds"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
     flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))
     metrics, stats = split_metrics(flagged, ccols, n, centers=centers, with_labels=with_labels)
+    info["metrics_seconds"] = round(time.perf_counter() - clock, 3)
     if centers:
         info["n_clusters"] = stats["clusters"]  # clusters that hold rows
     info.update(engine="spark", silhouette_method="closed-form squared Euclidean, all rows (ClusteringEvaluator's definition)")
