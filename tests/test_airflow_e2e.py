@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
@@ -201,8 +202,20 @@ def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs
     assert states["spark_preprocess"] == "success" and states["spark_detect"] == "success"
     assert states["preprocess"] == "skipped"
     assert "spark path" in client.task_log(DAG, run_id, "choose_path")
-    results = json.loads((_run_dir(airflow_standalone, run_id) / "results.json").read_text())
+    run_dir = _run_dir(airflow_standalone, run_id)
+    results = json.loads((run_dir / "results.json").read_text())
     assert results["mode"] == "spark" and results["status"] == "succeeded"
+    # bulk ingestion: page part files and a compressed raw snapshot with its manifest
+    assert sorted(p.name for p in (run_dir / "flattened.parquet").iterdir())[0] == "part-000000.parquet"
+    assert (run_dir / "raw" / "manifest.jsonl").is_file() and list((run_dir / "raw").glob("page-*.json.gz"))
+    # Spark wrote the features and the flagged rows as part files; the common stages did the rest
+    assert (run_dir / "features.spark.parquet").is_dir() and not (run_dir / "features.parquet").exists()
+    best = results["best"]
+    assert best["info"]["engine"] == "spark"
+    assert (run_dir / "models" / f"{best['algorithm']}.flagged.parquet").is_dir()
+    assert len(pd.read_csv(run_dir / "anomalies.csv")) == best["anomaly_count"] > 0
+    report = Path(results["published_report"]).read_text(encoding="utf-8")
+    assert best["algorithm"] in report and "spark detect" in report  # the Spark jobs' log lines are in it
     client.answer_hitl(DAG, run_id, "review", "Approve")
     assert wait.run(run_id) == "success"
 

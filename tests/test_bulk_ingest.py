@@ -38,9 +38,12 @@ def config(url: str, **source):
     return build_config({"source": {"url": url, "backoff_seconds": 0.01, **source}})
 
 
-def bulk(url: str, tmp_path: Path, *, sleep=None, **source):
+def bulk(url: str, tmp_path: Path, *, sleep=None, batch_records: int = 1, **source):
+    """Bulk ingestion with a part file per page unless ``batch_records`` says otherwise."""
     cfg = config(url, **source)
-    return ingest_to_parquet(cfg.source, cfg.processing, tmp_path / "raw", tmp_path / "parts", sleep=sleep if sleep is not None else Sleeps())
+    return ingest_to_parquet(
+        cfg.source, cfg.processing, tmp_path / "raw", tmp_path / "parts", sleep=sleep if sleep is not None else Sleeps(), batch_records=batch_records
+    )
 
 
 def sequential(url: str, tmp_path: Path, **source) -> pd.DataFrame:
@@ -105,6 +108,32 @@ def test_offset_pages_fetched_concurrently_match_the_sequential_ingest(api_serve
     assert_same_records(frame, sequential(api_server.url("/items"), tmp_path, pagination={"type": "offset", "page_size": 10}))
     assert result.columns["id"] == "double" and result.columns["ok"] == "bool" and result.columns["tags"] == "string"
     assert len({pq.read_schema(tmp_path / "parts" / name) for name in parts(tmp_path)}) == 1
+
+
+@pytest.mark.parametrize("kind", ["offset", "next_url"])
+def test_consecutive_pages_are_written_together_in_batches(api_server, tmp_path, kind):
+    """Pages of 10 records in batches of at least 25: parts start at pages 1, 4, 7, 10; same records."""
+    if kind == "offset":
+        api_server.route("/items", offset_handler(95))
+        pagination = {"type": "offset", "page_size": 10}
+    else:
+        def handler(req):
+            start = int(req.query.get("from", 0))
+            body = {"items": [record(i) for i in range(start, min(start + 10, 95))]}
+            if start + 10 < 95:
+                body["next"] = f"/items?from={start + 10}"
+            return json_body(body)
+
+        api_server.route("/items", handler)
+        pagination = {"type": "next_url", "next_url_path": "next"}
+    options = {"pagination": pagination, **({"records_path": "items"} if kind == "next_url" else {})}
+    result = bulk(api_server.url("/items"), tmp_path, batch_records=25, concurrency=3, **options)
+    assert (result.records, result.pages) == (95, 10)
+    assert parts(tmp_path) == ["part-000000.parquet", "part-000003.parquet", "part-000006.parquet", "part-000009.parquet"]
+    frame = pd.read_parquet(tmp_path / "parts")
+    assert frame["id"].tolist() == list(range(95))
+    assert_same_records(frame, sequential(api_server.url("/items"), tmp_path, **options))
+    assert len(manifest(tmp_path)) >= 10  # the raw snapshot still has every page
 
 
 def test_page_numbers_fetched_concurrently_match_the_sequential_ingest(api_server, tmp_path):

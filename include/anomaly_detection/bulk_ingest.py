@@ -1,7 +1,8 @@
 """Stream a paged REST API into Parquet part files, fetching pages concurrently (the Spark path).
 
-:func:`ingest_to_parquet` reads every page of ``source`` and writes one Parquet file per page,
-``parts_dir/part-000000.parquet``, ``part-000001.parquet``, ... in page order, so that
+:func:`ingest_to_parquet` reads every page of ``source`` and writes Parquet part files in page order,
+``parts_dir/part-NNNNNN.parquet`` named after the first page they hold (``NNNNNN`` = page - 1): one
+per ``batch_records`` records (10,000 by default, consecutive pages together) so that
 ``spark.read.parquet(parts_dir)`` and ``pandas.read_parquet(parts_dir)`` read the records as one
 table. Fetching, retries, auth and secret masking are those of :class:`~.ingest.ApiReader`; each
 page is flattened by :func:`~.flatten.flatten_records`, the native path's flattening.
@@ -20,8 +21,9 @@ Order
     (file name, row index in the file) restores the API's order.
 
 Memory
-    At most ``2 x concurrency + 1`` pages (``4`` when sequential) are held at any time, whatever
-    the record count; the manifest is appended to, not kept.
+    At most ``2 x concurrency`` pages ahead plus one batch of about ``batch_records`` records (two
+    batches when sequential) are held at any time, whatever the record count; the manifest is
+    appended to, not kept.
 
 Throughput
     The threads overlap network waits, gzip and Parquet encoding, which release the GIL. JSON
@@ -106,6 +108,8 @@ MANIFEST_NAME = "manifest.jsonl"
 #: zlib level 1: a quarter of level 6's CPU time for files about a fifth larger.
 GZIP_LEVEL = 1
 PROGRESS_SECONDS = 5.0
+#: Records flattened and written per part file (consecutive pages together).
+BATCH_RECORDS = 10_000
 #: Integers up to this magnitude are exact in a float64.
 EXACT_INT = 2**53
 
@@ -265,10 +269,11 @@ class _Page:
     rows: int
     columns: dict[str, pa.Array]
     stats: FlattenStats = field(default_factory=FlattenStats)
-    digest: str = ""
+    #: API pages in this unit: consecutive pages are flattened and written together (``batch_records``).
+    pages: int = 1
 
     def head(self, rows: int) -> "_Page":
-        return _Page(self.number, rows, {k: v.slice(0, rows) for k, v in self.columns.items()}, self.stats, self.digest)
+        return _Page(self.number, rows, {k: v.slice(0, rows) for k, v in self.columns.items()}, self.stats, self.pages)
 
 
 def typed_records(records: list[Any], max_depth: int) -> tuple[int, dict[str, pa.Array], FlattenStats]:
@@ -293,7 +298,7 @@ def planned_urls(source: SourceConfig) -> Iterator[tuple[int, str]]:
         yield index + 1, with_params(base, {**where, pagination.limit_param: pagination.page_size})
 
 
-def _concurrent_pages(reader: BulkReader, source: SourceConfig, max_depth: int, pool: ThreadPoolExecutor) -> Iterator[_Page]:
+def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPoolExecutor) -> Iterator[tuple[int, list[Any]]]:
     """Pages of computed-URL pagination in page order, fetched ``2 x concurrency`` ahead.
 
     The threads only fetch and save (network waits and gzip release the GIL); parsing and
@@ -334,7 +339,7 @@ def _concurrent_pages(reader: BulkReader, source: SourceConfig, max_depth: int, 
             if following is not None:
                 submit(*following)  # before this page is flattened and written: the threads stay busy
             log.debug("page %d: %d records from %s", number, len(records), record.url)
-            yield _Page(number, *typed_records(records, max_depth), digest=record.sha256)
+            yield number, records
             if len(records) < page_size:
                 return
         log.warning("stopping pagination at max_pages=%d", source.pagination.max_pages)
@@ -352,10 +357,31 @@ def _settle_unread(reader: BulkReader, futures: list[Future[tuple[Any, bytes, Ra
             reader.settle(future.result()[2], None)
 
 
-def _sequential_pages(reader: BulkReader, source: SourceConfig, max_depth: int) -> Iterator[_Page]:
-    """Pages of next-link (or no) pagination, one request at a time, the next one prefetched."""
-    pages = (_Page(number, *typed_records(records, max_depth)) for number, _, _, records, _ in iter_pages(reader, source))
-    return prefetch(pages, depth=2)
+def _sequential_pages(reader: BulkReader, source: SourceConfig) -> Iterator[tuple[int, list[Any]]]:
+    """Pages of next-link (or no) pagination, one request at a time."""
+    return ((number, records) for number, _, _, records, _ in iter_pages(reader, source))
+
+
+def _typed_batches(pages: Iterator[tuple[int, list[Any]]], max_depth: int, batch_records: int) -> Iterator[_Page]:
+    """Consecutive pages' records flattened and typed together, at least ``batch_records`` at a time
+    (the last batch may hold fewer): flattening and writing a part file have a fixed cost that
+    small pages would otherwise pay every time."""
+    batch: list[Any] = []
+    first, count = 0, 0
+    try:
+        for number, records in pages:
+            first = first or number
+            batch.extend(records)
+            count += 1
+            if len(batch) >= batch_records:
+                yield _Page(first, *typed_records(batch, max_depth), pages=count)
+                batch, first, count = [], 0, 0
+        if count:
+            yield _Page(first, *typed_records(batch, max_depth), pages=count)
+    finally:
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
 
 
 # --------------------------------------------------------------------------- types
@@ -532,7 +558,7 @@ class _Progress:
 
     def add(self, page: _Page) -> None:
         self.records += page.rows
-        self.pages += 1
+        self.pages += page.pages
         for original, renamed in page.stats.collisions.items():
             self.stats.collisions.setdefault(original, renamed)
         self.stats.truncated_paths |= page.stats.truncated_paths
@@ -568,6 +594,7 @@ def ingest_to_parquet(
     *,
     credentials: CredentialResolver = env_credentials,
     sleep: Callable[[float], None] = time.sleep,
+    batch_records: int = BATCH_RECORDS,
 ) -> BulkIngestResult:
     """Fetch every page of ``source`` into ``parts_dir/part-NNNNNN.parquet`` (see the module docstring).
 
@@ -585,6 +612,9 @@ def ingest_to_parquet(
         Resolves ``source.auth`` into headers and query parameters.
     sleep : callable
         Waits between retries (tests pass a fake).
+    batch_records : int
+        Consecutive pages are flattened and written as one part file once they hold this many
+        records (``1``: a part file per page).
 
     Returns
     -------
@@ -610,7 +640,10 @@ def ingest_to_parquet(
     computed = source.pagination.type in ("offset", "page")
     try:
         with ThreadPoolExecutor(max_workers=source.concurrency, thread_name_prefix="bulk-ingest") as pool:
-            pages = _concurrent_pages(reader, source, processing.max_depth, pool) if computed else _sequential_pages(reader, source, processing.max_depth)
+            fetched = _concurrent_pages(reader, source, pool) if computed else _sequential_pages(reader, source)
+            pages = _typed_batches(fetched, processing.max_depth, batch_records)
+            if not computed:
+                pages = prefetch(pages, depth=2)  # the next batch is fetched and flattened while this one is written
             try:
                 for page in pages:
                     if source.max_records is not None and progress.records + page.rows > source.max_records:
