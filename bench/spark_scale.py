@@ -122,6 +122,15 @@ def classify(proc: psutil.Process) -> str:
     return "stages"
 
 
+def describe(proc: psutil.Process) -> str:
+    try:
+        args = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "?"
+    script = next((a for a in args if a.endswith(".py") or a.startswith("pyspark.")), "")
+    return f"{proc.name()} {Path(script).name if script.endswith('.py') else script}".strip()
+
+
 class TreeSampler(threading.Thread):
     """Peak RSS per group of a process tree, sampled every ``interval`` seconds."""
 
@@ -131,6 +140,7 @@ class TreeSampler(threading.Thread):
         self.interval = interval
         self.peak: dict[str, int] = {"driver": 0, "workers": 0, "stages": 0, "tree": 0}
         self.jvm_peak = 0
+        self.by_process: dict[int, tuple[int, str]] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -148,6 +158,8 @@ class TreeSampler(threading.Thread):
                     continue
                 if group in now:
                     now[group] += rss
+                    label = self.by_process.get(proc.pid, (0, ""))[1] or describe(proc)
+                    self.by_process[proc.pid] = (max(rss, self.by_process.get(proc.pid, (0, ""))[0]), label)
                 if group == "driver" and proc.name() == "java":
                     self.jvm_peak = max(self.jvm_peak, rss)
             for group, value in now.items():
@@ -190,6 +202,7 @@ def measure(engine: str, root: Path, table: Path, config_path: Path, timeout: fl
         "stages": json.loads(out.strip().splitlines()[-1]),
         "peak": sampler.peak,
         "jvm_peak": sampler.jvm_peak,
+        "processes": sorted(sampler.by_process.values(), reverse=True)[:4],
         "rows": results["rows"]["after_duplicates"],
         "best": f"{best['algorithm']} {best['params']}",
         "anomalies": best["anomaly_count"],
@@ -244,6 +257,7 @@ def main() -> int:
                     f" (report {got['report_bytes'] / 1e6:.1f} MB)",
                     flush=True,
                 )
+                print("             largest processes: " + ", ".join(f"{label} {fmt_gib(rss)}" for rss, label in got["processes"]), flush=True)
             if not args.keep:
                 shutil.rmtree(table, ignore_errors=True)
                 shutil.rmtree(root / "runs", ignore_errors=True)
