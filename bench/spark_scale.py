@@ -3,15 +3,16 @@
 For each size, a table of N rows x 10 numeric columns (five Gaussian clusters, 0.5% planted far
 points) is written as Parquet part files, as bulk ingestion leaves them in ``flattened.parquet/``.
 The timed part is what follows ingestion: Spark preprocess and detect (spark-submit, ``local[2]``,
-the default ``spark`` settings: driver memory 4g) and the common select and report stages, in
+the default ``spark`` settings: driver memory 3g) and the common select and report stages, in
 simple mode over the three Spark algorithms (Isolation Forest, KMeans, Bisecting KMeans). The
 native path then runs the same stages on the same table in one Python process, where it finishes
 within ``--native-timeout``.
 
 Memory is sampled every 0.2 s over the whole process tree:
 
-* ``driver``: the Spark driver, i.e. the JVM (in local mode it also runs the executors' tasks) plus
-  the Python driver of the job;
+* ``driver``: the Spark driver, i.e. the ``SparkSubmit`` JVM (in local mode it also runs the
+  executors' tasks; a copy it forks for a moment to start a Python worker is not counted twice)
+  plus the Python driver of the job;
 * ``workers``: PySpark's Python workers (``mapInPandas`` scoring), reported apart;
 * ``stages``: the Python process that runs select and report (and submits the jobs).
 
@@ -114,12 +115,14 @@ def classify(proc: psutil.Process) -> str:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
     if name == "java":
-        return "driver"
+        return "jvm" if "SparkSubmit" in cmdline else "other"  # the launcher's short-lived JVM is not the driver
     if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline or "pyspark/daemon" in cmdline:
         return "workers"
     if "spark_jobs/" in cmdline:
         return "driver"
-    return "stages"
+    if name.startswith("python"):
+        return "stages"
+    return "other"
 
 
 def describe(proc: psutil.Process) -> str:
@@ -146,6 +149,7 @@ class TreeSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             now = {"driver": 0, "workers": 0, "stages": 0}
+            jvm = 0
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
@@ -156,12 +160,17 @@ class TreeSampler(threading.Thread):
                     rss = proc.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                if group in now:
-                    now[group] += rss
-                    label = self.by_process.get(proc.pid, (0, ""))[1] or describe(proc)
-                    self.by_process[proc.pid] = (max(rss, self.by_process.get(proc.pid, (0, ""))[0]), label)
-                if group == "driver" and proc.name() == "java":
+                if group not in ("jvm", *now):
+                    continue
+                peak, label = self.by_process.get(proc.pid, (0, ""))
+                self.by_process[proc.pid] = (max(rss, peak), label or describe(proc))
+                if group == "jvm":
+                    # a JVM forking a Python worker briefly shows a copy of itself: count the largest once
+                    jvm = max(jvm, rss)
                     self.jvm_peak = max(self.jvm_peak, rss)
+                else:
+                    now[group] += rss
+            now["driver"] += jvm
             for group, value in now.items():
                 self.peak[group] = max(self.peak[group], value)
             self.peak["tree"] = max(self.peak["tree"], sum(now.values()))

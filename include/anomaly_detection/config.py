@@ -132,7 +132,7 @@ class ProcessingConfig(_Model):
 
 class SparkConfig(_Model):
     master: str = "local[*]"
-    driver_memory: str = Field("4g", pattern=r"^[0-9]+[kmgtKMGT]$")
+    driver_memory: str = Field("3g", pattern=r"^[0-9]+[kmgtKMGT]$")
     executor_memory: str = Field("4g", pattern=r"^[0-9]+[kmgtKMGT]$")
     sample_size: int = Field(100_000, ge=1_000)
 
