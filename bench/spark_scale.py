@@ -163,7 +163,9 @@ class TreeSampler(threading.Thread):
                 if group not in ("jvm", *now):
                     continue
                 peak, label = self.by_process.get(proc.pid, (0, ""))
-                self.by_process[proc.pid] = (max(rss, peak), label or describe(proc))
+                if rss > peak or not label:  # described again: a launcher script becomes java by exec
+                    peak, label = rss, describe(proc)
+                self.by_process[proc.pid] = (peak, label)
                 if group == "jvm":
                     # a JVM forking a Python worker briefly shows a copy of itself: count the largest once
                     jvm = max(jvm, rss)
