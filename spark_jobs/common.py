@@ -178,6 +178,24 @@ def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "Dat
     )
 
 
+def write_parts(frame: "DataFrame", target: Path) -> None:
+    """Write ``frame`` as Spark part files into ``target``, atomically.
+
+    Spark writes into a temporary directory beside ``target``, which then replaces it, so a
+    retried job never leaves a half-written dataset for the next step to read.
+    """
+    import shutil
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    frame.write.mode("overwrite").parquet(str(tmp))
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    os.replace(tmp, target)
+
+
 def write_json(path: Path, data: Any) -> None:
     from anomaly_detection.pipeline import _write_json  # the same encoder as the native stages
 

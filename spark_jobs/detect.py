@@ -38,8 +38,6 @@ import functools
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,7 +54,7 @@ from anomaly_detection.errors import PipelineError
 from anomaly_detection.evaluate import MAX_SANE_SHARE, ModelResult, better, split_metrics_from_aggregates
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.scored import feature_column, flagged_path, sample_path, sample_table, write_table
-from spark_jobs.common import POS, SPARK_ALGORITHMS, parse_args, run_job, write_json
+from spark_jobs.common import POS, SPARK_ALGORITHMS, parse_args, run_job, write_json, write_parts
 
 NAME = "detect"
 #: sklearn's ``init`` values and their Spark ML ``initMode``.
@@ -217,27 +215,6 @@ def centroid_scores(data: Any, keep: list[str], ccols: list[str], centers: list[
         .select(*keep, *dcols, least.alias("_m"))
         .select(*keep, F.sqrt("_m").alias("_score"), nearest.alias("_c"))
     )
-
-
-def distance_expr(ccols: list[str], centers: list[list[float]], index: Any) -> Any:
-    """Euclidean distance from the row's features ``ccols`` to ``centers[index]``, as a JVM expression."""
-    from pyspark.sql import functions as F
-
-    squares = [
-        (F.col(c) - F.element_at(F.array(*(F.lit(center[j]) for center in centers)), index)) ** 2 for j, c in enumerate(ccols)
-    ]
-    return F.sqrt(functools.reduce(lambda a, b: a + b, squares))
-
-
-def nearest_expr(ccols: list[str], centers: list[list[float]]) -> Any:
-    """The 1-based index of the nearest of ``centers`` (ties: the lower index), as a JVM expression."""
-    from pyspark.sql import functions as F
-
-    d2 = [functools.reduce(lambda a, b: a + b, [(F.col(c) - F.lit(center[j])) ** 2 for j, c in enumerate(ccols)]) for center in centers]
-    best = F.struct(d2[0].alias("d"), F.lit(1).alias("i"))
-    for i, d in enumerate(d2[1:], start=2):
-        best = F.least(best, F.struct(d.alias("d"), F.lit(i).alias("i")))
-    return best.getField("i")
 
 
 def tune_one(data: Any, sample: FitSample, ccols: list[str], n: int, algorithm: str, params: dict[str, Any], *, config: PipelineConfig, with_labels: bool) -> tuple[Any, ModelResult]:
@@ -434,13 +411,7 @@ def save_best(scored: Any, threshold: float, n: int, ccols: list[str], paths: Ru
     flagged = scored.where(F.col("_score") > F.lit(threshold)).select(
         F.col(POS).cast("long").alias("position"), F.col("_score").cast("double").alias("score")
     )
-    target = flagged_path(paths.models, algorithm)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    flagged.write.mode("overwrite").parquet(str(tmp))
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    os.replace(tmp, target)
+    write_parts(flagged, flagged_path(paths.models, algorithm))
 
     report = config.report
     columns = [F.col(POS).alias("position"), F.col("_score").alias("score"), *(F.col(c) for c in ccols)]

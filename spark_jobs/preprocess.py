@@ -26,8 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,6 +57,7 @@ from spark_jobs.common import (
     read_positioned,
     run_job,
     write_json,
+    write_parts,
 )
 
 NAME = "preprocess"
@@ -165,7 +164,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     out = scaled.select(POS, *(c.alias(name) for c, name in zip(filled_cols, fcols)), *(["_label"] if extra else []))
 
     # -- write: Spark's part files, nothing through the driver
-    write_features(out, paths.spark_features)
+    write_parts(out, paths.spark_features)
     summary.update(
         rows_after=int(rows_after),
         features=list(features),
@@ -440,20 +439,6 @@ def _kmeans_fill(
 
 
 # --------------------------------------------------------------------------- output
-
-
-def write_features(out: Any, target: Path) -> None:
-    """Write the scaled features (``_pos``, ``f0`` ..., ``_label``) as Spark part files.
-
-    Spark writes into a temporary directory beside ``target``, which then replaces it, so a
-    retried job never leaves a half-written dataset for the detect job.
-    """
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.write.mode("overwrite").parquet(str(tmp))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
 
 
 if __name__ == "__main__":
