@@ -268,8 +268,41 @@ def test_unknown_path_gives_404(api: str) -> None:
 
 
 def test_planted_and_health(api: str, dataset: DemoDataset) -> None:
-    assert get_json(f"{api}/planted") == (200, {"ids": dataset.planted_ids})
-    assert get_json(f"{api}/health") == (200, {"status": "ok", "rows": ROWS})
+    status, planted = get_json(f"{api}/planted")
+    assert status == 200 and planted["ids"] == dataset.planted_ids
+    assert sorted(map(int, planted["columns"])) == dataset.planted_ids
+    status, health = get_json(f"{api}/health")
+    assert status == 200 and health["status"] == "ok" and health["rows"] == ROWS and health["drift_per_run"] == 0
+
+
+def test_planted_columns_are_the_ones_pushed_away(dataset: DemoDataset) -> None:
+    names = dataset.metric_names
+    z = np.abs(dataset.metrics - np.median(dataset.metrics, axis=0)) / dataset.metric_spread
+    on, off = [], []
+    for row, columns in zip(dataset.planted.tolist(), dataset.planted_columns.values()):
+        assert 3 <= len(columns) <= len(names) // 2 and set(columns) <= set(names)
+        hit = np.isin(names, columns)
+        on.extend(z[row, hit])
+        off.extend(z[row, ~hit])
+    assert np.median(on) > 4 > 1 > np.median(off)
+
+
+def test_drift_shifts_two_metrics_further_on_every_run(dataset: DemoDataset) -> None:
+    server, url = serve_in_thread(dataset, drift_per_run=0.5)
+    try:
+        def run_means() -> np.ndarray:
+            pages = [get_json(f"{url}/records?offset={o}&limit=1000")[1]["data"] for o in range(0, ROWS, 1000)]
+            return np.nanmean(metric_matrix(dataset, [r for page in pages for r in page]), axis=0)
+
+        first, second, third = run_means(), run_means(), run_means()
+        assert get_json(f"{url}/health")[1]["run"] == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    spread = dataset.metric_spread
+    np.testing.assert_allclose((second - first)[:2] / spread[:2], 0.5, atol=1e-3)
+    np.testing.assert_allclose((third - first)[:2] / spread[:2], 1.0, atol=1e-3)
+    np.testing.assert_allclose(third[2:], first[2:])
 
 
 def test_make_server_binds_loopback_free_port(dataset: DemoDataset) -> None:

@@ -127,13 +127,14 @@ def _normal_metrics(rng: np.random.Generator, *, rows: int, features: int) -> tu
     return points, cluster
 
 
-def _plant_anomalies(rng: np.random.Generator, points: np.ndarray, *, count: int) -> np.ndarray:
+def _plant_anomalies(rng: np.random.Generator, points: np.ndarray, *, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Push ``count`` random rows of ``points`` (in place) 6-10 standard deviations away.
 
     Returns
     -------
-    numpy.ndarray
-        The sorted row indices of the planted anomalies.
+    tuple of numpy.ndarray
+        The sorted row indices of the planted anomalies, shape ``(count,)``, and which metrics
+        each one was pushed on, shape ``(count, features)`` (bool).
     """
     rows, features = points.shape
     planted = np.sort(rng.choice(rows, size=count, replace=False))
@@ -148,7 +149,7 @@ def _plant_anomalies(rng: np.random.Generator, points: np.ndarray, *, count: int
     signs = rng.choice((-1.0, 1.0), size=(count, features))
     shift = np.where(hit, signs * rng.uniform(6.0, 10.0, size=(count, features)) * spread, 0.0)
     points[planted] += shift
-    return planted
+    return planted, hit
 
 
 def _missing_codes(rng: np.random.Generator, *, shape: tuple[int, int], share: float, planted: np.ndarray) -> np.ndarray:
@@ -218,6 +219,7 @@ class DemoDataset:
     tags: np.ndarray = field(repr=False, compare=False)
     order: np.ndarray = field(repr=False, compare=False)
     planted: np.ndarray = field(repr=False, compare=False)
+    planted_hits: np.ndarray = field(repr=False, compare=False)
 
     @classmethod
     def generate(
@@ -274,7 +276,7 @@ class DemoDataset:
 
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
         points, cluster = _normal_metrics(streams[0], rows=unique, features=features)
-        planted = _plant_anomalies(streams[1], points, count=n_anom)
+        planted, hits = _plant_anomalies(streams[1], points, count=n_anom)
         codes = _missing_codes(streams[2], shape=points.shape, share=missing_share, planted=planted)
         site, lat, lon, tags = _sensor_columns(streams[3], cluster)
         normal = np.setdiff1d(np.arange(unique), planted, assume_unique=True)
@@ -296,6 +298,7 @@ class DemoDataset:
             tags=_readonly(tags),
             order=_readonly(order),
             planted=_readonly(planted),
+            planted_hits=_readonly(hits),
         )
 
     @property
@@ -309,11 +312,25 @@ class DemoDataset:
         return (self.planted + 1).tolist()
 
     @property
+    def planted_columns(self) -> dict[int, list[str]]:
+        """For every planted id, the metrics it was pushed away on (the anomalous columns)."""
+        names = self.metric_names
+        return {
+            int(i) + 1: [names[j] for j in np.flatnonzero(hit)] for i, hit in zip(self.planted.tolist(), self.planted_hits)
+        }
+
+    @property
+    def metric_spread(self) -> np.ndarray:
+        """Standard deviation of each metric (first 100,000 rows), the unit of :class:`Drift`."""
+        spread = self.metrics[: min(len(self.metrics), 100_000)].std(axis=0) if len(self.metrics) > 1 else np.ones(self.features)
+        return np.where(spread > 0, spread, 1.0)
+
+    @property
     def duplicate_count(self) -> int:
         """How many served records are copies of an earlier record."""
         return self.rows - self.metrics.shape[0]
 
-    def records(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+    def records(self, start: int = 0, stop: int | None = None, *, shift: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Build the JSON-ready records served at positions ``start`` .. ``stop - 1``.
 
         Parameters
@@ -322,6 +339,8 @@ class DemoDataset:
             First position (>= 0).
         stop : int, optional
             One past the last position; clipped to :attr:`rows`. Defaults to the end.
+        shift : numpy.ndarray, optional
+            Added to every record's metrics, shape ``(features,)`` (see :class:`Drift`).
 
         Returns
         -------
@@ -333,7 +352,7 @@ class DemoDataset:
         index = self.order[min(start, self.rows) : min(stop, self.rows)]
         if index.size == 0:
             return []
-        return _build_records(self, index)
+        return _build_records(self, index, shift)
 
 
 def _sensor_columns(rng: np.random.Generator, cluster: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -348,7 +367,7 @@ def _sensor_columns(rng: np.random.Generator, cluster: np.ndarray) -> tuple[np.n
     return site, lat, lon, tags
 
 
-def _build_records(dataset: DemoDataset, index: np.ndarray) -> list[dict[str, Any]]:
+def _build_records(dataset: DemoDataset, index: np.ndarray, shift: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Turn unique-row ``index`` into record dicts from whole-column ``.tolist()`` conversions."""
     names = dataset.metric_names
     ids = (index + 1).tolist()
@@ -357,7 +376,8 @@ def _build_records(dataset: DemoDataset, index: np.ndarray) -> list[dict[str, An
     lats = dataset.lat[index].tolist()
     lons = dataset.lon[index].tolist()
     tags = dataset.tags[index].tolist()
-    values = dataset.metrics[index].tolist()
+    values = dataset.metrics[index]
+    values = (np.round(values + shift, _DECIMALS) if shift is not None and shift.any() else values).tolist()
     codes = dataset.missing[index]
     gappy = codes.any(axis=1)
     gaps = dict(zip(np.flatnonzero(gappy).tolist(), codes[gappy].tolist()))
@@ -390,15 +410,42 @@ def _apply_gaps(metrics: dict[str, Any], names: list[str], codes: list[int]) -> 
 # --------------------------------------------------------------------------- HTTP server
 
 
+class Drift:
+    """A distribution that moves between runs: each run sees its metrics shifted further.
+
+    A request for the first page (``offset`` 0) starts a new run. Run ``r`` (0 for the first)
+    sees the first ``columns`` metrics shifted by ``r * per_run`` of their standard deviation;
+    the other metrics, and the planted anomalies relative to their run, stay as they are.
+    """
+
+    def __init__(self, spread: np.ndarray, *, per_run: float = 0.0, columns: int = 2) -> None:
+        self.per_run = float(per_run)
+        self.columns = max(0, min(int(columns), spread.size))
+        self._unit = np.zeros_like(spread)
+        self._unit[: self.columns] = spread[: self.columns]
+        self._lock = threading.Lock()
+        self.run = -1
+
+    def start_run(self) -> int:
+        with self._lock:
+            self.run += 1
+            return self.run
+
+    def shift(self) -> np.ndarray | None:
+        run = max(self.run, 0)
+        return self._unit * (run * self.per_run) if self.per_run and run else None
+
+
 class DemoServer(ThreadingHTTPServer):
-    """A threading HTTP server that serves one :class:`DemoDataset`."""
+    """A threading HTTP server that serves one :class:`DemoDataset` (with an optional :class:`Drift`)."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], dataset: DemoDataset) -> None:
+    def __init__(self, address: tuple[str, int], dataset: DemoDataset, *, drift_per_run: float = 0.0) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.dataset = dataset
+        self.drift = Drift(dataset.metric_spread, per_run=drift_per_run)
         super().__init__(address, DemoHandler)
 
 
@@ -424,7 +471,7 @@ def _int_param(query: dict[str, list[str]], name: str, *, default: int, low: int
     return value
 
 
-def records_page(dataset: DemoDataset, *, offset: int, limit: int) -> dict[str, Any]:
+def records_page(dataset: DemoDataset, *, offset: int, limit: int, shift: np.ndarray | None = None) -> dict[str, Any]:
     """The ``/records`` response body for one page.
 
     Parameters
@@ -434,13 +481,15 @@ def records_page(dataset: DemoDataset, *, offset: int, limit: int) -> dict[str, 
         First position served (>= 0).
     limit : int
         Page size, already capped at :data:`MAX_LIMIT`.
+    shift : numpy.ndarray, optional
+        Added to the metrics (the current run's :class:`Drift`).
 
     Returns
     -------
     dict
         ``{"meta": {...}, "data": [...], "next": url or None}``.
     """
-    data = dataset.records(offset, offset + limit)
+    data = dataset.records(offset, offset + limit, shift=shift)
     end = offset + len(data)
     nxt = f"/records?offset={end}&limit={limit}" if data and end < dataset.rows else None
     meta = {"total": dataset.rows, "offset": offset, "limit": limit, "count": len(data)}
@@ -462,9 +511,11 @@ class DemoHandler(BaseHTTPRequestHandler):
         if route == "/records":
             self._records(dataset, parse_qs(parts.query, keep_blank_values=True))
         elif route == "/planted":
-            self._send(HTTPStatus.OK, {"ids": dataset.planted_ids})
+            columns = {str(k): v for k, v in dataset.planted_columns.items()}
+            self._send(HTTPStatus.OK, {"ids": dataset.planted_ids, "columns": columns})
         elif route == "/health":
-            self._send(HTTPStatus.OK, {"status": "ok", "rows": dataset.rows})
+            drift = self.server.drift
+            self._send(HTTPStatus.OK, {"status": "ok", "rows": dataset.rows, "run": drift.run, "drift_per_run": drift.per_run})
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path: {parts.path}", "paths": ["/records", "/planted", "/health"]})
 
@@ -480,7 +531,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         except BadParameter as exc:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc), "parameter": exc.parameter})
             return
-        self._send(HTTPStatus.OK, records_page(dataset, offset=offset, limit=limit))
+        if offset == 0:
+            self.server.drift.start_run()
+        self._send(HTTPStatus.OK, records_page(dataset, offset=offset, limit=limit, shift=self.server.drift.shift()))
 
     def _send(self, status: HTTPStatus, payload: Any, *, extra: dict[str, str] | None = None) -> None:
         body = orjson.dumps(payload)
@@ -499,7 +552,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
 
-def make_server(dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0) -> DemoServer:
+def make_server(dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0) -> DemoServer:
     """Bind (but do not start) a server for ``dataset``.
 
     Parameters
@@ -509,13 +562,15 @@ def make_server(dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0) ->
         Address to bind; loopback by default.
     port : int
         Port to bind; 0 picks a free one (read it from ``server.server_address[1]``).
+    drift_per_run : float, optional
+        Shift of the first two metrics per run, in standard deviations (see :class:`Drift`).
 
     Returns
     -------
     DemoServer
         A :class:`~http.server.ThreadingHTTPServer`; call ``serve_forever()`` to start it.
     """
-    return DemoServer((host, port), dataset)
+    return DemoServer((host, port), dataset, drift_per_run=drift_per_run)
 
 
 def base_url(server: DemoServer) -> str:
@@ -524,7 +579,9 @@ def base_url(server: DemoServer) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve_in_thread(dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0) -> tuple[DemoServer, str]:
+def serve_in_thread(
+    dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0
+) -> tuple[DemoServer, str]:
     """Serve ``dataset`` from a daemon thread.
 
     Returns
@@ -532,7 +589,7 @@ def serve_in_thread(dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0
     tuple of (DemoServer, str)
         The server (stop it with ``shutdown()`` then ``server_close()``) and its base URL.
     """
-    server = make_server(dataset, host, port)
+    server = make_server(dataset, host, port, drift_per_run=drift_per_run)
     thread = threading.Thread(target=server.serve_forever, name="demo-api", daemon=True)
     thread.start()
     return server, base_url(server)
@@ -554,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--anomaly-share", type=float, default=0.01)
     parser.add_argument("--missing-share", type=float, default=0.02)
     parser.add_argument("--duplicate-share", type=float, default=0.01)
+    parser.add_argument(
+        "--drift-per-run", type=float, default=0.0,
+        help="shift m01 and m02 by this many standard deviations more on every run (a run starts at offset 0)",
+    )
     return parser
 
 
@@ -575,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing_share=args.missing_share,
             duplicate_share=args.duplicate_share,
         )
-        server, url = serve_in_thread(dataset, args.host, args.port)
+        server, url = serve_in_thread(dataset, args.host, args.port, drift_per_run=args.drift_per_run)
     except (ValueError, OSError) as exc:
         print(f"demo API: {exc}", file=sys.stderr, flush=True)
         return 2
