@@ -83,12 +83,21 @@ def test_rerun_conf_keeps_the_original_and_links_back():
 
 
 def test_gate_body_names_report_model_and_counts():
-    body = review.gate_body(
-        {
-            "report": "/r/report.html",
-            "rows": 1000,
-            "warnings": ["best model: anomaly share is 0%"],
-            "best": {"algorithm": "kmeans", "params": {"n_clusters": 3}, "metric": "silhouette", "score": 0.4, "anomaly_count": 50, "anomaly_share": 0.05},
-        }
-    )
-    assert "/r/report.html" in body and "kmeans" in body and "50 of 1000 rows (5.00%)" in body and "0%" in body
+    summary = {
+        "report": "/runs/manual__2026-11-27T06_44_18.710293_00_00/report.html",
+        "published_report": "/reports/manual__2026-11-27T06_44_18.710293_00_00.html",
+        "run_dir": "/runs/manual__2026-11-27T06_44_18.710293_00_00",
+        "rows": 1000,
+        "warnings": ["best model: anomaly share is 0%"],
+        "best": {"algorithm": "kmeans", "params": {"n_clusters": 3}, "metric": "silhouette", "score": 0.4, "anomaly_count": 50, "anomaly_share": 0.05},
+    }
+    body = review.gate_body(summary, base_path="")
+    assert summary["report"] in body and "kmeans" in body and "50 of 1000 rows (5.00%)" in body and "0%" in body
+    # a markdown link to the report served by the plugin (plugins/anomaly_reports.py), below Airflow's base path
+    assert "[Open report](/anomaly-reports/report/manual__2026-11-27T06_44_18.710293_00_00.html)" in body
+    assert "[Open report](/airflow/anomaly-reports/report/" in review.gate_body(summary, base_path="/airflow")
+    # without the run directory the published report's name gives the run id; without either, no link
+    only_published = {k: v for k, v in summary.items() if k != "run_dir"}
+    assert "(/anomaly-reports/report/manual__2026-11-27T06_44_18.710293_00_00.html)" in review.gate_body(only_published, base_path="")
+    bare = review.gate_body({"report": "/r/report.html", "rows": 1, "best": {}}, base_path="")
+    assert "Open report" not in bare and "/r/report.html" in bare

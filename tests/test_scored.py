@@ -53,10 +53,12 @@ def test_rows_at_names_a_position_outside_the_table(tmp_path, table):
 def test_read_flagged_orders_by_score_then_position_across_part_files(tmp_path):
     directory = tmp_path / "kmeans.flagged.parquet"
     directory.mkdir()
-    pq.write_table(scored.flagged_table(np.array([9, 2]), np.array([0.5, 0.9])), directory / "part-00000.parquet")
-    pq.write_table(scored.flagged_table(np.array([4, 1]), np.array([0.9, 0.7])), directory / "part-00001.parquet")
+    pq.write_table(scored.flagged_table(np.array([9, 2]), np.array([0.5, 0.9]), np.array([[0.1], [0.2]])), directory / "part-00000.parquet")
+    pq.write_table(scored.flagged_table(np.array([4, 1]), np.array([0.9, 0.7]), np.array([[0.3], [0.4]])), directory / "part-00001.parquet")
     got = scored.read_flagged(directory)
     assert got["position"].tolist() == [2, 4, 1, 9] and got["score"].tolist() == [0.9, 0.9, 0.7, 0.5]
+    assert list(got.columns) == ["position", "score"]
+    assert scored.read_flagged(directory, features=True)["f0"].tolist() == [0.2, 0.3, 0.4, 0.1]
 
 
 def test_write_native_keeps_flagged_rows_and_a_bounded_sample_with_the_top_list(tmp_path):
@@ -69,9 +71,10 @@ def test_write_native_keeps_flagged_rows_and_a_bounded_sample_with_the_top_list(
     scored.write_native(
         tmp_path, "kmeans", scores=scores, labels=labels, positions=positions, X=X, plot_sample_size=200, top_anomalies=30, seed=1
     )
-    flagged = scored.read_flagged(scored.flagged_path(tmp_path, "kmeans"))
+    flagged = scored.read_flagged(scored.flagged_path(tmp_path, "kmeans"), features=True)
     assert len(flagged) == labels.sum() and set(flagged["position"]) == set(positions[labels == 1])
     assert flagged["score"].is_monotonic_decreasing
+    np.testing.assert_array_equal(flagged[["f0", "f1", "f2"]].to_numpy(), X[(flagged["position"].to_numpy() - 5) // 2])
 
     sample = scored.read_sample(scored.sample_path(tmp_path, "kmeans"))
     assert sample["sampled"].sum() == 200 and 200 <= len(sample) <= 230

@@ -188,6 +188,10 @@ class ReportConfig(_Model):
     top_anomalies: int = Field(50, ge=1, le=10_000)
     preview_rows: int = Field(10, ge=0, le=1_000)
     plot_sample_size: int = Field(20_000, ge=100)
+    #: Column holding each record's time; None = the first column whose name and values say time.
+    time_column: str | None = None
+    #: Earlier runs of the same source shown in the trend (from ``<runs_dir>/history.jsonl``).
+    history_runs: int = Field(20, ge=0, le=1_000)
 
 
 class OutputConfig(_Model):

@@ -26,9 +26,10 @@ from .config import PipelineConfig, redact_url
 from .detect import DetectorSettings, run_grid
 from .errors import PipelineError
 from .evaluate import ModelResult, better, evaluate, select_best
+from .explain import Reference, explain, feature_counts, fit_reference
 from .ingest import CredentialResolver, env_credentials, ingest
 from .preprocess import preprocess
-from . import scored
+from . import insights, scored
 from .runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,14 @@ def _model_results(paths: RunPaths, algorithms: list[str]) -> list[ModelResult]:
     return results
 
 
+def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
+    """Robust statistics of the normal rows of a run's uniform sample (see :mod:`.explain`)."""
+    names = list(summary["features"])
+    uniform = sample[sample["sampled"].to_numpy(dtype=bool)]
+    X = uniform[[scored.feature_column(j) for j in range(len(names))]].to_numpy(dtype=np.float64)
+    return fit_reference(X, uniform["anomaly"].to_numpy() == 0, names, scaling=summary.get("scaling"))
+
+
 def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pick the best configuration overall; write ``anomalies.csv`` and ``results.json``."""
     results = _model_results(paths, config.modeling.algorithms)
@@ -230,8 +239,13 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     best_per_algorithm = {a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms}
     best = select_best(r for r in best_per_algorithm.values() if r is not None)
     assert best is not None
-    flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm))
+    summary = _read_json(paths.summary)
+    flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
+    reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)))
+    explanations = explain(reference, flagged[[scored.feature_column(j) for j in range(len(reference.names))]].to_numpy())
     anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
+    anomalies.insert(0, "top_features", [e.codes for e in explanations])
+    anomalies.insert(0, "explanation", [e.text for e in explanations])
     anomalies.insert(0, "score", flagged["score"].to_numpy())
     anomalies.insert(0, "rank", np.arange(1, len(flagged) + 1))
     tmp = paths.anomalies.with_name(f".{paths.anomalies.name}.tmp")
@@ -239,7 +253,6 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     tmp.replace(paths.anomalies)
     shutil.copyfile(scored.sample_path(paths.models, best.algorithm), paths.report_sample)
 
-    summary = _read_json(paths.summary)
     ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
     warnings = [f"best model: {flag}" for flag in best.flags]
     if not best.selectable:
@@ -282,6 +295,15 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     return {"best": best_dict, "anomaly_count": best.anomaly_count, "results": str(paths.results)}
 
 
+def _optional(what: str, build: Callable[[], Any]) -> Any:
+    """Build an optional part of the report; a failure is logged as a warning, never fatal."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - the report is still useful without this part
+        log.warning("report: %s left out: %s: %s", what, type(exc).__name__, exc)
+        return None
+
+
 def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str, Any] | None = None) -> Path:
     """Render ``report.html`` into the run directory and copy it to the reports directory."""
     from .report import ReportInputs, render_report
@@ -295,6 +317,16 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     top_anomalies = pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies)
     if decision is None and (paths.root / "decision.json").exists():
         decision = _read_json(paths.root / "decision.json")
+    reference = _reference(summary, sample)
+    flagged_sample = sample[sample["anomaly"].to_numpy() == 1].sort_values(["score", "position"], ascending=[False, True])
+    top_explained = explain(reference, flagged_sample[[scored.feature_column(j) for j in range(len(feature_names))]].to_numpy()[: config.report.top_anomalies])
+    named = feature_counts(top_explained)
+    flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))["position"].to_numpy()
+    time_view = _optional("time view", lambda: insights.time_view(config, paths, sample, reference, flagged_positions, list(named)))
+    history_view = _optional(
+        "run history", lambda: insights.history_view(config, paths, insights.history_entry(config, paths, results, reference, sample))
+    )
+    rerun = _optional("rerun comparison", lambda: insights.rerun_view(paths, results.get("rerun_of")))
     inputs = ReportInputs(
         run={
             "run_id": results["run_id"],
@@ -322,6 +354,12 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
         correlation_heatmap=config.report.correlation_heatmap,
         decision=decision,
         warnings=results.get("warnings", []),
+        explained_features=named,
+        explained_rows=len(top_explained),
+        explanation_reference_rows=reference.rows,
+        time_view=time_view,
+        history=history_view,
+        rerun=rerun,
     )
     render_report(inputs, paths.report)
     paths.reports_dir.mkdir(parents=True, exist_ok=True)

@@ -349,3 +349,134 @@ def pca_scatter(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return _to_base64(fig)
+
+
+def _time_axis(ax: Any) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def features_over_time(
+    times: np.ndarray, values: np.ndarray, anomalies: np.ndarray, feature_names: Sequence[str]
+) -> str | None:
+    """Small multiples of the main features against time, anomalies in red.
+
+    Parameters
+    ----------
+    times : numpy.ndarray
+        Instants of the drawn rows, ``datetime64``, shape ``(n_rows,)``; NaT rows are skipped.
+    values : numpy.ndarray
+        The features in the API's units, shape ``(n_rows, n_plotted)`` (at most 4 columns drawn).
+    anomalies : numpy.ndarray
+        0/1 flag per row, shape ``(n_rows,)``.
+    feature_names : sequence of str
+        Names of the columns of ``values``.
+
+    Returns
+    -------
+    str or None
+        Base64 PNG, or ``None`` when no row has both an instant and a value.
+    """
+    times = np.asarray(times, dtype="datetime64[ns]")
+    values = np.asarray(values, dtype=np.float64).reshape(len(times), -1)[:, :4]
+    flags = np.asarray(anomalies).astype(bool)
+    dated = ~np.isnat(times)
+    if not dated.any() or values.shape[1] == 0:
+        return None
+    k = values.shape[1]
+    fig = _new_figure(10, 1.9 * k + 0.6)
+    axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
+    for j, ax in enumerate(axes):
+        ok = dated & np.isfinite(values[:, j])
+        normal, anomalous = ok & ~flags, ok & flags
+        ax.scatter(times[normal], values[normal, j], s=4, c=NORMAL_COLOUR, alpha=0.5, linewidths=0, rasterized=True, label="normal (sample)")
+        ax.scatter(times[anomalous], values[anomalous, j], s=16, c=ANOMALY_COLOUR, linewidths=0, label="anomaly")
+        ax.set_ylabel(_label(feature_names[j], 22), fontsize=9)
+        ax.grid(alpha=0.25)
+        _time_axis(ax)
+    axes[0].legend(loc="upper right", fontsize=8, markerscale=2, framealpha=0.8)
+    return _to_base64(fig)
+
+
+def anomalies_per_bucket(starts: np.ndarray, rows: np.ndarray, anomalies: np.ndarray, width_label: str) -> str | None:
+    """Bars of flagged rows per time bucket, with the share of rows flagged as a line.
+
+    Parameters
+    ----------
+    starts : numpy.ndarray
+        Bucket starts, ``datetime64``, shape ``(n_buckets,)``.
+    rows, anomalies : numpy.ndarray
+        Rows and flagged rows per bucket, shape ``(n_buckets,)``.
+    width_label : str
+        The bucket width for the axis label (``"1 hour"``).
+    """
+    starts = np.asarray(starts, dtype="datetime64[ns]")
+    rows = np.asarray(rows, dtype=np.float64)
+    anomalies = np.asarray(anomalies, dtype=np.float64)
+    if starts.size == 0:
+        return None
+    fig = _new_figure(10, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    width = (starts[1] - starts[0]) if starts.size > 1 else np.timedelta64(1, "h")
+    ax.bar(starts + width / 2, anomalies, width=width * 0.9, color=ANOMALY_COLOUR, alpha=0.85, label="anomalies")
+    ax.set_ylabel(f"anomalies per {_label(width_label)}")
+    ax.grid(axis="y", alpha=0.25)
+    share = np.divide(anomalies, rows, out=np.full_like(anomalies, np.nan), where=rows > 0)
+    twin = ax.twinx()
+    twin.plot(starts + width / 2, 100 * share, color=THRESHOLD_COLOUR, linewidth=1.2, marker=".", label="share of rows (%)")
+    twin.set_ylabel("share of rows flagged (%)")
+    twin.set_ylim(bottom=0)
+    _time_axis(ax)
+    handles = [*ax.get_legend_handles_labels()[0], *twin.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.8)
+    return _to_base64(fig)
+
+
+def share_trend(labels: Sequence[str], shares: Sequence[float], current_index: int) -> str | None:
+    """Anomaly share of the previous runs of a source and this one (highlighted).
+
+    Parameters
+    ----------
+    labels : sequence of str
+        One label per run (its finish time), oldest first.
+    shares : sequence of float
+        Anomaly share (fraction) per run.
+    current_index : int
+        Position of this run in ``labels``.
+    """
+    shares = np.asarray(shares, dtype=np.float64)
+    if shares.size == 0:
+        return None
+    fig = _new_figure(8, 2.8)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(shares.size)
+    ax.plot(x, 100 * shares, color=_PALETTE[0], marker="o", linewidth=1.5)
+    ax.scatter([current_index], [100 * shares[current_index]], s=90, facecolors="none", edgecolors=ANOMALY_COLOUR, linewidths=2, zorder=3, label="this run")
+    ax.set_xticks(x, [_label(v, 16) for v in labels], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("anomaly share (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.25)
+    ax.legend(loc="upper left", fontsize=8)
+    return _to_base64(fig)
+
+
+def drift_bars(feature_names: Sequence[str], psi: Sequence[float], threshold: float) -> str | None:
+    """Horizontal bars of each feature's PSI against the previous run, with the drift threshold."""
+    psi = np.asarray(psi, dtype=np.float64)
+    if psi.size == 0:
+        return None
+    shown = min(psi.size, 20)
+    fig = _new_figure(8, 0.3 * shown + 1.0)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(shown)[::-1]
+    colours = [ANOMALY_COLOUR if v >= threshold else NORMAL_COLOUR for v in psi[:shown]]
+    ax.barh(y, np.minimum(psi[:shown], 10), color=colours)
+    ax.set_yticks(y, [_label(n, 30) for n in feature_names[:shown]], fontsize=8)
+    ax.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1, label=f"drift threshold (PSI {threshold:g})")
+    ax.set_xlabel("PSI against the previous run")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.25)
+    return _to_base64(fig)

@@ -29,6 +29,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import __version__, plots
+from .evaluate import LOWER_IS_BETTER
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,16 @@ class ReportInputs:
         ``at``, ``comment`` and ``adjustments``.
     warnings : list of str, optional
         Sanity flags shown prominently at the top.
+    explained_features : dict, optional
+        Feature name -> how many of the top anomalies' explanations name it (most first).
+    explained_rows, explanation_reference_rows : int, optional
+        How many top anomalies were explained, and from how many normal sampled rows.
+    time_view : insights.TimeView, optional
+        The rows over time; ``None`` when the table has no time column.
+    history : insights.HistoryView, optional
+        Earlier runs of the same source and the features' drift.
+    rerun : rerun_diff.RerunDiff, optional
+        What changed from the run this one reruns.
     """
 
     run: dict
@@ -120,6 +131,12 @@ class ReportInputs:
     correlation_heatmap: bool
     decision: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    explained_features: dict[str, int] = field(default_factory=dict)
+    explained_rows: int = 0
+    explanation_reference_rows: int = 0
+    time_view: Any = None
+    history: Any = None
+    rerun: Any = None
 
 
 # --------------------------------------------------------------------------- formatting
@@ -519,6 +536,170 @@ def _log_issues(log_text: str) -> tuple[list[str], int]:
     return [_shorten(line, 400) for line in issues[:MAX_LOG_ISSUES]], len(issues)
 
 
+def _score_key(model: Mapping[str, Any]) -> float:
+    score = model.get("score")
+    if score is None or not isinstance(score, Real) or math.isnan(float(score)):
+        return math.inf
+    return float(score) if str(model.get("metric")) in LOWER_IS_BETTER else -float(score)
+
+
+def _why_best(models: list[dict], best: dict) -> tuple[str, str | None]:
+    """Why the selected configuration won, and the runner-up (the best of the other configurations)."""
+    metric = str(best.get("metric") or "score")
+    direction = "lowest" if metric in LOWER_IS_BETTER else "highest"
+    scored_models = [m for m in models if m.get("score") is not None]
+    why = f"{direction} {metric} ({format_number(best.get('score'))}) of {len(models)} configuration{'s' if len(models) != 1 else ''}"
+    if best.get("flags"):
+        why += "; it carries flags: " + ", ".join(map(str, best["flags"]))
+    others = sorted(
+        (m for m in scored_models if (m.get("algorithm"), m.get("params")) != (best.get("algorithm"), best.get("params"))),
+        key=_score_key,
+    )
+    if not others:
+        return why, None
+    runner = others[0]
+    margin = abs(float(best.get("score") or 0) - float(runner["score"])) if best.get("score") is not None else None
+    return why, (
+        f"{runner.get('algorithm')} ({_format_params(runner.get('params'))}) at {format_number(runner.get('score'))}"
+        + (f", margin {format_number(margin, 3)}" if margin is not None else "")
+    )
+
+
+def _verdict_section(inputs: ReportInputs, warnings: list[str]) -> dict[str, Any]:
+    best = dict(inputs.best or {})
+    summary = inputs.summary or {}
+    why, runner_up = _why_best(list(inputs.models or []), best)
+    drifted = [d.feature for d in (inputs.history.drift if inputs.history else []) if d.level == "drifted"]
+    return {
+        "rows": format_number(summary.get("rows_after")),
+        "anomalies": format_number(best.get("anomaly_count")),
+        "share": format_percent(best.get("anomaly_share")),
+        "algorithm": str(best.get("algorithm") or DASH),
+        "params": _format_params(best.get("params")),
+        "why": why,
+        "runner_up": runner_up,
+        "warning_count": len(warnings),
+        "drifted": drifted,
+        "has_history": bool(inputs.history and inputs.history.previous),
+        "top_reason": next(iter(inputs.explained_features), None),
+    }
+
+
+def _explain_section(inputs: ReportInputs) -> dict[str, Any]:
+    return {
+        "features": [(str(k), int(v)) for k, v in list(inputs.explained_features.items())[:15]],
+        "rows": inputs.explained_rows,
+        "reference_rows": inputs.explanation_reference_rows,
+    }
+
+
+def report_href(report_name: str | None) -> str | None:
+    """Link from one published report to another: both live in the reports directory."""
+    return str(report_name) if report_name else None
+
+
+def _time_section(view: Any, timings: dict[str, float]) -> dict[str, Any] | None:
+    if view is None:
+        return None
+    image, error = _timed_plot("time_features", lambda: plots.features_over_time(view.times, view.values, view.anomalies, view.feature_names), timings)
+    buckets = view.buckets
+    counts_image, counts_error = (None, None)
+    if buckets is not None:
+        counts_image, counts_error = _timed_plot(
+            "time_buckets", lambda: plots.anomalies_per_bucket(buckets.starts, buckets.rows, buckets.anomalies, buckets.width), timings
+        )
+    dated = view.times[~np.isnat(view.times)]
+    return {
+        "column": str(view.column),
+        "how": "set in report.time_column" if view.configured else "detected from its name and values",
+        "features": [str(f) for f in view.feature_names],
+        "image": image,
+        "note": error or ("" if image else "No sampled row has a usable time."),
+        "counts_image": counts_image,
+        "counts_note": counts_error or ("" if counts_image else "No row has a usable time."),
+        "width": buckets.width if buckets is not None else DASH,
+        "buckets": int(len(buckets.starts)) if buckets is not None else 0,
+        "first": str(np.datetime_as_string(dated.min(), unit="s")) + "Z" if dated.size else DASH,
+        "last": str(np.datetime_as_string(dated.max(), unit="s")) + "Z" if dated.size else DASH,
+        "undated_rows": format_number(buckets.undated_rows) if buckets is not None else DASH,
+        "undated_anomalies": format_number(buckets.undated_anomalies) if buckets is not None else DASH,
+        "drawn": format_number(len(view.times)),
+    }
+
+
+def _history_section(view: Any, run_id: str, timings: dict[str, float]) -> dict[str, Any] | None:
+    if view is None:
+        return None
+    runs = []
+    for entry in view.runs:
+        best = entry.get("best") or {}
+        runs.append(
+            {
+                "run_id": str(entry.get("run_id")),
+                "finished": format_cell(entry.get("finished_at")),
+                "rows": format_number(entry.get("rows")),
+                "anomalies": format_number(entry.get("anomaly_count")),
+                "share": format_percent(entry.get("anomaly_share")),
+                "best": f"{best.get('algorithm', DASH)} ({_format_params(best.get('params'))})",
+                "href": report_href(entry.get("report")),
+                "current": str(entry.get("run_id")) == run_id,
+            }
+        )
+    trend, trend_error = (None, None)
+    if len(view.runs) > 1:
+        labels = [str(e.get("finished_at") or e.get("run_id"))[:16] for e in view.runs]
+        trend, trend_error = _timed_plot(
+            "share_trend", lambda: plots.share_trend(labels, [float(e.get("anomaly_share") or 0) for e in view.runs], len(view.runs) - 1), timings
+        )
+    drift_image, drift_error = (None, None)
+    if view.drift:
+        drift_image, drift_error = _timed_plot(
+            "drift", lambda: plots.drift_bars([d.feature for d in view.drift], [d.psi for d in view.drift], view.psi_threshold), timings
+        )
+    previous = view.previous
+    return {
+        "runs": runs,
+        "trend": trend,
+        "trend_note": trend_error or "",
+        "previous": {"run_id": str(previous.get("run_id")), "href": report_href(previous.get("report")),
+                     "finished": format_cell(previous.get("finished_at"))} if previous else None,  # fmt: skip
+        "drift": [
+            {
+                "feature": d.feature,
+                "previous_mean": format_number(d.previous_mean),
+                "current_mean": format_number(d.current_mean),
+                "psi": format_number(d.psi, 3),
+                "ks": format_number(d.ks, 3),
+                "ks_critical": format_number(d.ks_critical, 3),
+                "ks_significant": d.ks_significant,
+                "level": d.level,
+            }
+            for d in view.drift
+        ],
+        "drift_image": drift_image,
+        "drift_note": drift_error or "",
+        "drifted": [d.feature for d in view.drift if d.level == "drifted"],
+        "threshold": format_number(view.psi_threshold),
+    }
+
+
+def _rerun_section(diff: Any) -> dict[str, Any] | None:
+    if diff is None:
+        return None
+    return {
+        "previous_run": str(diff.previous_run),
+        "previous_count": format_number(diff.previous_count),
+        "current_count": format_number(diff.current_count),
+        "delta": f"{diff.current_count - diff.previous_count:+,}",
+        "kept": format_number(diff.kept),
+        "new_count": format_number(diff.new_count),
+        "gone_count": format_number(diff.gone_count),
+        "changes": [(str(k), format_cell(a, 120), format_cell(b, 120)) for k, a, b in diff.changes],
+        "new": frame_table(diff.new, 20),
+        "gone": frame_table(diff.gone, 20),
+    }
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -559,11 +740,23 @@ def build_context(inputs: ReportInputs) -> dict[str, Any]:
     figures, timings = _figures(inputs, models["best_index"])
     log_text = inputs.log_text or ""
     issues, issue_count = _log_issues(log_text)
+    warnings = _strings(inputs.warnings or [])
+    history = _history_section(inputs.history, run["run_id"], timings)
+    if history and history["drifted"]:
+        warnings.append(
+            f"{len(history['drifted'])} feature(s) drifted since the previous run of this source "
+            f"(PSI ≥ {history['threshold']}): {', '.join(history['drifted'][:10])}"
+        )
     return {
+        "verdict": _verdict_section(inputs, warnings),
+        "explain": _explain_section(inputs),
+        "time": _time_section(inputs.time_view, timings),
+        "history": history,
+        "rerun": _rerun_section(inputs.rerun),
         "title": f"Anomaly report {run['name']} {run['run_id']}".strip(),
         "run": run,
         "decision": _decision_section(inputs.decision),
-        "warnings": _strings(inputs.warnings or []),
+        "warnings": warnings,
         "config_text": _dump_config(inputs.config or {}),
         "summary": _summary_section(inputs.summary or {}, list(inputs.feature_names or [])),
         "preview": frame_table(inputs.preview, MAX_PREVIEW_ROWS),

@@ -147,12 +147,29 @@ def rerun_conf(original_conf: Mapping[str, Any], adjustments: Mapping[str, Any],
     return conf
 
 
-def gate_body(summary: Mapping[str, Any]) -> str:
-    """Markdown shown on the gate: where the report is and what the best model found."""
+def _report_run_id(summary: Mapping[str, Any]) -> str | None:
+    """The run id the published report is named after (run directory name, else the report file name)."""
+    if summary.get("run_dir"):
+        return Path(str(summary["run_dir"])).name
+    published = str(summary.get("published_report") or "")
+    name = Path(published).name
+    return name[: -len(".html")] if name.endswith(".html") and len(name) > len(".html") else None
+
+
+def gate_body(summary: Mapping[str, Any], *, base_path: str | None = None) -> str:
+    """Markdown shown on the gate: a link to the report in the Airflow UI, its path, what the best model found.
+
+    The link is the reports plugin's URL (plugins/anomaly_reports.py) below Airflow's base path
+    (``base_path``; default from ``AIRFLOW__API__BASE_URL``).
+    """
+    from .report_index import report_url
+
     best = summary.get("best") or {}
     share = 100 * float(best.get("anomaly_share") or 0)
+    run_id = _report_run_id(summary)
+    link = f"**[Open report]({report_url(run_id, base_path)})**" if run_id else "**Report:**"
     lines = [
-        f"**Report:** `{summary.get('report')}`",
+        f"{link} `{summary.get('report')}`",
         "",
         f"**Best model:** {best.get('algorithm')} `{json.dumps(best.get('params'), sort_keys=True)}`"
         f" ({best.get('metric')} = {best.get('score')})",

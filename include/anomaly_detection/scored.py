@@ -5,7 +5,8 @@ single file from the native path, a directory of part files from Spark) into ``m
 
 ``<algorithm>.flagged.parquet``
     One row per flagged anomaly: ``position`` (the row's index in ``flattened.parquet``, i.e. in
-    the API's order) and ``score``. Its size is the contamination share of the rows.
+    the API's order), ``score`` and the scaled features ``f0``, ``f1``, ... (for the per-row
+    explanations, :mod:`.explain`). Its size is the contamination share of the rows.
 ``<algorithm>.sample.parquet``
     A bounded sample of scored rows for the report's plots: ``position``, ``score``, ``anomaly``
     (0/1), ``sampled`` (true for the uniform random sample of at most ``report.plot_sample_size``
@@ -111,8 +112,15 @@ def write_table(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def flagged_table(positions: np.ndarray, scores: np.ndarray) -> pa.Table:
-    return pa.table({"position": np.asarray(positions, dtype=np.int64), "score": np.asarray(scores, dtype=np.float64)}, schema=FLAGGED_SCHEMA)
+def flagged_table(positions: np.ndarray, scores: np.ndarray, features: np.ndarray) -> pa.Table:
+    columns: dict[str, np.ndarray] = {
+        "position": np.asarray(positions, dtype=np.int64),
+        "score": np.asarray(scores, dtype=np.float64),
+    }
+    features = np.asarray(features, dtype=np.float64).reshape(len(columns["position"]), -1)
+    for j in range(features.shape[1]):
+        columns[feature_column(j)] = features[:, j]
+    return pa.table(columns)
 
 
 def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
@@ -153,7 +161,7 @@ def write_native(
     ``positions`` maps kept rows to their position in ``flattened.parquet``.
     """
     flagged = np.flatnonzero(labels == 1)
-    write_table(flagged_table(positions[flagged], scores[flagged]), flagged_path(models_dir, algorithm))
+    write_table(flagged_table(positions[flagged], scores[flagged], X[flagged]), flagged_path(models_dir, algorithm))
     random_rows = sample_rows(len(scores), plot_sample_size, seed)
     top = flagged[np.argsort(-scores[flagged], kind="stable")][:top_anomalies]
     rows = np.union1d(random_rows, top)
@@ -169,10 +177,15 @@ def sample_path(models_dir: Path, algorithm: str) -> Path:
     return Path(models_dir) / f"{algorithm}.sample.parquet"
 
 
-def read_flagged(path: Path) -> pd.DataFrame:
-    """The flagged rows, highest score first (ties by position)."""
-    tables = [pq.read_table(f).select(list(FLAGGED_SCHEMA.names)).cast(FLAGGED_SCHEMA) for f in parquet_files(path)]
-    frame = (pa.concat_tables(tables) if tables else FLAGGED_SCHEMA.empty_table()).to_pandas()
+def read_flagged(path: Path, *, features: bool = False) -> pd.DataFrame:
+    """The flagged rows, highest score first (ties by position); with ``features``, also ``f0``, ``f1``, ..."""
+    files = parquet_files(path)
+    names = list(FLAGGED_SCHEMA.names)
+    if features and files:
+        names += [n for n in pq.read_schema(files[0]).names if n.startswith("f") and n[1:].isdigit()]
+    tables = [pq.read_table(f, columns=names) for f in files]
+    frame = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame({n: pd.Series(dtype="float64") for n in names})
+    frame = frame.astype({"position": "int64", "score": "float64"})
     return frame.sort_values(["score", "position"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
