@@ -19,11 +19,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_demo_api(*, rows: int, seed: int, timeout: float = 60) -> Iterator[str]:
+def running_demo_api(*, rows: int, seed: int, timeout: float = 60, drift_per_run: float = 0.0) -> Iterator[str]:
     """Start ``python -m anomaly_detection.demo_api``; yield its base URL; stop it with SIGTERM."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", str(rows), "--seed", str(seed)],
+        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", str(rows), "--seed", str(seed),
+         "--drift-per-run", str(drift_per_run)],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

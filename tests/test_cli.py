@@ -34,12 +34,14 @@ def run_cli(*args, cwd=ROOT, env=None, timeout=600):
     )
 
 
-def run_demo(demo_api, tmp_path, run_id, *overrides, runs_dir=None, timeout=600):
+def run_demo(demo_api, tmp_path, run_id, *overrides, runs_dir=None, timeout=600, rerun_of=None):
     """``run --config configs/demo.yaml`` against the demo API, outputs under ``tmp_path``; ``overrides``
     are ``KEY=VALUE`` strings for ``--set``."""
     sets = [f"source.url={demo_api}/records", *overrides]
     sets += [f"output.runs_dir={runs_dir or tmp_path / 'runs'}", f"output.reports_dir={tmp_path / 'reports'}"]
     args = ["run", "--config", "configs/demo.yaml", "--quiet", "--run-id", run_id]
+    if rerun_of:
+        args += ["--rerun-of", rerun_of]
     for item in sets:
         args += ["--set", item]
     return run_cli(*args, timeout=timeout)
@@ -55,7 +57,7 @@ def test_demo_run_reports_the_planted_anomalies(demo_api, tmp_path):
     planted = json.loads(urllib.request.urlopen(demo_api + "/planted").read())["ids"]
     run_dir = report.parent
     anomalies = pd.read_csv(run_dir / "anomalies.csv")
-    assert list(anomalies.columns[:3]) == ["rank", "score", "id"]
+    assert list(anomalies.columns[:5]) == ["rank", "score", "explanation", "top_features", "id"]
     assert anomalies["score"].is_monotonic_decreasing
     results = json.loads((run_dir / "results.json").read_text())
     top_n = min(len(anomalies), results["best"]["anomaly_count"], 50)

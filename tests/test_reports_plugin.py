@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-import requests
 
 from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
 from anomaly_detection.report_index import report_url
@@ -232,14 +231,11 @@ def test_paths_outside_the_reports_directory_are_refused(airflow_standalone, pla
         quote(quote(secret_path, safe=""), safe=""),
         "~/secret.html",
     ]
-    seen = {}
     for requested in TRAVERSALS + absolute:
         status, _, body = _get(airflow_standalone, f"{PREFIX}/report/{requested}", token=token)
-        seen[requested] = status
         assert SECRET not in body, requested
-        assert status in (400, 404), (requested, status, body[:200])
-    # the symlink, the text file and every traversal are refused as such, not merely missing
-    assert seen["escape.html"] == 400 and seen["notes.txt"] == 400 and seen["..%2f..%2foutside%2fsecret.html"] == 400
+        # refused as such (400), never looked up: the symlinks and the text file exist, the rest is traversal
+        assert status == 400, (requested, status, body[:200])
     # the secret and the trap files are still there: they were reachable had the checks failed
     assert (planted["reports"] / "escape.html").read_text() == SECRET
 

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override one option, e.g. --set modeling.hyperparameters=complex (value read as YAML)",
     )
     run.add_argument("--run-id", help="run id (default: a new timestamped id)")
+    run.add_argument("--rerun-of", metavar="RUN_ID", help="this run reruns RUN_ID: its report shows what changed")
     run.add_argument("--quiet", "-q", action="store_true", help="do not echo the log to stderr")
 
     check = commands.add_parser("check-config", help="validate a config and print it resolved (secrets redacted)")
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runs import make_run_id, safe_run_id
 
     run_id = safe_run_id(args.run_id) if args.run_id else make_run_id()
-    outcome = run_pipeline(config, run_id=run_id, echo=not args.quiet)
+    outcome = run_pipeline(config, run_id=run_id, echo=not args.quiet, rerun_of=args.rerun_of)
     if outcome.status != "succeeded":
         print(f"error: {outcome.error} (run {outcome.run_id}; logs and raw responses in {outcome.paths.root})", file=sys.stderr)
         return 1

@@ -73,26 +73,38 @@ def profiles(X: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _cdf(quantiles: Sequence[float], x: np.ndarray) -> np.ndarray:
-    """The CDF described by 101 quantiles, linear between them, 0 below the minimum and 1 above the maximum."""
+def _cdf(quantiles: Sequence[float], x: np.ndarray, *, left: bool = False) -> np.ndarray:
+    """The CDF described by 101 quantiles, linear between them, 0 below the minimum and 1 above the maximum.
+
+    A value repeated among the quantiles is a point mass: ``left=False`` gives the CDF's value
+    at it (mass included), ``left=True`` its limit from the left (mass excluded).
+    """
     q = np.asarray(quantiles, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
-    # np.interp needs increasing xp; for repeated quantiles (a point mass) take the CDF's right limit.
+    if left:
+        unique, first = np.unique(q, return_index=True)
+        probs = QUANTILES[first]
+        return np.where(x <= q[0], 0.0, np.interp(x, unique, probs, left=0.0, right=1.0))
     unique, last = np.unique(q[::-1], return_index=True)
     probs = QUANTILES[::-1][last]
-    out = np.interp(x, unique, probs, left=0.0, right=1.0)
-    return np.where(x < q[0], 0.0, out)
+    return np.interp(x, unique, probs, left=0.0, right=1.0)
 
 
 def psi(previous: Mapping[str, Any], current: Mapping[str, Any], bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``previous`` over the previous deciles."""
+    """Population stability index of ``current`` against ``previous`` over the previous deciles.
+
+    Each decile edge that is a point mass of either run gets a bin of its own (the mass at that
+    value), so discrete features compare their values' shares, not only the deciles.
+    """
     q = np.asarray(previous["quantiles"], dtype=np.float64)
     edges = np.unique(q[np.linspace(0, 100, bins + 1).round().astype(int)][1:-1])
-    points = np.concatenate([edges, [np.inf]])
-    expected = np.diff(np.concatenate([[0.0], _cdf(previous["quantiles"], points[:-1]), [1.0]]))
-    actual = np.diff(np.concatenate([[0.0], _cdf(current["quantiles"], points[:-1]), [1.0]]))
-    expected = np.maximum(expected, PSI_FLOOR)
-    actual = np.maximum(actual, PSI_FLOOR)
+
+    def cuts(quantiles: Sequence[float]) -> np.ndarray:
+        below, at = _cdf(quantiles, edges, left=True), _cdf(quantiles, edges)
+        return np.diff(np.concatenate([[0.0], np.column_stack([below, at]).ravel(), [1.0]]))
+
+    expected = np.maximum(cuts(previous["quantiles"]), PSI_FLOOR)
+    actual = np.maximum(cuts(current["quantiles"]), PSI_FLOOR)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 

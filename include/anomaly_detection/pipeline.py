@@ -7,7 +7,6 @@ only paths. ``run_pipeline`` chains them all.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import shutil
@@ -395,11 +394,12 @@ def run_pipeline(
     echo: bool = False,
     credentials: CredentialResolver = env_credentials,
     on_stage: Callable[[str], None] | None = None,
+    rerun_of: str | None = None,
 ) -> RunOutcome:
     """Run every native stage in this process. Failures are recorded, never raised past here."""
     paths = RunPaths.create(config.output.runs_dir, config.output.reports_dir, run_id)
     started_at, clock = utc_now(), time.perf_counter()
-    meta: dict[str, Any] = {"started_at": started_at}
+    meta: dict[str, Any] = {"started_at": started_at, "rerun_of": rerun_of}
     with run_logging(paths, echo=echo):
         try:
             resolve_stage(config, paths)

@@ -582,7 +582,34 @@ def _verdict_section(inputs: ReportInputs, warnings: list[str]) -> dict[str, Any
         "drifted": drifted,
         "has_history": bool(inputs.history and inputs.history.previous),
         "top_reason": next(iter(inputs.explained_features), None),
+        "data_quality": _data_quality(summary),
     }
+
+
+def _without(frame: pd.DataFrame | None, column: str) -> pd.DataFrame | None:
+    """``frame`` without ``column`` (the report shows the explanation text, the CSV also the codes)."""
+    if isinstance(frame, pd.DataFrame) and column in frame.columns:
+        return frame.drop(columns=[column])
+    return frame
+
+
+def _data_quality(summary: Mapping[str, Any]) -> str:
+    """One line on the data's quality for the verdict: duplicates, missing values, dropped columns."""
+    parts = []
+    rows_before, dups = summary.get("rows_before"), summary.get("duplicates_removed")
+    if isinstance(dups, Integral) and isinstance(rows_before, Integral) and rows_before:
+        parts.append(f"{dups:,} duplicate row(s) removed ({format_percent(dups / rows_before)})")
+    imputed, features = summary.get("imputed_values"), summary.get("features") or []
+    rows_after = summary.get("rows_after")
+    if isinstance(imputed, Integral) and isinstance(rows_after, Integral) and rows_after and features:
+        parts.append(f"{imputed:,} missing value(s) imputed ({format_percent(imputed / (rows_after * len(features)))} of the feature cells)")
+    dropped = summary.get("columns_dropped") or {}
+    if dropped:
+        parts.append(f"{len(dropped):,} column(s) not used as features")
+    infinite = summary.get("infinite_values")
+    if infinite:
+        parts.append(f"{infinite:,} infinite value(s) treated as missing")
+    return "; ".join(parts) if parts else "no duplicates, missing values or dropped columns"
 
 
 def _explain_section(inputs: ReportInputs) -> dict[str, Any]:
@@ -763,7 +790,7 @@ def build_context(inputs: ReportInputs) -> dict[str, Any]:
         "models": models,
         "threshold": format_number(inputs.threshold),
         "figures": figures,
-        "top": frame_table(inputs.top_anomalies, MAX_TOP_ANOMALIES),
+        "top": frame_table(_without(inputs.top_anomalies, "top_features"), MAX_TOP_ANOMALIES),
         "log_text": log_text,
         "log_lines": log_text.count("\n") + (1 if log_text and not log_text.endswith("\n") else 0),
         "log_issues": issues,
