@@ -409,7 +409,8 @@ def save_best(scored: Any, threshold: float, n: int, ccols: list[str], paths: Ru
     from pyspark.sql import functions as F
 
     flagged = scored.where(F.col("_score") > F.lit(threshold)).select(
-        F.col(POS).cast("long").alias("position"), F.col("_score").cast("double").alias("score")
+        F.col(POS).cast("long").alias("position"), F.col("_score").cast("double").alias("score"),
+        *(F.col(c).alias(feature_column(j)) for j, c in enumerate(ccols)),
     )
     write_parts(flagged, flagged_path(paths.models, algorithm))
 
