@@ -84,7 +84,9 @@ def bench(rows: int, features: int, mode: str, workdir: Path) -> dict:
         raise SystemExit(f"pipeline failed for {rows} rows: {text}")
     run_dir = workdir / "runs" / f"bench-{rows}"
     results = json.loads((run_dir / "results.json").read_text())
-    finished = re.findall(r"finished in ([0-9.]+)s", (run_dir / "pipeline.log").read_text())
+    log_text = (run_dir / "pipeline.log").read_text()
+    finished = re.findall(r"finished in ([0-9.]+)s", log_text)
+    rendered = re.findall(r"report written to \S+ \(([0-9.]+) kB, ([0-9.]+) s\)", log_text)
     return {
         "rows": rows,
         "features": len(results["features"]),
@@ -94,7 +96,26 @@ def bench(rows: int, features: int, mode: str, workdir: Path) -> dict:
         "configs": len(results["models"]),
         "best": f"{results['best']['algorithm']} {results['best']['params']}",
         "anomalies": results["best"]["anomaly_count"],
+        "report_mb": round(float(rendered[-1][0]) / 1024, 2) if rendered else float("nan"),
+        "render_s": float(rendered[-1][1]) if rendered else float("nan"),
+        "select_report_s": _stage_seconds(log_text),
     }
+
+
+def _stage_seconds(log_text: str) -> float:
+    """Seconds from the best-model line (select) to the report being written, from the log's timestamps."""
+    from datetime import datetime
+
+    stamps = {}
+    for line in log_text.splitlines():
+        if "best model:" in line and "select" not in stamps:
+            stamps["select"] = line[:23]
+        if "report written to" in line:
+            stamps["report"] = line[:23]
+    if len(stamps) < 2:
+        return float("nan")
+    fmt = "%Y-%m-%d %H:%M:%S,%f"
+    return round((datetime.strptime(stamps["report"], fmt) - datetime.strptime(stamps["select"], fmt)).total_seconds(), 1)
 
 
 def main() -> int:
@@ -105,11 +126,16 @@ def main() -> int:
     args = parser.parse_args()
     sizes = args.rows or [10_000, 100_000, 1_000_000]
     print("wall s: the CLI process from start to exit; pipeline s: the same run without interpreter start-up and imports")
-    print(f"{'rows':>9} {'features':>8} {'wall s':>8} {'pipeline s':>10} {'peak RSS MiB':>13} {'configs':>7} {'anomalies':>9}  best")
+    print("report MB: size of report.html; report s: from the best-model line to the report written (explanations, time view, history, figures)")
+    print(f"{'rows':>9} {'features':>8} {'wall s':>8} {'pipeline s':>10} {'peak RSS MiB':>13} {'configs':>7} {'anomalies':>9} {'report MB':>9} {'report s':>8}  best")
     with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
         for rows in sizes:
             r = bench(rows, args.features, args.mode, Path(tmp))
-            print(f"{r['rows']:>9} {r['features']:>8} {r['wall_s']:>8} {r['pipeline_s']:>10} {r['peak_rss_mib']:>13} {r['configs']:>7} {r['anomalies']:>9}  {r['best']}", flush=True)
+            print(
+                f"{r['rows']:>9} {r['features']:>8} {r['wall_s']:>8} {r['pipeline_s']:>10} {r['peak_rss_mib']:>13} {r['configs']:>7}"
+                f" {r['anomalies']:>9} {r['report_mb']:>9} {r['select_report_s']:>8}  {r['best']}",
+                flush=True,
+            )
     return 0
 
 

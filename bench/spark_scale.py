@@ -49,7 +49,7 @@ GiB = 1024**3
 
 
 def write_table(target: Path, rows: int, seed: int = 0) -> None:
-    """``rows`` x ``COLUMNS`` doubles in part files of ``PART_ROWS`` rows; 0.5% planted far points."""
+    """``rows`` x ``COLUMNS`` doubles and a timestamp, in part files of ``PART_ROWS`` rows; 0.5% planted far points."""
     rng = np.random.default_rng(seed)
     centers = rng.uniform(0, 100, (5, COLUMNS))
     target.mkdir(parents=True)
@@ -58,7 +58,11 @@ def write_table(target: Path, rows: int, seed: int = 0) -> None:
         X = centers[rng.integers(0, 5, n)] + rng.normal(0, 3, (n, COLUMNS))
         planted = rng.random(n) < 0.005
         X[planted] = rng.uniform(-200, 300, (int(planted.sum()), COLUMNS))
-        pq.write_table(pa.table({f"m{j}": X[:, j] for j in range(COLUMNS)}), target / f"part-{part:06d}.parquet")
+        columns = {f"m{j}": X[:, j] for j in range(COLUMNS)}
+        # one reading a second from 2026-01-01: the report's time view reads this column for every row
+        seconds = 1_767_225_600 + start + np.arange(n, dtype=np.int64)
+        columns["event_time"] = pa.array(seconds * 1000, type=pa.timestamp("ms", tz="UTC"))
+        pq.write_table(pa.table(columns), target / f"part-{part:06d}.parquet")
 
 
 def write_config(root: Path, master: str) -> Path:
@@ -230,6 +234,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--no-native", action="store_true", help="skip the native path")
+    parser.add_argument("--no-spark", action="store_true", help="skip the Spark path")
     parser.add_argument("--native-timeout", type=float, default=1200, help="seconds before a native run counts as not finishing")
     parser.add_argument("--spark-timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -251,7 +256,7 @@ def main() -> int:
         for rows in args.rows:
             table = root / f"table-{rows}"
             write_table(table, rows)
-            engines = ["spark"] + ([] if args.no_native else ["native"])
+            engines = ([] if args.no_spark else ["spark"]) + ([] if args.no_native else ["native"])
             for engine in engines:
                 timeout = args.spark_timeout if engine == "spark" else args.native_timeout
                 got = measure(engine, root, table, config_path, timeout)

@@ -10,6 +10,7 @@ quotes the Airflow log's errors.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 
 from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
+from anomaly_detection.report_index import report_url
 from demo_process import running_demo_api
 
 DAG = "anomaly_detection"
@@ -129,6 +131,11 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
     assert report["report"] in detail["body"] and "Anomalies:" in detail["body"]
     assert detail["options"] == ["Approve", "Reject", "Rerun with adjustments"]
     assert Path(report["report"]).is_file()
+    # the reports plugin (plugins/anomaly_reports.py): "Open report" on build_report and in the gate's body
+    url = report_url(run_id, base_path="")
+    assert f"[Open report]({url})" in detail["body"]
+    assert client.get_json(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/build_report/links")["extra_links"] == {"Open report": url}
+    assert client.request("GET", url).headers["content-type"] == "text/html; charset=utf-8"
     ingest_log = client.task_log(DAG, run_id, "ingest")
     assert "ingested 2000 records" in ingest_log and "page 1:" in ingest_log
 
@@ -188,7 +195,12 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
     assert results["rerun_of"] == run_id
     assert {m["algorithm"] for m in results["models"]} == {"kmeans"}
     assert results["best"]["anomaly_share"] == pytest.approx(0.1, abs=0.01)
-    assert run_id in (rerun_dir / "report.html").read_text()
+    report = (rerun_dir / "report.html").read_text()
+    assert run_id in report
+    # the rerun's report says what changed: the parameters and the rows
+    changes = report[report.index('id="rerun"') :]
+    assert "<code>modeling.contamination</code></td><td class=\"mono\">0.05</td><td class=\"mono\">0.1</td>" in changes
+    assert re.search(r"<strong>[1-9][0-9,]* newly flagged</strong>", changes)
     first = json.loads((_run_dir(airflow_standalone, run_id) / "decision.json").read_text())
     assert first["decision"] == "rerun" and first["adjustments"]["modeling.contamination"] == 0.1
     client.answer_hitl(DAG, rerun_id, "review", "Reject")

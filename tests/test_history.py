@@ -97,3 +97,10 @@ def test_source_key_depends_on_url_records_path_and_name():
     assert key != history.source_key("http://h/records", "items", "demo")
     assert key != history.source_key("http://h/other", "data", "demo")
     assert key != history.source_key("http://h/records", "data", "prod")
+
+
+def test_nan_and_numpy_values_are_stored_as_valid_json(tmp_path):
+    path = tmp_path / "history.jsonl"
+    history.append(path, {"run_id": "r", "score": float("nan"), "rows": np.int64(5), "share": np.float32(0.5)})
+    (entry,) = history.read(path)
+    assert entry["score"] is None and entry["rows"] == 5 and entry["share"] == 0.5

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def history_path(runs_dir: str | Path) -> Path:
 def append(path: Path, entry: Mapping[str, Any]) -> None:
     """Append one run's line to the store under an exclusive lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(entry, default=float, allow_nan=False, separators=(",", ":")) + "\n"
+    # orjson writes NaN and infinities as null, so every line stays valid JSON
+    line = orjson.dumps(entry, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8") + "\n"
     with open(path, "a", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -263,16 +263,22 @@ def _rows(results: Mapping[str, Any]) -> int | None:
     return _int(rows)
 
 
+def _servable(reports: Path, name: str) -> bool:
+    """Whether :func:`resolve_report` would serve ``name`` (a symlink leading outside is not a report)."""
+    try:
+        resolve_report(reports, name)
+    except (ReportPathError, OSError):
+        return False
+    return True
+
+
 def _record(run_dir: Path, reports: Path) -> RunRecord:
     results, problem = _read_json(run_dir / "results.json")
     decision, decision_problem = _read_json(run_dir / "decision.json")
     results = results or {}
     run_id = run_dir.name
     report_name = run_id + REPORT_SUFFIX
-    try:
-        report_exists = (reports / report_name).is_file()
-    except OSError:
-        report_exists = False
+    report_exists = _servable(reports, report_name)
     best = results.get("best") if isinstance(results.get("best"), Mapping) else {}
     problems = [p for p in (problem, decision_problem) if p]
     if problem is None and not (run_dir / "results.json").exists():
@@ -335,11 +341,9 @@ def list_runs(reports_dir: str | os.PathLike[str], runs_dir: str | os.PathLike[s
         published = []
     for path in published:
         run_id = path.name[: -len(REPORT_SUFFIX)]
-        if run_id in records or not _SEGMENT.fullmatch(path.name):
+        if run_id in records or not _servable(reports, path.name):
             continue
         try:
-            if not path.is_file():
-                continue
             mtime = path.stat().st_mtime
         except OSError:
             continue
