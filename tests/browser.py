@@ -348,7 +348,7 @@ class Browser:
             f"""(() => {{
                 const el = document.querySelector({json.dumps(selector)});
                 if (!el) return null;
-                el.scrollIntoView({{block: "center", inline: "center"}});
+                el.scrollIntoView({{block: "center", inline: "center", behavior: "instant"}});
                 const r = el.getBoundingClientRect();
                 return r.width && r.height ? [r.left + r.width / 2, r.top + r.height / 2] : null;
             }})()"""

@@ -202,10 +202,15 @@ def test_list_runs_survives_half_written_missing_and_corrupt_files(tmp_path):
     unreadable = _run(runs, "unreadable", _results("unreadable", "2026-11-26T08:00:05+00:00"))
     os.chmod(unreadable / "results.json", 0)
     (reports / "orphan.html").write_text("<html>run dir deleted</html>")
+    (tmp_path / "secret.html").write_text("outside")
+    (reports / "escape.html").symlink_to(tmp_path / "secret.html")  # not a report: not listed
+    _run(runs, "linked", _results("linked", "2026-11-26T07:00:05+00:00"))
+    (reports / "linked.html").symlink_to(tmp_path / "secret.html")  # its "report" leads outside: no link
     (runs / ".hidden").mkdir()
 
     records = {r.run_id: r for r in list_runs(reports, runs)}
-    assert set(records) == {"good", "half", "empty", "array", "binary", "running", "odd-types", "bad-decision", "nan", "unreadable", "orphan"}
+    assert set(records) == {"good", "half", "empty", "array", "binary", "running", "odd-types", "bad-decision", "nan", "unreadable", "orphan", "linked"}
+    assert not records["linked"].report_exists and records["linked"].report_url is None
     assert records["good"].problem is None
     assert "not valid JSON" in records["half"].problem and records["half"].status is None
     assert "not valid JSON" in records["empty"].problem

@@ -69,7 +69,8 @@ def test_the_second_run_shows_the_drift_the_trend_and_links_the_first(drifting_r
     assert "This is the first recorded run of this source" in section(first, "history")
     html = (tmp / "reports" / "second.html").read_text()
     history = section(html, "history")
-    assert '<a href="first.html">open its report</a>' in history
+    # a relative link: the reports sit side by side, in reports/ and behind the Airflow plugin alike
+    assert '<a href="first.html" target="_blank" rel="noopener">open its report</a>' in history
     assert "drifted at PSI ≥ 0.2" in history
     rows = re.findall(r"<tr><td>([^<]+)</td>.*?<span class=\"level (\w+)\">", history, re.S)
     levels = dict(rows)

@@ -168,11 +168,14 @@ def test_the_listing_shows_runs_decisions_and_links(airflow_standalone, planted,
     for run_id in ("plugin_waiting", "plugin_rejected", "plugin_approved"):
         assert f'href="report/{run_id}.html"' in page
     assert "waiting for review" in page
-    assert ">approved</span>" in page and "by admin at 2026-11-25T11:00:00+00:00" in page
+    assert ">approved</span>" in page and "by admin at" in page and "2026-11-25 11:00 UTC" in page
+    assert 'title="2026-11-25T11:00:00+00:00"' in page
     assert ">rejected</span>" in page and "by ana" in page
     assert "1,000" in page and "50 (5.00%)" in page and "kmeans" in page
     # the half-written run is listed and says what is wrong, the page did not crash
     assert 'data-run-id="plugin_halfwritten"' in page and "not valid JSON" in page
+    # a symlink in the reports directory that leads outside is no report: not listed, no link
+    assert "escape" not in page
     # names and comments come from users and APIs: escaped, never markup
     assert HOSTILE_NAME not in page and "&lt;script&gt;alert(&#34;name&#34;)&lt;/script&gt;" in page
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt; looks fine &amp; done" in page
@@ -263,3 +266,113 @@ def test_open_report_extra_link_on_build_report(airflow_standalone, planted):  #
     assert url == report_url(run_id, base_path="") == f"{PREFIX}/report/plugin_link_probe.html"
     assert links("ingest") == {"Open report": None}  # a URL only on the report task
     assert _get(airflow_standalone, url, token=client.fetch_token())[0] == 200
+
+
+# --- in a real browser: log in through the Airflow UI, open the nav entry, open a report -------------------
+
+BROWSER_RUN = "plugin_browser"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from browser import require_chromium
+
+    return require_chromium()
+
+
+@pytest.fixture(scope="module")
+def real_report(airflow_standalone, planted, chromium):  # noqa: F811
+    """A real report: configs/demo.yaml run natively (no Airflow) against the demo API into the instance's dirs."""
+    from anomaly_detection.config import load_config
+    from anomaly_detection.demo_api import DemoDataset, serve_in_thread
+    from anomaly_detection.pipeline import run_pipeline
+
+    server, base = serve_in_thread(DemoDataset.generate(rows=2000, seed=11))
+    try:
+        config = load_config(ROOT / "configs" / "demo.yaml", {
+            "source.url": f"{base}/records",
+            "processing.mode": "native",
+            "output.runs_dir": str(planted["runs"]),
+            "output.reports_dir": str(planted["reports"]),
+        })  # fmt: skip
+        outcome = run_pipeline(config, run_id=BROWSER_RUN)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert outcome.status == "succeeded", outcome.error
+    published = planted["reports"] / f"{BROWSER_RUN}.html"
+    assert published.is_file()
+    return published
+
+
+def _sections_and_images(page) -> dict:
+    """What a reviewer sees of the report in ``page``: visible sections with headings, and every image."""
+    return page.evaluate(
+        """(() => {
+            const visible = el => el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})
+                && el.getBoundingClientRect().width > 0 && el.getBoundingClientRect().height > 0;
+            const sections = [...document.querySelectorAll("section[id]")]
+                .filter(s => visible(s) && s.querySelector("h2") && s.querySelector("h2").innerText.trim())
+                .map(s => s.id);
+            const images = [...document.images].map(img => ({src: img.src.slice(0, 30), ok: img.complete
+                && img.naturalWidth > 0 && img.naturalHeight > 0 && img.getBoundingClientRect().width > 0}));
+            return {sections, images, text: document.body.innerText.slice(0, 2000)};
+        })()"""
+    )
+
+
+def test_in_the_airflow_ui_a_logged_in_user_opens_a_report(airflow_standalone, planted, real_report, chromium):  # noqa: F811
+    from browser import Browser
+
+    password = json.loads(Path(airflow_standalone.env["AIRFLOW_CREDENTIALS_FILE"]).read_text())["admin"]
+    report_path = f"{PREFIX}/report/{BROWSER_RUN}.html"
+    with Browser.launch(chromium) as page:
+        # not logged in: the report URL sends the browser to Airflow's login form, which comes back to it
+        page.open(airflow_standalone.url + report_path)
+        page.wait_for("location.pathname === '/auth/login' && !!document.querySelector('input[name=password]')")
+        assert BROWSER_RUN not in page.evaluate("document.body.innerText")
+        page.type_text("input[name=username]", "admin")
+        page.type_text("input[name=password]", password)
+        page.click("button[type=submit]")
+        page.wait_for(f"location.pathname === {json.dumps(report_path)} && document.readyState === 'complete'")
+        direct = _sections_and_images(page)
+        assert {"run", "figures"} <= set(direct["sections"]), direct
+        assert direct["images"] and all(img["ok"] for img in direct["images"]), direct["images"]
+
+        # the "Anomaly reports" entry of the Airflow UI's navigation: the listing inside the UI
+        page.open(airflow_standalone.url + "/")
+        page.click('a[href$="plugin/anomaly-reports"]')
+        listing = "document.querySelector('iframe[title=\"Anomaly reports\"]')?.contentDocument"
+        page.wait_for(f"!!{listing}?.querySelector('tr[data-run-id={BROWSER_RUN}] a.open-report')")
+        assert page.evaluate("location.pathname").startswith("/plugin/anomaly-reports")
+        rows = page.evaluate(f"[...{listing}.querySelectorAll('tr[data-run-id]')].map(r => r.dataset.runId)")
+        assert rows[0] == BROWSER_RUN and {"plugin_approved", "plugin_rejected", "plugin_waiting"} <= set(rows)
+        row_text = page.evaluate(f"{listing}.querySelector('tr[data-run-id={BROWSER_RUN}]').innerText")
+        assert "waiting for review" in row_text and "demo" in row_text
+
+        # click "Open report" in the embedded listing (real mouse events at the link's place on the page)
+        x, y = page.evaluate(
+            f"""(() => {{
+                const frame = document.querySelector('iframe[title="Anomaly reports"]').getBoundingClientRect();
+                const link = {listing}.querySelector('tr[data-run-id={BROWSER_RUN}] a.open-report');
+                link.scrollIntoView({{block: "center"}});
+                const r = link.getClientRects()[0];
+                return [frame.left + r.left + r.width / 2, frame.top + r.top + r.height / 2];
+            }})()"""
+        )
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            page.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **({"button": "left", "clickCount": 1} if kind != "mouseMoved" else {})})
+        # the report is sandboxed (CSP): once it is in the frame, the UI can no longer look into the frame
+        page.wait_for("document.querySelector('iframe[title=\"Anomaly reports\"]').contentDocument === null")
+        assert airflow_standalone.url + report_path in page.requests
+        assert page.evaluate("location.pathname").startswith("/plugin/anomaly-reports")  # still inside the UI
+        time.sleep(1)  # let the frame paint
+        SCREENSHOT.unlink(missing_ok=True)
+        page.screenshot(SCREENSHOT)
+        assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size > 20_000
+
+        assert page.console_errors == [] and page.dialogs == []
+        # nothing but Airflow itself (its pages, the UI's blob: workers, data: images) was fetched
+        own = (airflow_standalone.url, "blob:" + airflow_standalone.url, "data:")
+        foreign = [u for u in page.requests if not u.startswith(own)]
+        assert foreign == []

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from .config import build_config
 from .errors import PipelineError
+from .report_index import report_url
 from .runs import RunPaths
 
 APPROVE = "Approve"
@@ -162,8 +163,6 @@ def gate_body(summary: Mapping[str, Any], *, base_path: str | None = None) -> st
     The link is the reports plugin's URL (plugins/anomaly_reports.py) below Airflow's base path
     (``base_path``; default from ``AIRFLOW__API__BASE_URL``).
     """
-    from .report_index import report_url
-
     best = summary.get("best") or {}
     share = 100 * float(best.get("anomaly_share") or 0)
     run_id = _report_run_id(summary)
