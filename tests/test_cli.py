@@ -144,7 +144,13 @@ def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path)
     assert all(m["info"]["engine"] == "spark" for m in results["models"])
     log = (run_dir / "pipeline.log").read_text()
     assert "spark path (processing.mode is spark)" in log and "skipped: dbscan" in log
-    planted = json.loads(urllib.request.urlopen(demo_api + "/planted").read())["ids"]
+    truth = json.loads(urllib.request.urlopen(demo_api + "/planted").read())
+    planted = truth["ids"]
     anomalies = pd.read_csv(run_dir / "anomalies.csv")
     assert set(planted) <= set(anomalies["id"]), "the Spark path misses planted anomalies"
-    assert (run_dir / "report.html").is_file()
+    # the explanations come from the features Spark stored with the flagged rows
+    for _, row in anomalies[anomalies["id"].isin(planted)].iterrows():
+        first = row["top_features"].split(";")[0].rsplit(":", 1)[0].removeprefix("metrics.")
+        assert first in truth["columns"][str(row["id"])], (row["id"], row["explanation"])
+    html = (run_dir / "report.html").read_text()
+    assert 'id="time"' in html and "<code>timestamp</code>" in html

@@ -291,3 +291,39 @@ def test_number_formatting() -> None:
     assert format_cell(pd.NA) == "—"
     assert format_cell(["a", 1]) == '["a", 1]'
     assert format_cell("x" * 500).endswith("…")
+
+
+def test_the_new_sections_escape_names_from_the_api(tmp_path: Path) -> None:
+    """Explanations, the time view, history, drift and the rerun diff carry API names and values."""
+    import pandas as pd
+
+    from anomaly_detection import history, timeline
+    from anomaly_detection.insights import HistoryView, TimeView
+    from anomaly_detection.rerun_diff import RerunDiff
+
+    inputs = make_inputs(hostile=True)
+    n = 50
+    times = (np.datetime64("2026-01-01T00:00:00") + np.arange(n) * np.timedelta64(1, "h")).astype("datetime64[ns]")
+    inputs.explained_features = {HOSTILE: 3}
+    inputs.explained_rows = 3
+    inputs.time_view = TimeView(
+        column=HOSTILE, configured=False, times=times, values=np.arange(n, dtype=float).reshape(n, 1),
+        anomalies=np.r_[np.zeros(n - 2), np.ones(2)], feature_names=[HOSTILE],
+        buckets=timeline.bucket_counts(times.astype(np.int64), np.array([1, 2])),
+    )  # fmt: skip
+    previous = {"run_id": HOSTILE, "finished_at": "2026-01-01T00:00:00Z", "rows": 10, "anomaly_count": 1, "anomaly_share": 0.1,
+                "best": {"algorithm": HOSTILE, "params": {HOSTILE: HOSTILE}}, "report": f"{HOSTILE}.html"}  # fmt: skip
+    current = {**previous, "run_id": "run-20240101-abc123", "report": "now.html"}
+    drift = history.FeatureDrift(HOSTILE, 1.0, 2.0, 0.5, 0.3, 0.05)
+    inputs.history = HistoryView("key", [previous, current], previous, [drift])
+    inputs.rerun = RerunDiff(
+        previous_run=HOSTILE, previous_count=1, current_count=2, kept=1, new_count=1, gone_count=0,
+        new=pd.DataFrame({HOSTILE: [HOSTILE]}), gone=pd.DataFrame({HOSTILE: []}), changes=[(HOSTILE, HOSTILE, 1)],
+    )  # fmt: skip
+    html = render(tmp_path, inputs)
+    assert HOSTILE not in html and "<b>" not in html
+    for name in ("time", "history", "rerun", "top"):
+        start = html.index(f'id="{name}"')
+        assert ESCAPED in html[start : html.index("</section>", start)], name
+    assert html.lower().count("<script") == 1
+    assert 'href="&lt;script&gt;alert(1)&lt;/script&gt;.html"' in html  # a link, never markup
