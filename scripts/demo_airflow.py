@@ -13,6 +13,7 @@ import sys
 import time
 
 from anomaly_detection.airflow_client import AirflowClient
+from anomaly_detection.report_index import report_url
 
 DAG = "anomaly_detection"
 
@@ -46,7 +47,8 @@ def main() -> int:
 The demo run is waiting for your review ({time.monotonic() - started:.0f} s after the trigger).
 
   Airflow UI   {url}/dags/{DAG}/runs/{run_id}   (log in as {user}; password in {creds})
-  Report       {report['report']}
+  Report       {url}{report_url(run_id)}   (inside Airflow: "Anomaly reports" in the navigation)
+               {report['report']}
   Best model   {best['algorithm']} {best['params']}: {best['anomaly_count']} anomalies ({100 * best['anomaly_share']:.2f}%)
 
 Approve, reject or rerun in the UI (task 'review' -> Required actions), or over REST:
@@ -57,6 +59,9 @@ Approve, reject or rerun in the UI (task 'review' -> Required actions), or over 
   curl -X PATCH "{url}/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/review/-1/hitlDetails" \\
        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
        -d '{{"chosen_options": ["Approve"], "params_input": {{"comment": "looks right"}}}}'
+
+Run `make demo` again for a second run: its report shows the trend and the drift (the demo API
+moves m01 and m02 by half a standard deviation per run) and links this one.
 
 An approved report is copied to {os.environ.get('ANOMALY_REPORTS_DIR', 'reports')}/approved/. Stop everything with: make stop
 """,
