@@ -151,6 +151,6 @@ def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path)
     # the explanations come from the features Spark stored with the flagged rows
     for _, row in anomalies[anomalies["id"].isin(planted)].iterrows():
         first = row["top_features"].split(";")[0].rsplit(":", 1)[0].removeprefix("metrics.")
-        assert first in truth["columns"][str(row["id"])], (row["id"], row["explanation"])
+        assert first in truth["columns"][str(int(row["id"]))], (row["id"], row["explanation"])  # ids: float in Spark's CSV
     html = (run_dir / "report.html").read_text()
     assert 'id="time"' in html and "<code>timestamp</code>" in html
