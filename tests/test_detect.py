@@ -21,6 +21,8 @@ PARAMS = {
     "kmeans": {"n_clusters": 3},
     "bisecting_kmeans": {"n_clusters": 3},
     "dbscan": {"eps_quantile": 0.95, "min_samples": 10},
+    "knn": {"n_neighbors": 10},
+    "local_outlier_factor": {"n_neighbors": 20},
 }
 
 
@@ -84,3 +86,18 @@ def test_run_grid_yields_one_detection_per_grid_point():
 def test_settings_validate_contamination():
     with pytest.raises(ValueError, match="contamination"):
         DetectorSettings(contamination=0.7)
+
+
+@pytest.mark.parametrize("algorithm", ["knn", "local_outlier_factor"])
+def test_neighbour_detectors_score_rows_outside_the_fit_sample_like_rows_inside(algorithm):
+    X, y = blobs_with_outliers(n=3000, outliers=30)
+    full = DETECTORS[algorithm](X, PARAMS[algorithm], DetectorSettings(fit_sample_size=100_000))
+    sampled = DETECTORS[algorithm](X, PARAMS[algorithm], DetectorSettings(fit_sample_size=1000))
+    assert sampled.info["fit_rows"] == 1000 and full.info["fit_rows"] == 3000
+    for det in (full, sampled):
+        top = np.argsort(-det.scores)[: y.sum()]
+        assert y[top].mean() >= 0.75
+    # the scores of a sample fit rank the rows like the full fit
+    from scipy.stats import spearmanr
+
+    assert spearmanr(full.scores, sampled.scores)[0] > 0.8

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans", "dbscan")
-Algorithm = Literal["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan"]
+ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor")
+Algorithm = Literal["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor"]
 
 #: Hyperparameter names each detector accepts in its grid (checked when the config loads).
 GRID_PARAMS: dict[str, frozenset[str]] = {
@@ -26,6 +26,8 @@ GRID_PARAMS: dict[str, frozenset[str]] = {
     "kmeans": frozenset({"n_clusters", "init", "n_init", "max_iter"}),
     "bisecting_kmeans": frozenset({"n_clusters", "max_iter", "bisecting_strategy"}),
     "dbscan": frozenset({"eps", "eps_quantile", "min_samples", "metric"}),
+    "knn": frozenset({"n_neighbors"}),
+    "local_outlier_factor": frozenset({"n_neighbors"}),
 }
 
 DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
@@ -48,6 +50,14 @@ DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
     "dbscan": {
         "simple": {"eps_quantile": [0.95, 0.99], "min_samples": [10]},
         "complex": {"eps_quantile": [0.9, 0.95, 0.98, 0.99], "min_samples": [5, 10, 20]},
+    },
+    "knn": {
+        "simple": {"n_neighbors": [10]},
+        "complex": {"n_neighbors": [5, 10, 20, 35]},
+    },
+    "local_outlier_factor": {
+        "simple": {"n_neighbors": [20]},
+        "complex": {"n_neighbors": [10, 20, 35, 50]},
     },
 }
 

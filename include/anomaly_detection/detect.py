@@ -157,11 +157,62 @@ def dbscan(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) ->
     return Detection("dbscan", params, scores, labels, eps, time.perf_counter() - started, info)
 
 
+def _neighbour_fit(X: np.ndarray, settings: DetectorSettings) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows neighbours are searched among (at most ``fit_sample_size``) and their indices in ``X``."""
+    idx = _sample(len(X), settings.fit_sample_size, np.random.default_rng(settings.random_state))
+    return (X if idx is None else X[idx]), idx
+
+
+def knn(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
+    """Distance to the k-th nearest neighbour (itself excluded) among at most ``fit_sample_size`` rows."""
+    started = time.perf_counter()
+    fit_rows, idx = _neighbour_fit(X, settings)
+    k = max(1, min(int(params.get("n_neighbors", 10)), len(fit_rows) - 1))
+    tree = NearestNeighbors(n_neighbors=k + 1).fit(fit_rows)
+    in_fit = np.zeros(len(X), dtype=bool)
+    in_fit[np.arange(len(X)) if idx is None else idx] = True
+    scores = np.empty(len(X))
+    for start in range(0, len(X), 100_000):
+        block = slice(start, min(start + 100_000, len(X)))
+        distances = tree.kneighbors(X[block], return_distance=True)[0]
+        # a row of the fit sample finds itself first: its k-th neighbour is the (k+1)-th hit
+        scores[block] = np.where(in_fit[block], distances[:, k], distances[:, k - 1])
+    labels, threshold = top_share_labels(scores, settings.contamination)
+    info = {"fit_rows": len(fit_rows), "n_neighbors": k}
+    return Detection("knn", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
+
+
+def local_outlier_factor(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
+    """Local Outlier Factor (``novelty=False``) on at most ``fit_sample_size`` rows; the other rows are
+    scored against that sample as new data (``novelty=True`` on the same sample)."""
+    from sklearn.neighbors import LocalOutlierFactor
+
+    started = time.perf_counter()
+    fit_rows, idx = _neighbour_fit(X, settings)
+    k = max(1, min(int(params.get("n_neighbors", 20)), len(fit_rows) - 1))
+    model = LocalOutlierFactor(n_neighbors=k).fit(fit_rows)
+    scores = np.empty(len(X))
+    if idx is None:
+        scores[:] = -model.negative_outlier_factor_
+    else:
+        scores[idx] = -model.negative_outlier_factor_
+        rest = np.setdiff1d(np.arange(len(X)), idx, assume_unique=True)
+        novelty = LocalOutlierFactor(n_neighbors=k, novelty=True).fit(fit_rows)
+        for start in range(0, len(rest), 100_000):
+            rows = rest[start : start + 100_000]
+            scores[rows] = -novelty.score_samples(X[rows])
+    labels, threshold = top_share_labels(scores, settings.contamination)
+    info = {"fit_rows": len(fit_rows), "n_neighbors": k}
+    return Detection("local_outlier_factor", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
+
+
 DETECTORS: dict[str, Callable[[np.ndarray, dict[str, Any], DetectorSettings], Detection]] = {
     "isolation_forest": isolation_forest,
     "kmeans": kmeans,
     "bisecting_kmeans": bisecting_kmeans,
     "dbscan": dbscan,
+    "knn": knn,
+    "local_outlier_factor": local_outlier_factor,
 }
 
 
