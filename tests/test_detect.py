@@ -23,6 +23,7 @@ PARAMS = {
     "dbscan": {"eps_quantile": 0.95, "min_samples": 10},
     "knn": {"n_neighbors": 10},
     "local_outlier_factor": {"n_neighbors": 20},
+    "ensemble": {"n_neighbors": 10},
 }
 
 

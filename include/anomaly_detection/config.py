@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor")
-Algorithm = Literal["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor"]
+ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor", "ensemble")
+Algorithm = Literal["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor", "ensemble"]
 
 #: Hyperparameter names each detector accepts in its grid (checked when the config loads).
 GRID_PARAMS: dict[str, frozenset[str]] = {
@@ -28,6 +28,7 @@ GRID_PARAMS: dict[str, frozenset[str]] = {
     "dbscan": frozenset({"eps", "eps_quantile", "min_samples", "metric"}),
     "knn": frozenset({"n_neighbors"}),
     "local_outlier_factor": frozenset({"n_neighbors"}),
+    "ensemble": frozenset({"n_neighbors"}),
 }
 
 DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
@@ -58,6 +59,10 @@ DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
     "local_outlier_factor": {
         "simple": {"n_neighbors": [20]},
         "complex": {"n_neighbors": [10, 20, 35, 50]},
+    },
+    "ensemble": {
+        "simple": {"n_neighbors": [10]},
+        "complex": {"n_neighbors": [10]},
     },
 }
 
@@ -189,6 +194,9 @@ class ModelingConfig(_Model):
 
 class EvaluationConfig(_Model):
     metric: Literal["silhouette", "davies_bouldin", "calinski_harabasz"] = "silhouette"
+    #: metric: the best configuration by ``metric``; ensemble: the ``ensemble`` detector's result
+    #: (added to the algorithms when missing), the metric still shown for every configuration.
+    selection: Literal["metric", "ensemble"] = "metric"
     label_column: str | None = None
     silhouette_sample_size: int = Field(2_000, ge=100)
 

@@ -206,6 +206,35 @@ def local_outlier_factor(X: np.ndarray, params: dict[str, Any], settings: Detect
     return Detection("local_outlier_factor", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
 
 
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Scores as fractional ranks in (0, 1] (ties averaged), so detectors of any scale combine."""
+    from scipy.stats import rankdata
+
+    return rankdata(scores) / len(scores)
+
+
+def ensemble(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
+    """A default Isolation Forest and kNN distance, rank-normalised and combined by their maximum.
+
+    A row ranks high when either the global view (Isolation Forest: few random splits isolate it)
+    or the local one (kNN: far from its k-th nearest neighbour) calls it extreme: the maximisation
+    rule of outlier ensembles (Aggarwal and Sathe, 2015). ``info`` keeps the members' rank
+    agreement (Spearman) as a confidence figure.
+    """
+    from scipy.stats import spearmanr
+
+    started = time.perf_counter()
+    forest = isolation_forest(X, {}, settings)
+    neighbours = knn(X, {"n_neighbors": int(params.get("n_neighbors", 10))}, settings)
+    a, b = _ranks(forest.scores), _ranks(neighbours.scores)
+    scores = np.maximum(a, b)
+    labels, threshold = top_share_labels(scores, settings.contamination)
+    agreement = float(spearmanr(a, b)[0]) if len(X) > 2 else float("nan")
+    info = {"members": ["isolation_forest (defaults)", f"knn (n_neighbors={neighbours.info['n_neighbors']})"],
+            "member_agreement": agreement}  # fmt: skip
+    return Detection("ensemble", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
+
+
 DETECTORS: dict[str, Callable[[np.ndarray, dict[str, Any], DetectorSettings], Detection]] = {
     "isolation_forest": isolation_forest,
     "kmeans": kmeans,
@@ -213,6 +242,7 @@ DETECTORS: dict[str, Callable[[np.ndarray, dict[str, Any], DetectorSettings], De
     "dbscan": dbscan,
     "knn": knn,
     "local_outlier_factor": local_outlier_factor,
+    "ensemble": ensemble,
 }
 
 

@@ -237,6 +237,8 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
         raise PipelineError(f"no model results found in {paths.models}")
     best_per_algorithm = {a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms}
     best = select_best(r for r in best_per_algorithm.values() if r is not None)
+    if config.evaluation.selection == "ensemble" and best_per_algorithm.get("ensemble") is not None:
+        best = best_per_algorithm["ensemble"]
     assert best is not None
     summary = _read_json(paths.summary)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
