@@ -206,30 +206,29 @@ def local_outlier_factor(X: np.ndarray, params: dict[str, Any], settings: Detect
     return Detection("local_outlier_factor", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
 
 
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """Scores as fractional ranks in (0, 1] (ties averaged), so detectors of any scale combine."""
-    from scipy.stats import rankdata
-
-    return rankdata(scores) / len(scores)
+def _standardise(scores: np.ndarray) -> np.ndarray:
+    """Scores as z-scores (mean 0, standard deviation 1), so detectors of any scale combine."""
+    spread = scores.std()
+    return (scores - scores.mean()) / (spread if spread > 0 else 1.0)
 
 
 def ensemble(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
-    """A default Isolation Forest and kNN distance, rank-normalised and combined by their maximum.
+    """A default Isolation Forest and kNN distance, standardised and combined by their maximum.
 
-    A row ranks high when either the global view (Isolation Forest: few random splits isolate it)
-    or the local one (kNN: far from its k-th nearest neighbour) calls it extreme: the maximisation
-    rule of outlier ensembles (Aggarwal and Sathe, 2015). ``info`` keeps the members' rank
-    agreement (Spearman) as a confidence figure.
+    A row scores high when either the global view (Isolation Forest: few random splits isolate it)
+    or the local one (kNN: far from its k-th nearest neighbour) calls it extreme: the standardise-
+    then-maximise rule of outlier ensembles (Aggarwal and Sathe, 2015). Standardising (not ranking)
+    keeps how far out a row is, so a member that sees no outlier does not push its top ranks up.
+    ``info`` keeps the members' rank agreement (Spearman) as a confidence figure.
     """
     from scipy.stats import spearmanr
 
     started = time.perf_counter()
     forest = isolation_forest(X, {}, settings)
     neighbours = knn(X, {"n_neighbors": int(params.get("n_neighbors", 10))}, settings)
-    a, b = _ranks(forest.scores), _ranks(neighbours.scores)
-    scores = np.maximum(a, b)
+    scores = np.maximum(_standardise(forest.scores), _standardise(neighbours.scores))
     labels, threshold = top_share_labels(scores, settings.contamination)
-    agreement = float(spearmanr(a, b)[0]) if len(X) > 2 else float("nan")
+    agreement = float(spearmanr(forest.scores, neighbours.scores)[0]) if len(X) > 2 else float("nan")
     info = {"members": ["isolation_forest (defaults)", f"knn (n_neighbors={neighbours.info['n_neighbors']})"],
             "member_agreement": agreement}  # fmt: skip
     return Detection("ensemble", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
