@@ -102,3 +102,18 @@ def test_neighbour_detectors_score_rows_outside_the_fit_sample_like_rows_inside(
     from scipy.stats import spearmanr
 
     assert spearmanr(full.scores, sampled.scores)[0] > 0.8
+
+
+def test_contamination_auto_flags_the_far_tail_and_falls_back_when_there_is_none():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0, 1, 2000), rng.normal(12, 1, 20)]  # 20 far in the tail
+    labels, threshold = top_share_labels(scores, "auto")
+    assert labels[-20:].all() and labels[:-20].mean() < 0.02
+    assert (scores[labels == 1] >= threshold).all()
+    # half the rows are "anomalies": no tail, so the fallback share is used
+    bimodal = np.r_[rng.normal(0, 1, 1000), rng.normal(10, 1, 1000)]
+    labels, _ = top_share_labels(bimodal, "auto")
+    assert labels.sum() == 100
+    with pytest.raises(ValueError, match="'auto' or in"):
+        DetectorSettings(contamination="sometimes")
+    assert DetectorSettings(contamination="auto").contamination == "auto"

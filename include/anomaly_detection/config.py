@@ -155,13 +155,21 @@ class SparkConfig(_Model):
 class ModelingConfig(_Model):
     algorithms: list[Algorithm] = Field(default_factory=lambda: ["isolation_forest", "kmeans", "dbscan"])
     hyperparameters: Literal["simple", "complex"] = "simple"
-    contamination: float = Field(0.05, gt=0, le=0.5)
+    #: Share of rows flagged (0 < c <= 0.5), or "auto": Tukey's upper fence of each model's scores.
+    contamination: float | Literal["auto"] = 0.05
     random_state: int = 42
     fit_sample_size: int = Field(100_000, ge=100)
     dbscan_sample_size: int = Field(5_000, ge=50)
     grids: dict[Algorithm, dict[Literal["simple", "complex"], dict[str, list[Any]]]] = Field(
         default_factory=lambda: copy.deepcopy(DEFAULT_GRIDS)
     )
+
+    @field_validator("contamination")
+    @classmethod
+    def _share_or_auto(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0 < float(value) <= 0.5:
+            raise ValueError(f"contamination must be 'auto' or a share in (0, 0.5], got {value}")
+        return value
 
     @field_validator("algorithms")
     @classmethod

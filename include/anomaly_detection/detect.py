@@ -29,14 +29,16 @@ log = logging.getLogger(__name__)
 class DetectorSettings:
     """Settings shared by every detector of a run (keyword-only construction)."""
 
-    contamination: float = 0.05
+    contamination: float | str = 0.05
     random_state: int = 0
     fit_sample_size: int = 100_000
     dbscan_sample_size: int = 5_000
 
     def __post_init__(self) -> None:
-        if not 0 < self.contamination <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination}")
+        if self.contamination == "auto":
+            return
+        if isinstance(self.contamination, str) or not 0 < self.contamination <= 0.5:
+            raise ValueError(f"contamination must be 'auto' or in (0, 0.5], got {self.contamination!r}")
 
 
 @dataclass
@@ -64,12 +66,35 @@ class Detection:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def top_share_labels(scores: np.ndarray, contamination: float) -> tuple[np.ndarray, float]:
+#: Share flagged when ``contamination: auto`` finds no usable fence (none or more than half the rows above it).
+AUTO_FALLBACK_SHARE = 0.05
+
+
+def tukey_fence(scores: np.ndarray) -> float:
+    """Tukey's upper fence of the scores, Q3 + 1.5 IQR: scores above it are far in the upper tail."""
+    q1, q3 = np.percentile(scores, [25, 75])
+    return float(q3 + 1.5 * (q3 - q1))
+
+
+def top_share_labels(scores: np.ndarray, contamination: float | str) -> tuple[np.ndarray, float]:
     """Label the ``ceil(contamination * n)`` highest scores as anomalies.
+
+    With ``contamination="auto"`` the rows above Tukey's upper fence of the scores are anomalies;
+    when that flags no row, or more than half, the anomalies are not a tail of this score and the
+    top :data:`AUTO_FALLBACK_SHARE` is used instead (logged).
 
     Returns the labels and the threshold: the lowest score among the rows labelled anomalous.
     """
     n = len(scores)
+    if contamination == "auto":
+        above = scores > tukey_fence(scores)
+        if 0 < above.sum() <= n / 2:
+            return above.astype(np.int8), float(scores[above].min())
+        log.warning(
+            "contamination auto: %d of %d rows above the fence; using the top %.0f%% instead",
+            int(above.sum()), n, 100 * AUTO_FALLBACK_SHARE,
+        )  # fmt: skip
+        contamination = AUTO_FALLBACK_SHARE
     k = min(n, max(1, math.ceil(contamination * n)))
     order = np.argpartition(-scores, k - 1)[:k]
     labels = np.zeros(n, dtype=np.int8)
