@@ -240,9 +240,8 @@ def tune_one(data: Any, sample: FitSample, ccols: list[str], n: int, algorithm: 
         info["fit_seconds"] = round(time.perf_counter() - started, 3)
         scored = centroid_scores(data, keep, ccols, fitted)
         centers = len(fitted)
-    top = min(n, max(1, math.ceil(modeling.contamination * n)))
     clock = time.perf_counter()
-    threshold = float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
+    threshold = spark_threshold(scored, n, modeling.contamination, info)
     info["threshold_seconds"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))
@@ -398,6 +397,27 @@ def split_metrics(flagged: Any, ccols: list[str], n: int, *, centers: int, with_
             metrics["precision"], metrics["recall"] = precision, recall
             metrics["f1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return metrics, stats
+
+
+def spark_threshold(scored: Any, n: int, contamination: float | str, info: dict[str, Any]) -> float:
+    """The score above which rows are anomalies: the top ``contamination`` share by ``approxQuantile``,
+    or for ``"auto"`` Tukey's upper fence Q3 + 1.5 IQR (as the native path), falling back to the top
+    5 % when no row, or more than half, lies above it."""
+    from pyspark.sql import functions as F
+
+    from anomaly_detection.detect import AUTO_FALLBACK_SHARE
+
+    if contamination == "auto":
+        q1, q3 = scored.approxQuantile("_score", [0.25, 0.75], QUANTILE_ERROR)
+        fence = float(q3 + 1.5 * (q3 - q1))
+        above = scored.where(F.col("_score") > F.lit(fence)).count()
+        if 0 < above <= n / 2:
+            info["threshold_rule"] = "auto: Tukey fence"
+            return fence
+        info["threshold_rule"] = f"auto: {above} rows above the fence, top {AUTO_FALLBACK_SHARE:.0%} used"
+        contamination = AUTO_FALLBACK_SHARE
+    top = min(n, max(1, math.ceil(float(contamination) * n)))
+    return float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
 
 
 def save_best(scored: Any, threshold: float, n: int, ccols: list[str], paths: RunPaths, algorithm: str, *, config: PipelineConfig) -> None:
