@@ -117,3 +117,19 @@ def test_contamination_auto_flags_the_far_tail_and_falls_back_when_there_is_none
     with pytest.raises(ValueError, match="'auto' or in"):
         DetectorSettings(contamination="sometimes")
     assert DetectorSettings(contamination="auto").contamination == "auto"
+
+
+def test_ensemble_finds_global_and_local_outliers_and_is_deterministic():
+    rng = np.random.default_rng(3)
+    dense = rng.normal(0.3, 0.01, size=(500, 2))  # a tight cluster
+    loose = rng.normal(0.7, 0.08, size=(500, 2))  # a wide one
+    local = np.array([[0.5, 0.5], [0.45, 0.55]])  # between the clusters, inside the data's range
+    far = np.array([[0.0, 1.0], [1.0, 0.0]])  # far from everything
+    X = np.vstack([dense, loose, local, far])
+    settings = DetectorSettings(contamination=0.01, random_state=5)
+    a = DETECTORS["ensemble"](X, {"n_neighbors": 10}, settings)
+    b = DETECTORS["ensemble"](X, {"n_neighbors": 10}, settings)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    top = set(np.argsort(-a.scores)[:10])
+    assert {1000, 1001, 1002, 1003} <= top
+    assert -1 <= a.info["member_agreement"] <= 1 and len(a.info["members"]) == 2

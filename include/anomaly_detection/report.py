@@ -548,6 +548,16 @@ def _why_best(models: list[dict], best: dict) -> tuple[str, str | None]:
     metric = str(best.get("metric") or "score")
     direction = "lowest" if metric in LOWER_IS_BETTER else "highest"
     scored_models = [m for m in models if m.get("score") is not None]
+    info = best.get("info") or {}
+    if best.get("algorithm") == "ensemble":
+        agreement = info.get("member_agreement")
+        why = (
+            "default selection: the ensemble of " + " and ".join(map(str, info.get("members") or ["its members"]))
+            + " (standardised scores, maximum)"
+            + (f"; the members' rank agreement is {format_number(agreement, 2)} (Spearman)" if agreement is not None else "")
+            + f"; its {metric} is {format_number(best.get('score'))}"
+        )
+        return why, None
     why = f"{direction} {metric} ({format_number(best.get('score'))}) of {len(models)} configuration{'s' if len(models) != 1 else ''}"
     if best.get("flags"):
         why += "; it carries flags: " + ", ".join(map(str, best["flags"]))
