@@ -15,56 +15,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .detectors import REGISTRY
 from .errors import ConfigError
 
-ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor", "ensemble")
-Algorithm = Literal["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan", "knn", "local_outlier_factor", "ensemble"]
+ALGORITHMS = tuple(REGISTRY)
+Algorithm = Literal[ALGORITHMS]  # type: ignore[valid-type]  # the registered detectors' names
 
 #: Hyperparameter names each detector accepts in its grid (checked when the config loads).
-GRID_PARAMS: dict[str, frozenset[str]] = {
-    "isolation_forest": frozenset({"n_estimators", "max_samples", "max_features", "bootstrap"}),
-    "kmeans": frozenset({"n_clusters", "init", "n_init", "max_iter"}),
-    "bisecting_kmeans": frozenset({"n_clusters", "max_iter", "bisecting_strategy"}),
-    "dbscan": frozenset({"eps", "eps_quantile", "min_samples", "metric"}),
-    "knn": frozenset({"n_neighbors"}),
-    "local_outlier_factor": frozenset({"n_neighbors"}),
-    "ensemble": frozenset({"n_neighbors"}),
-}
+GRID_PARAMS: dict[str, frozenset[str]] = {name: d.params for name, d in REGISTRY.items()}
 
-DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
-    "isolation_forest": {
-        "simple": {"n_estimators": [100], "max_samples": [256]},
-        "complex": {
-            "n_estimators": [100, 200, 300],
-            "max_samples": [128, 256, 512],
-            "max_features": [0.5, 0.75, 1.0],
-        },
-    },
-    "kmeans": {
-        "simple": {"n_clusters": [3, 5, 8]},
-        "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]},
-    },
-    "bisecting_kmeans": {
-        "simple": {"n_clusters": [3, 5, 8]},
-        "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]},
-    },
-    "dbscan": {
-        "simple": {"eps_quantile": [0.95, 0.99], "min_samples": [10]},
-        "complex": {"eps_quantile": [0.9, 0.95, 0.98, 0.99], "min_samples": [5, 10, 20]},
-    },
-    "knn": {
-        "simple": {"n_neighbors": [10]},
-        "complex": {"n_neighbors": [5, 10, 20, 35]},
-    },
-    "local_outlier_factor": {
-        "simple": {"n_neighbors": [20]},
-        "complex": {"n_neighbors": [10, 20, 35, 50]},
-    },
-    "ensemble": {
-        "simple": {"n_neighbors": [10]},
-        "complex": {"n_neighbors": [10]},
-    },
-}
+DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {name: copy.deepcopy(d.grids) for name, d in REGISTRY.items()}
 
 _SECRET_NAME = re.compile(r"(auth|token|secret|passw|api[-_]?key|apikey|cookie|session|signature|sig$|key$)", re.I)
 REDACTED = "***"
