@@ -3,7 +3,8 @@
 For every ``*.npz`` (arrays ``X`` and ``y``, 1 = anomaly) in the folders given (default:
 ``../shared/data/adbench``), the native pipeline's own stages run on the data written as an
 ingested table with a label column: preprocess (duplicates, scaling, imputation) -> detect (every
-configured algorithm over its grid) -> select (the configured strategy). The label column is never
+configured algorithm over its grid; the default config) -> select (``--selection``, default
+the project's default ``ensemble``; ``--selection metric`` picks by ``--metric``). The label column is never
 a feature; it only scores the outcome. Printed per dataset:
 
 * the selected configuration and its ROC-AUC and PR-AUC (average precision) of the scores;
@@ -62,7 +63,6 @@ def run_dataset(path: Path, workdir: Path, *, max_rows: int, seed: int, hyperpar
             "modeling.hyperparameters": hyperparameters,
             "modeling.random_state": seed,
             "evaluation.selection": selection,
-            **({"modeling.algorithms": ["isolation_forest", "kmeans", "dbscan", "ensemble"]} if selection == "ensemble" else {}),
             "output.runs_dir": str(workdir / "runs"),
             "output.reports_dir": str(workdir / "reports"),
         }
@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hyperparameters", choices=["simple", "complex"], default="simple")
     parser.add_argument("--metric", default="silhouette", help="evaluation.metric")
-    parser.add_argument("--selection", choices=["metric", "ensemble"], default="metric", help="evaluation.selection")
+    parser.add_argument("--selection", choices=["metric", "ensemble"], default="ensemble", help="evaluation.selection (default: the project's default)")
     args = parser.parse_args()
     folders = args.folders or [DEFAULT_FOLDER]
     files = sorted(f for folder in folders for f in Path(folder).glob("*.npz"))

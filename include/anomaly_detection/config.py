@@ -113,7 +113,7 @@ class SparkConfig(_Model):
 
 
 class ModelingConfig(_Model):
-    algorithms: list[Algorithm] = Field(default_factory=lambda: ["isolation_forest", "kmeans", "dbscan"])
+    algorithms: list[Algorithm] = Field(default_factory=lambda: ["ensemble", "isolation_forest", "kmeans", "dbscan"])
     hyperparameters: Literal["simple", "complex"] = "simple"
     #: Share of rows flagged (0 < c <= 0.5), or "auto": Tukey's upper fence of each model's scores.
     contamination: float | Literal["auto"] = 0.05
@@ -164,7 +164,7 @@ class EvaluationConfig(_Model):
     metric: Literal["silhouette", "davies_bouldin", "calinski_harabasz"] = "silhouette"
     #: metric: the best configuration by ``metric``; ensemble: the ``ensemble`` detector's result
     #: (added to the algorithms when missing), the metric still shown for every configuration.
-    selection: Literal["metric", "ensemble"] = "metric"
+    selection: Literal["metric", "ensemble"] = "ensemble"
     label_column: str | None = None
     silhouette_sample_size: int = Field(2_000, ge=100)
 

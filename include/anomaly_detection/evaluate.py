@@ -258,3 +258,29 @@ def split_metrics_from_aggregates(
     separation = float(np.sqrt(((centroids[0] - centroids[1]) ** 2).sum()))
     davies = 0.0 if separation == 0 else float(np.sum(mean_distances)) / separation
     return {"davies_bouldin": _finite(davies), "calinski_harabasz": _finite(calinski)}
+
+
+def choose(results: Iterable[ModelResult], *, selection: str) -> tuple[ModelResult | None, str]:
+    """The selected configuration and why, under ``evaluation.selection``.
+
+    ``ensemble`` (the default) takes the ``ensemble`` detector's result: a default Isolation
+    Forest and kNN distance combined, which beats a default Isolation Forest on labelled
+    benchmarks where picking by an internal metric does not (docs/SELECTION.md). It falls back to
+    the best configuration by the metric, saying why, when the ensemble did not run (not in
+    ``modeling.algorithms``; the Spark path has no kNN) or is flagged unusable (degenerate), so a
+    sound configuration always wins over a degenerate one. ``metric`` picks by the metric alone.
+    """
+    results = list(results)
+    by_metric = select_best(results)
+    if by_metric is None:
+        return None, "no configuration was evaluated"
+    metric = by_metric.metric
+    if selection != "ensemble":
+        return by_metric, f"best {metric} of {len(results)} configurations"
+    ensembles = [r for r in results if r.algorithm == "ensemble"]
+    if not ensembles:
+        return by_metric, f"the ensemble did not run (not in modeling.algorithms, or not on this engine): best {metric} instead"
+    ensemble = select_best(ensembles)
+    if not ensemble.selectable and by_metric.selectable:
+        return by_metric, f"the ensemble is unusable ({'; '.join(ensemble.flags)}): best {metric} instead"
+    return ensemble, "the default ensemble of a default Isolation Forest and kNN distance"

@@ -24,7 +24,7 @@ from . import __version__
 from .config import PipelineConfig, redact_url
 from .detect import DetectorSettings, run_grid
 from .errors import PipelineError
-from .evaluate import ModelResult, better, evaluate, select_best
+from .evaluate import ModelResult, better, choose, evaluate, select_best
 from .explain import Reference, explain, feature_counts, fit_reference
 from .ingest import CredentialResolver, env_credentials, ingest
 from .preprocess import preprocess
@@ -236,10 +236,9 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     if not results:
         raise PipelineError(f"no model results found in {paths.models}")
     best_per_algorithm = {a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms}
-    best = select_best(r for r in best_per_algorithm.values() if r is not None)
-    if config.evaluation.selection == "ensemble" and best_per_algorithm.get("ensemble") is not None:
-        best = best_per_algorithm["ensemble"]
+    best, why = choose(results, selection=config.evaluation.selection)
     assert best is not None
+    log.info("selection (%s): %s", config.evaluation.selection, why)
     summary = _read_json(paths.summary)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
     reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)))
@@ -256,6 +255,8 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
 
     ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
     warnings = [f"best model: {flag}" for flag in best.flags]
+    if config.evaluation.selection == "ensemble" and best.algorithm != "ensemble":
+        warnings.append(f"selection: {why}")
     if not best.selectable:
         warnings.append("no configuration passed the sanity checks; the best of the flawed ones is shown")
     best_dict = best.to_dict()
@@ -277,6 +278,7 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
         "models": [r.to_dict() for r in results],
         "best_per_algorithm": {a: (r.to_dict() if r else None) for a, r in best_per_algorithm.items()},
         "best": best_dict,
+        "selection": {"strategy": config.evaluation.selection, "why": why},
         "warnings": warnings,
         "anomalies": str(paths.anomalies),
         "report": str(paths.report),
