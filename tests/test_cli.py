@@ -71,7 +71,8 @@ def test_demo_run_reports_the_planted_anomalies(demo_api, tmp_path):
     assert results["status"] == "succeeded" and results["run_id"] == "demo-e2e"
     assert results["rows"]["ingested"] == 3000 and results["rows"]["duplicates_removed"] > 0
     assert "id" not in results["features"] and len(results["features"]) >= 12
-    assert {m["algorithm"] for m in results["models"]} == {"isolation_forest", "kmeans", "dbscan"}
+    assert {m["algorithm"] for m in results["models"]} == {"ensemble", "isolation_forest", "kmeans", "dbscan"}
+    assert results["best"]["algorithm"] == "ensemble" and results["selection"]["strategy"] == "ensemble"  # the default
     for m in results["models"]:
         assert {"algorithm", "params", "metric", "score", "anomaly_count", "seconds"} <= m.keys()
     assert {"anomaly_share", "algorithm", "params", "score"} <= results["best"].keys()

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from anomaly_detection.config import load_config
-from anomaly_detection.detect import DetectorSettings, kmeans
+from anomaly_detection.detect import DetectorSettings
+from anomaly_detection.detectors.centroids import kmeans
 from anomaly_detection.preprocess import preprocess
 from anomaly_detection.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.spark_submit import failure_cause, run_spark_job, spark_env, spark_submit_command
@@ -134,3 +135,20 @@ def test_a_column_entirely_null_is_dropped_with_its_reason(tmp_path):
     assert summary["features"] == ["a", "b"]
     assert "empty" in summary["columns_dropped"]
     assert "empty" in paths.log.read_text()
+
+
+def test_contamination_auto_uses_the_tukey_fence_on_spark_as_natively(tmp_path):
+    table, planted = planted_table(n=20_000, seed=3)
+    overrides = {
+        "modeling": {"algorithms": ["isolation_forest"], "contamination": "auto",
+                     "grids": {"isolation_forest": {"simple": {"n_estimators": [100], "max_samples": [256]}}}},
+        "evaluation": {"label_column": "label"},
+    }  # fmt: skip
+    paths, config_path = write_run(tmp_path, table, overrides)
+    for job in ("preprocess", "detect"):
+        run_spark_job(job, paths.root, config_path, master=MASTER, conf=QUICK_JVM, timeout=JOB_TIMEOUT * 2)
+    (result,) = _results(paths, "isolation_forest")
+    assert result["info"]["threshold_rule"] == "auto: Tukey fence"
+    flagged = set(flagged_positions(paths, "isolation_forest"))
+    assert len(flagged) < 0.1 * len(table)  # a tail, not a fixed share
+    assert len(set(planted) & flagged) >= 0.9 * len(planted)

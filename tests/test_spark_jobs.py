@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from anomaly_detection.config import load_config
-from anomaly_detection.detect import DetectorSettings, kmeans
+from anomaly_detection.detect import DetectorSettings
+from anomaly_detection.detectors.centroids import kmeans
 from anomaly_detection.errors import PipelineError
 from anomaly_detection.pipeline import report_stage, select_stage
 from anomaly_detection.preprocess import preprocess

@@ -557,7 +557,14 @@ def _why_best(models: list[dict], best: dict) -> tuple[str, str | None]:
             + (f"; the members' rank agreement is {format_number(agreement, 2)} (Spearman)" if agreement is not None else "")
             + f"; its {metric} is {format_number(best.get('score'))}"
         )
-        return why, None
+        others = sorted((m for m in scored_models if m.get("algorithm") != "ensemble"), key=_score_key)
+        if not others:
+            return why, None
+        runner = others[0]
+        return why, (
+            f"{runner.get('algorithm')} ({_format_params(runner.get('params'))}), the best by {metric} at "
+            f"{format_number(runner.get('score'))}"
+        )
     why = f"{direction} {metric} ({format_number(best.get('score'))}) of {len(models)} configuration{'s' if len(models) != 1 else ''}"
     if best.get("flags"):
         why += "; it carries flags: " + ", ".join(map(str, best["flags"]))
