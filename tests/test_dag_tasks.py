@@ -14,7 +14,7 @@ def test_params_override_the_config_file_and_empty_fields_keep_it():
     cfg = dag_tasks.config_from_params({"config": "demo.yaml", "contamination": 0.1, "mode": None, "algorithms": []})
     assert cfg.modeling.contamination == 0.1
     assert cfg.processing.mode == "native"  # from demo.yaml
-    assert cfg.modeling.algorithms == ["isolation_forest", "kmeans", "dbscan"]
+    assert cfg.modeling.algorithms == ["ensemble", "isolation_forest", "kmeans", "dbscan"]  # the default: an empty list keeps it
     assert cfg.output.runs_dir.endswith("runs")
 
 
