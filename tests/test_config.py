@@ -103,3 +103,31 @@ def test_secrets_are_redacted_from_saved_config():
         assert secret not in text
     assert "q=ok" in text and "Accept" in text and "limit" in text
     assert redact_url("http://h/p?sig=abc&x=1") == "http://h/p?sig=***&x=1"
+
+
+def test_secret_values_cover_headers_params_query_userinfo_and_scheme_values():
+    cfg = build_config(
+        {
+            "source": {
+                "url": "https://user:PWD123@api.example.com/v1?api_key=SECRET1&q=ok",
+                "headers": {"X-Api-Key": "SECRET2", "X-Custom": "Bearer SECRET4", "Accept": "json"},
+                "params": {"token": "SECRET3", "limit": 5},
+            }
+        }
+    )
+    values = cfg.secret_values()
+    for secret in ("SECRET1", "SECRET2", "SECRET3", "SECRET4", "Bearer SECRET4", "PWD123"):
+        assert secret in values
+    assert "json" not in values and "ok" not in values
+    text = yaml.safe_dump(cfg.redacted())
+    assert "SECRET4" not in text and "X-Custom" in text
+
+
+def test_config_files_are_read_as_data_never_code(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['touch " + str(tmp_path / "pwned") + "']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(ConfigError):
+        load_config(None, {"name": "__import__('os').system('true')", "modeling.contamination": "0.1 + 0.1"})

@@ -31,6 +31,9 @@ def test_form_fields_beat_free_overrides():
         ({"hyperparameters": "medium"}, "modeling.hyperparameters"),
         ({"overrides": {"modeling.colour": 1}}, "modeling.colour"),
         ({"overrides": "x"}, "overrides"),
+        ({"overrides": {"output.runs_dir": "/etc"}}, "set by the deployment"),
+        ({"overrides": {"output": {"reports_dir": "/tmp/x"}}}, "set by the deployment"),
+        ({"config": "/etc/passwd"}, "not a config file"),
     ],
 )
 def test_bad_conf_names_the_key(params, fragment):
@@ -52,3 +55,21 @@ def test_resolve_writes_the_config_and_run_meta(tmp_path):
     run_dir = tmp_path / "runs" / out["run_dir"].rsplit("/", 1)[1]
     assert (run_dir / "config.resolved.yaml").exists()
     assert '"rerun_of": "manual__first"' in (run_dir / "run_meta.json").read_text()
+
+
+def test_a_config_symlinked_out_of_the_configs_folder_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "ok.yaml").write_text("name: ok\n")
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("name: outside\n")
+    (folder / "linked.yaml").symlink_to(outside)
+    monkeypatch.setenv("ANOMALY_CONFIGS_DIR", str(folder))
+    assert dag_tasks.config_from_params({"config": "ok.yaml"}).name == "ok"
+    with pytest.raises(ConfigError, match="outside"):
+        dag_tasks.config_from_params({"config": "linked.yaml"})
+
+
+def test_the_deployment_decides_where_outputs_go(tmp_path):
+    cfg = dag_tasks.config_from_params({"config": "demo.yaml"})
+    assert cfg.output.runs_dir == str(tmp_path / "runs") and cfg.output.reports_dir == str(tmp_path / "reports")

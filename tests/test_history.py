@@ -104,3 +104,12 @@ def test_nan_and_numpy_values_are_stored_as_valid_json(tmp_path):
     history.append(path, {"run_id": "r", "score": float("nan"), "rows": np.int64(5), "share": np.float32(0.5)})
     (entry,) = history.read(path)
     assert entry["score"] is None and entry["rows"] == 5 and entry["share"] == 0.5
+
+
+def test_a_line_cut_by_a_killed_writer_costs_only_that_line(tmp_path):
+    path = tmp_path / "history.jsonl"
+    history.append(path, {"run_id": "r1", "source_key": "s"})
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"run_id": "r2", "source_k')  # the writer died here
+    history.append(path, {"run_id": "r3", "source_key": "s"})
+    assert [e["run_id"] for e in history.read(path)] == ["r1", "r3"]

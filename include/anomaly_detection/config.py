@@ -27,6 +27,8 @@ GRID_PARAMS: dict[str, frozenset[str]] = {name: d.params for name, d in REGISTRY
 DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {name: copy.deepcopy(d.grids) for name, d in REGISTRY.items()}
 
 _SECRET_NAME = re.compile(r"(auth|token|secret|passw|api[-_]?key|apikey|cookie|session|signature|sig$|key$)", re.I)
+#: A value that carries its own credential scheme is secret whatever its key is called.
+_SECRET_VALUE = re.compile(r"^\s*(bearer|basic|token|digest)\s+\S", re.I)
 REDACTED = "***"
 
 
@@ -82,6 +84,8 @@ class SourceConfig(_Model):
     max_backoff_seconds: float = Field(30.0, ge=0)
     concurrency: int = Field(4, ge=1, le=64)
     max_requests_per_second: float | None = Field(None, gt=0)
+    #: A response body larger than this is refused while it streams (the part read is kept).
+    max_response_bytes: int = Field(256 * 1024**2, ge=1024)
 
     @field_validator("url")
     @classmethod
@@ -103,6 +107,11 @@ class ProcessingConfig(_Model):
     exclude_features: list[str] = Field(default_factory=list)
     max_list_length: int = Field(10, ge=0)
     max_depth: int = Field(32, ge=1)
+    #: A response whose records flatten to more columns than this is refused.
+    max_columns: int = Field(5_000, ge=1)
+    #: Memory the native path may use, in MiB; None: half of this machine's physical memory.
+    #: A larger dataset stops with advice to use Spark (``mode: native``) or goes to Spark (``auto``).
+    native_memory_budget_mb: int | None = Field(None, gt=0)
 
 
 class SparkConfig(_Model):
@@ -202,9 +211,29 @@ class PipelineConfig(_Model):
         data = self.model_dump(mode="json")
         src = data["source"]
         src["url"] = redact_url(src["url"])
-        src["headers"] = {k: (REDACTED if _SECRET_NAME.search(k) else v) for k, v in src["headers"].items()}
-        src["params"] = {k: (REDACTED if _SECRET_NAME.search(k) else v) for k, v in src["params"].items()}
+        src["headers"] = {k: (REDACTED if _is_secret(k, v) else v) for k, v in src["headers"].items()}
+        src["params"] = {k: (REDACTED if _is_secret(k, v) else v) for k, v in src["params"].items()}
         return data
+
+    def secret_values(self) -> list[str]:
+        """The secrets written in the config itself (secret-looking headers, parameters, URL query
+        values and URL passwords), to be masked wherever text is logged or rendered."""
+        source = self.source
+        pairs = [*source.headers.items(), *source.params.items()]
+        parts = urlsplit(source.url)
+        pairs += parse_qsl(parts.query, keep_blank_values=True)
+        found = [str(v) for k, v in pairs if _is_secret(k, v)]
+        if parts.password:
+            found.append(parts.password)
+        for value in list(found):
+            scheme, _, rest = value.strip().partition(" ")
+            if rest and _SECRET_VALUE.match(value):
+                found.append(rest.strip())
+        return sorted({v for v in found if len(v) >= 3}, key=len, reverse=True)
+
+
+def _is_secret(key: str, value: Any) -> bool:
+    return bool(_SECRET_NAME.search(str(key))) or (isinstance(value, str) and bool(_SECRET_VALUE.match(value)))
 
 
 # --------------------------------------------------------------------------- loading
@@ -217,7 +246,7 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = urlencode(
-        [(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [(k, REDACTED if _is_secret(k, v) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
         safe="*",
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -16,10 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .config import PipelineConfig, build_config, read_config_file
+from . import atomic
+from .config import PipelineConfig, build_config, expand_dotted, read_config_file
 from .errors import ConfigError
 from .ingest import CredentialResolver, env_credentials
-from .runs import RunPaths, run_logging, safe_run_id, utc_now
+from .runs import SECRET_MASK, RunPaths, run_logging, safe_run_id, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,14 @@ def spark_jobs_dir() -> Path:
 def config_file(name: str | None) -> Path:
     """The config file a run names, which must be a YAML file directly inside ``configs/``."""
     name = name or DEFAULT_CONFIG
-    available = sorted(p.name for p in configs_dir().glob("*.yaml"))
+    folder = configs_dir().resolve()
+    available = sorted(p.name for p in folder.glob("*.yaml"))
     if "/" in name or "\\" in name or name not in available:
-        raise ConfigError(f"config: {name!r} is not a config file in {configs_dir()}; available: {', '.join(available)}")
-    return configs_dir() / name
+        raise ConfigError(f"config: {name!r} is not a config file in {folder}; available: {', '.join(available)}")
+    path = (folder / name).resolve()
+    if path.parent != folder:  # a symlink out of the folder
+        raise ConfigError(f"config: {name!r} resolves to {path}, outside {folder}; config files must live in it")
+    return path
 
 
 def config_from_params(params: Mapping[str, Any]) -> PipelineConfig:
@@ -68,9 +73,16 @@ def config_from_params(params: Mapping[str, Any]) -> PipelineConfig:
     overrides = params.get("overrides") or {}
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"overrides: must be an object of config keys, got {type(overrides).__name__}")
+    if "output" in expand_dotted(overrides):
+        raise ConfigError(
+            "overrides: output.* (where runs and reports are written) is set by the deployment "
+            "(ANOMALY_RUNS_DIR, ANOMALY_REPORTS_DIR), not by a run's conf"
+        )
     fields = {key: params[name] for name, key in PARAM_KEYS.items() if params.get(name) not in (None, "", [])}
     locations = {"output": {"runs_dir": str(runs_dir()), "reports_dir": str(reports_dir())}}
-    return build_config(read_config_file(config_file(params.get("config"))), locations, overrides, fields)
+    config = build_config(read_config_file(config_file(params.get("config"))), overrides, fields, locations)
+    SECRET_MASK.add(*config.secret_values())
+    return config
 
 
 def _paths(config: PipelineConfig, run_id: str) -> RunPaths:
@@ -101,7 +113,7 @@ def resolve(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     with stage(params, run_id) as (config, paths):
         resolve_stage(config, paths)
         meta = {"airflow_run_id": run_id, "started_at": utc_now(), "rerun_of": params.get("rerun_of") or None}
-        (paths.root / "run_meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        atomic.write_text(paths.root / "run_meta.json", json.dumps(meta, indent=2))
         if meta["rerun_of"]:
             log.info("run %s is a rerun of %s", paths.run_id, meta["rerun_of"])
         return {

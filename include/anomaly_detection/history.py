@@ -164,10 +164,14 @@ def append(path: Path, entry: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # orjson writes NaN and infinities as null, so every line stays valid JSON
     line = orjson.dumps(entry, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8") + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
+    with open(path, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            handle.write(line)
+            if handle.seek(0, 2) > 0:
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":  # a writer killed mid-line: end its fragment so this line stays whole
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
             handle.flush()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

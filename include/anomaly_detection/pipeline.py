@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,14 @@ from .evaluate import ModelResult, better, choose, evaluate, select_best
 from .explain import Reference, explain, feature_counts, fit_reference
 from .ingest import CredentialResolver, env_credentials, ingest
 from .preprocess import preprocess
-from . import insights, scored
+from . import atomic, insights, scored
 from .runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
 log = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str))
+    atomic.write_bytes(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str))
 
 
 def _read_json(path: Path) -> Any:
@@ -68,7 +67,7 @@ def _storable(frame: pd.DataFrame) -> pd.DataFrame:
 
 def resolve_stage(config: PipelineConfig, paths: RunPaths) -> Path:
     """Write the resolved config, secrets redacted."""
-    paths.config.write_text(yaml.safe_dump(config.redacted(), sort_keys=False), encoding="utf-8")
+    atomic.write_text(paths.config, yaml.safe_dump(config.redacted(), sort_keys=False))
     log.info("run %s: resolved config written to %s", paths.run_id, paths.config)
     return paths.config
 
@@ -83,11 +82,10 @@ def ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: Creden
     started = time.perf_counter()
     if config.processing.mode == "spark":
         return _bulk_ingest_stage(config, paths, credentials=credentials)
-    if paths.flattened.is_dir():
-        shutil.rmtree(paths.flattened)
     result = ingest(config.source, config.processing, paths.raw, credentials=credentials)
     SECRET_MASK.add(*result.secrets)
-    _storable(result.frame).to_parquet(paths.flattened, index=False)
+    with atomic.replacing(paths.flattened) as tmp:
+        _storable(result.frame).to_parquet(tmp, index=False)
     info = {
         "rows": len(result.frame),
         "columns": int(result.frame.shape[1]),
@@ -104,9 +102,8 @@ def ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: Creden
 def _bulk_ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver) -> dict[str, Any]:
     from .bulk_ingest import ingest_to_parquet
 
-    if paths.flattened.is_file():
-        paths.flattened.unlink()
-    result = ingest_to_parquet(config.source, config.processing, paths.raw, paths.flattened, credentials=credentials)
+    with atomic.replacing(paths.flattened) as tmp:
+        result = ingest_to_parquet(config.source, config.processing, paths.raw, tmp, credentials=credentials)
     info = {
         "rows": result.records,
         "columns": len(result.columns),
@@ -132,10 +129,13 @@ def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
     )
     rows = kept.rows
     summary = kept.summary
-    pd.DataFrame(kept.features, columns=kept.feature_names).to_parquet(paths.features, index=False)
-    np.save(paths.kept_rows, rows)
+    with atomic.replacing(paths.features) as tmp:
+        pd.DataFrame(kept.features, columns=kept.feature_names).to_parquet(tmp, index=False)
+    with atomic.replacing(paths.kept_rows) as tmp:
+        np.save(tmp, rows)
     if kept.labels is not None:
-        np.save(paths.labels, kept.labels)
+        with atomic.replacing(paths.labels) as tmp:
+            np.save(tmp, kept.labels)
     elif paths.labels.exists():
         paths.labels.unlink()
     _write_json(paths.summary, summary)
@@ -248,10 +248,9 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     anomalies.insert(0, "explanation", [e.text for e in explanations])
     anomalies.insert(0, "score", flagged["score"].to_numpy())
     anomalies.insert(0, "rank", np.arange(1, len(flagged) + 1))
-    tmp = paths.anomalies.with_name(f".{paths.anomalies.name}.tmp")
-    anomalies.to_csv(tmp, index=False)
-    tmp.replace(paths.anomalies)
-    shutil.copyfile(scored.sample_path(paths.models, best.algorithm), paths.report_sample)
+    with atomic.replacing(paths.anomalies) as tmp:
+        anomalies.to_csv(tmp, index=False)
+    atomic.copy_file(scored.sample_path(paths.models, best.algorithm), paths.report_sample)
 
     ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
     warnings = [f"best model: {flag}" for flag in best.flags]
@@ -365,8 +364,7 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
         rerun=rerun,
     )
     render_report(inputs, paths.report)
-    paths.reports_dir.mkdir(parents=True, exist_ok=True)
-    paths.published_report.write_bytes(paths.report.read_bytes())
+    atomic.copy_file(paths.report, paths.published_report)
     log.info("report written to %s", paths.report)
     return paths.report
 
@@ -402,6 +400,7 @@ def run_pipeline(
 ) -> RunOutcome:
     """Run every native stage in this process. Failures are recorded, never raised past here."""
     paths = RunPaths.create(config.output.runs_dir, config.output.reports_dir, run_id)
+    SECRET_MASK.add(*config.secret_values())
     started_at, clock = utc_now(), time.perf_counter()
     meta: dict[str, Any] = {"started_at": started_at, "rerun_of": rerun_of}
     with run_logging(paths, echo=echo):

@@ -8,12 +8,12 @@ different outcome for the same run is refused, so a rejected run can never be pu
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import atomic
 from .config import build_config
 from .errors import PipelineError
 from .report_index import report_url
@@ -114,7 +114,7 @@ def record_decision(paths: RunPaths, decision: Decision) -> Decision:
                 f"{existing.get('at')}; refusing to record it as {decision.decision}"
             )
         return Decision(**existing)
-    path.write_text(json.dumps(decision.to_dict(), indent=2), encoding="utf-8")
+    atomic.write_text(path, json.dumps(decision.to_dict(), indent=2))
     return decision
 
 
@@ -130,8 +130,7 @@ def publish(paths: RunPaths) -> Path:
         state = decision.get("decision") if decision else "not reviewed"
         raise PipelineError(f"run {paths.run_id} is {state}; only approved runs are published")
     target = paths.reports_dir / "approved" / f"{paths.run_id}.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(paths.report, target)
+    atomic.copy_file(paths.report, target)
     return target
 
 

@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 PACKAGE_LOGGER = "anomaly_detection"
@@ -82,9 +82,21 @@ class SecretMask(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.values: set[str] = set()
+        self.forwards: list[Callable[[str], Any]] = []
 
     def add(self, *values: str) -> None:
-        self.values.update(v for v in values if v and len(v) >= 3)
+        new = {v for v in values if v and len(v) >= 3} - self.values
+        self.values.update(new)
+        for value in new:
+            for forward in self.forwards:
+                forward(value)
+
+    def forward_to(self, masker: Callable[[str], Any]) -> None:
+        """Also hand every secret to ``masker`` (e.g. Airflow's ``mask_secret`` for its task logs)."""
+        if masker not in self.forwards:
+            self.forwards.append(masker)
+            for value in self.values:
+                masker(value)
 
     def mask(self, text: str) -> str:
         for value in sorted(self.values, key=len, reverse=True):

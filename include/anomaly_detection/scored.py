@@ -19,7 +19,6 @@ memory whatever the row count, and need no Spark-specific branch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from . import atomic
 
 #: Rows per batch when a dataset is scanned for the rows at given positions.
 SCAN_BATCH_ROWS = 65_536
@@ -107,9 +108,8 @@ def rows_at(path: Path, positions: np.ndarray) -> pd.DataFrame:
 
 def write_table(table: pa.Table, path: Path) -> None:
     """Write one Parquet file atomically (a temporary name, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def flagged_table(positions: np.ndarray, scores: np.ndarray, features: np.ndarray) -> pa.Table:
