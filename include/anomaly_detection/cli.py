@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun-of", metavar="RUN_ID", help="this run reruns RUN_ID: its report shows what changed")
     run.add_argument("--quiet", "-q", action="store_true", help="do not echo the log to stderr")
 
+    replay = commands.add_parser(
+        "replay", help="re-run a saved run from its raw snapshot and resolved config, without the network, and compare"
+    )
+    replay.add_argument("run_dir", metavar="RUN_DIR", help="the run's directory, e.g. runs/<run_id>")
+    replay.add_argument("--run-id", help="id of the replay run (default: <run_id>.replay-<time>)")
+    replay.add_argument("--quiet", "-q", action="store_true", help="do not echo the log to stderr")
+
     check = commands.add_parser("check-config", help="validate a config and print it resolved (secrets redacted)")
     check.add_argument("--config", "-c")
     check.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -37,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "replay":
+        return _replay(args)
     try:
         overrides = dict(parse_set_option(o) for o in args.overrides)
         config = load_config(args.config, overrides)
@@ -65,6 +74,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"report: {outcome.paths.report}")
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    try:
+        outcome = replay(args.run_dir, run_id=args.run_id, echo=not args.quiet)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if outcome.status == "failed":
+        print(f"error: the replay failed: {outcome.error} (logs in {outcome.replayed.root})", file=sys.stderr)
+        return 1
+    comparison = outcome.comparison
+    assert comparison is not None
+    print(f"replay {outcome.replayed.run_id} of {outcome.original.run_id}: {len(comparison.checks)} outputs compared")
+    for line in comparison.details:
+        print(f"  differs: {line}")
+    print("identical: same scores, same selection, same anomalies" if comparison.identical else "DIFFERENT from the original")
+    print(f"report: {outcome.replayed.report}")
+    return 0 if comparison.identical else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 import pandas as pd
+import requests
 import yaml
 
 from . import __version__
@@ -31,6 +32,9 @@ from . import atomic, insights, scored
 from .runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
 log = logging.getLogger(__name__)
+
+#: Makes the HTTP session(s) ingestion uses; None: the reader's own.
+SessionFactory = Callable[[], requests.Session]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -72,17 +76,25 @@ def resolve_stage(config: PipelineConfig, paths: RunPaths) -> Path:
     return paths.config
 
 
-def ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver = env_credentials) -> dict[str, Any]:
+def ingest_stage(
+    config: PipelineConfig,
+    paths: RunPaths,
+    *,
+    credentials: CredentialResolver = env_credentials,
+    session_factory: SessionFactory | None = None,
+) -> dict[str, Any]:
     """Fetch the API into ``raw/`` and ``flattened.parquet``.
 
     With ``processing.mode: spark`` the pages are fetched concurrently and streamed into Parquet
     part files (``flattened.parquet/part-NNNNNN.parquet``, :mod:`.bulk_ingest`); otherwise the
-    records are read into one frame and written as one file.
+    records are read into one frame and written as one file. ``session_factory`` makes the HTTP
+    sessions (the replay serves the raw snapshot through it).
     """
     started = time.perf_counter()
     if config.processing.mode == "spark":
-        return _bulk_ingest_stage(config, paths, credentials=credentials)
-    result = ingest(config.source, config.processing, paths.raw, credentials=credentials)
+        return _bulk_ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
+    session = session_factory() if session_factory else None
+    result = ingest(config.source, config.processing, paths.raw, credentials=credentials, session=session)
     SECRET_MASK.add(*result.secrets)
     with atomic.replacing(paths.flattened) as tmp:
         _storable(result.frame).to_parquet(tmp, index=False)
@@ -99,11 +111,14 @@ def ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: Creden
     return info
 
 
-def _bulk_ingest_stage(config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver) -> dict[str, Any]:
+def _bulk_ingest_stage(
+    config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver, session_factory: SessionFactory | None
+) -> dict[str, Any]:
     from .bulk_ingest import ingest_to_parquet
 
+    extra = {"session_factory": session_factory} if session_factory else {}
     with atomic.replacing(paths.flattened) as tmp:
-        result = ingest_to_parquet(config.source, config.processing, paths.raw, tmp, credentials=credentials)
+        result = ingest_to_parquet(config.source, config.processing, paths.raw, tmp, credentials=credentials, **extra)
     info = {
         "rows": result.records,
         "columns": len(result.columns),
@@ -397,6 +412,7 @@ def run_pipeline(
     credentials: CredentialResolver = env_credentials,
     on_stage: Callable[[str], None] | None = None,
     rerun_of: str | None = None,
+    session_factory: SessionFactory | None = None,
 ) -> RunOutcome:
     """Run every native stage in this process. Failures are recorded, never raised past here."""
     paths = RunPaths.create(config.output.runs_dir, config.output.reports_dir, run_id)
@@ -408,7 +424,7 @@ def run_pipeline(
             resolve_stage(config, paths)
             if on_stage:
                 on_stage("ingest")
-            ingested = ingest_stage(config, paths, credentials=credentials)
+            ingested = ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
             path, why = choose_path(config, ingested["rows"])
             log.info("%s path (%s)", path, why)
             meta["mode"] = path
