@@ -132,11 +132,13 @@ def ingest(params: Mapping[str, Any], run_id: str, *, credentials: CredentialRes
         return {**info, "flattened": str(paths.flattened), "raw_dir": str(paths.raw)}
 
 
-def choose_path(params: Mapping[str, Any], rows: int) -> tuple[str, str]:
-    """``("native" | "spark", why)`` from the configured mode and the ingested row count."""
+def choose_path(params: Mapping[str, Any], ingested: Mapping[str, Any] | int) -> tuple[str, str]:
+    """``("native" | "spark", why)`` from the configured mode and the ingest task's summary (or a row count)."""
     from .pipeline import choose_path as choose
 
-    return choose(config_from_params(params), rows)
+    if isinstance(ingested, int):
+        return choose(config_from_params(params), ingested)
+    return choose(config_from_params(params), int(ingested["rows"]), routed=ingested.get("routed_to_spark"))
 
 
 def preprocess(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def time_view(
     names = reference.names
     chosen = [n for n in main_features if n in names][:TIME_VIEW_FEATURES] or names[:TIME_VIEW_FEATURES]
     index = [names.index(n) for n in chosen]
-    X = sample[[scored.feature_column(j) for j in range(len(names))]].to_numpy(dtype=np.float64)
+    X = sample[scored.feature_columns(len(names))].to_numpy(dtype=np.float64)
     drawn = times[sample["position"].to_numpy()]
     return TimeView(
         column=column,
@@ -95,7 +95,7 @@ def time_view(
 
 def history_entry(config: PipelineConfig, paths: RunPaths, results: dict[str, Any], reference: Reference, sample: pd.DataFrame) -> dict[str, Any]:
     """The history line of this run: what the trend and the next run's drift need."""
-    X = sample.loc[sample["sampled"], [scored.feature_column(j) for j in range(len(reference.names))]].to_numpy(dtype=np.float64)
+    X = sample.loc[sample["sampled"], scored.feature_columns(len(reference.names))].to_numpy(dtype=np.float64)
     best = results["best"]
     return {
         "run_id": results["run_id"],

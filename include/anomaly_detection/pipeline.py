@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from .evaluate import ModelResult, better, choose, evaluate, select_best
 from .explain import Reference, explain, feature_counts, fit_reference
 from .ingest import CredentialResolver, env_credentials, ingest
 from .preprocess import preprocess
-from . import atomic, insights, scored
+from . import atomic, insights, memory, scored
 from .runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,13 @@ def ingest_stage(
     if config.processing.mode == "spark":
         return _bulk_ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
     session = session_factory() if session_factory else None
-    result = ingest(config.source, config.processing, paths.raw, credentials=credentials, session=session)
+    guard = memory.IngestMemoryGuard(config.processing)
+    try:
+        result = ingest(config.source, config.processing, paths.raw, credentials=credentials, session=session, memory_guard=guard)
+    except memory.MemoryBudgetExceeded as exc:
+        if config.processing.mode != "auto":
+            raise
+        return _route_to_spark(config, paths, exc, credentials=credentials, session_factory=session_factory)
     SECRET_MASK.add(*result.secrets)
     with atomic.replacing(paths.flattened) as tmp:
         _storable(result.frame).to_parquet(tmp, index=False)
@@ -107,6 +114,30 @@ def ingest_stage(
         "seconds": round(time.perf_counter() - started, 3),
         "key_collisions": result.stats.collisions,
     }
+    _write_json(paths.ingest_info, info)
+    return info
+
+
+def _route_to_spark(
+    config: PipelineConfig,
+    paths: RunPaths,
+    exceeded: "memory.MemoryBudgetExceeded",
+    *,
+    credentials: CredentialResolver,
+    session_factory: SessionFactory | None,
+) -> dict[str, Any]:
+    """``auto`` and too big for the native path: fetch again with the Spark path's streaming ingestion.
+
+    The pages the native reader fetched are kept in ``raw.native/``.
+    """
+    log.warning("auto: %s; routing this run to Spark", exceeded)
+    kept = paths.root / "raw.native"
+    if kept.exists():
+        shutil.rmtree(kept)
+    paths.raw.rename(kept)
+    paths.raw.mkdir()
+    info = _bulk_ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
+    info["routed_to_spark"] = str(exceeded)
     _write_json(paths.ingest_info, info)
     return info
 
@@ -136,6 +167,8 @@ def _bulk_ingest_stage(
 
 def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
     """Read ``flattened.parquet``; write ``features.parquet``, ``kept_rows.npy`` and the data summary."""
+    estimate = memory.check_parquet(paths.flattened, config.processing)
+    log.info("native path: about %s needed for %s", memory.gib(estimate.peak_bytes), estimate.describe())
     kept = preprocess(
         pd.read_parquet(paths.flattened),
         config.processing,
@@ -203,11 +236,14 @@ def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dic
     return {"algorithm": algorithm, "configurations": len(results), "best": best.to_dict()}
 
 
-def choose_path(config: PipelineConfig, rows: int) -> tuple[str, str]:
-    """``("native" | "spark", why)`` from ``processing.mode`` and the ingested row count."""
+def choose_path(config: PipelineConfig, rows: int, *, routed: str | None = None) -> tuple[str, str]:
+    """``("native" | "spark", why)`` from ``processing.mode``, the ingested row count and whether the
+    ingestion already routed the run to Spark (``routed``: why; see the memory guard)."""
     mode, threshold = config.processing.mode, config.processing.auto_threshold_rows
     if mode != "auto":
         return mode, f"processing.mode is {mode}"
+    if routed:
+        return "spark", f"auto: {routed}"
     if rows >= threshold:
         return "spark", f"auto: {rows:,} rows >= auto_threshold_rows {threshold:,}"
     return "native", f"auto: {rows:,} rows < auto_threshold_rows {threshold:,}"
@@ -241,7 +277,7 @@ def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
     """Robust statistics of the normal rows of a run's uniform sample (see :mod:`.explain`)."""
     names = list(summary["features"])
     uniform = sample[sample["sampled"].to_numpy(dtype=bool)]
-    X = uniform[[scored.feature_column(j) for j in range(len(names))]].to_numpy(dtype=np.float64)
+    X = uniform[scored.feature_columns(len(names))].to_numpy(dtype=np.float64)
     return fit_reference(X, uniform["anomaly"].to_numpy() == 0, names, scaling=summary.get("scaling"))
 
 
@@ -257,7 +293,7 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     summary = _read_json(paths.summary)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
     reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)))
-    explanations = explain(reference, flagged[[scored.feature_column(j) for j in range(len(reference.names))]].to_numpy())
+    explanations = explain(reference, flagged[scored.feature_columns(len(reference.names))].to_numpy())
     anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
     anomalies.insert(0, "top_features", [e.codes for e in explanations])
     anomalies.insert(0, "explanation", [e.text for e in explanations])
@@ -329,14 +365,14 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     summary = _read_json(paths.summary)
     feature_names = list(summary["features"])
     sample = scored.read_sample(paths.report_sample)
-    X = sample[[scored.feature_column(j) for j in range(len(feature_names))]].to_numpy(dtype=np.float64)
+    X = sample[scored.feature_columns(len(feature_names))].to_numpy(dtype=np.float64)
     preview = scored.head(paths.flattened, config.report.preview_rows)
     top_anomalies = pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies)
     if decision is None and (paths.root / "decision.json").exists():
         decision = _read_json(paths.root / "decision.json")
     reference = _reference(summary, sample)
     flagged_sample = sample[sample["anomaly"].to_numpy() == 1].sort_values(["score", "position"], ascending=[False, True])
-    top_explained = explain(reference, flagged_sample[[scored.feature_column(j) for j in range(len(feature_names))]].to_numpy()[: config.report.top_anomalies])
+    top_explained = explain(reference, flagged_sample[scored.feature_columns(len(feature_names))].to_numpy()[: config.report.top_anomalies])
     named = feature_counts(top_explained)
     flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))["position"].to_numpy()
     time_view = _optional("time view", lambda: insights.time_view(config, paths, sample, reference, flagged_positions, list(named)))
@@ -425,7 +461,7 @@ def run_pipeline(
             if on_stage:
                 on_stage("ingest")
             ingested = ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
-            path, why = choose_path(config, ingested["rows"])
+            path, why = choose_path(config, ingested["rows"], routed=ingested.get("routed_to_spark"))
             log.info("%s path (%s)", path, why)
             meta["mode"] = path
             if path == "spark":

@@ -637,11 +637,6 @@ def _explain_section(inputs: ReportInputs) -> dict[str, Any]:
     }
 
 
-def report_href(report_name: str | None) -> str | None:
-    """Link from one published report to another: both live in the reports directory."""
-    return str(report_name) if report_name else None
-
-
 def _time_section(view: Any, timings: dict[str, float]) -> dict[str, Any] | None:
     if view is None:
         return None
@@ -685,7 +680,7 @@ def _history_section(view: Any, run_id: str, timings: dict[str, float]) -> dict[
                 "anomalies": format_number(entry.get("anomaly_count")),
                 "share": format_percent(entry.get("anomaly_share")),
                 "best": f"{best.get('algorithm', DASH)} ({_format_params(best.get('params'))})",
-                "href": report_href(entry.get("report")),
+                "href": entry.get("report") or None,  # reports link to each other by name: one folder
                 "current": str(entry.get("run_id")) == run_id,
             }
         )
@@ -705,7 +700,7 @@ def _history_section(view: Any, run_id: str, timings: dict[str, float]) -> dict[
         "runs": runs,
         "trend": trend,
         "trend_note": trend_error or "",
-        "previous": {"run_id": str(previous.get("run_id")), "href": report_href(previous.get("report")),
+        "previous": {"run_id": str(previous.get("run_id")), "href": previous.get("report") or None,
                      "finished": format_cell(previous.get("finished_at"))} if previous else None,  # fmt: skip
         "drift": [
             {

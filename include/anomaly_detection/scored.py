@@ -40,6 +40,11 @@ def feature_column(j: int) -> str:
     return f"f{j}"
 
 
+def feature_columns(n: int) -> list[str]:
+    """The stored names of the first ``n`` feature columns."""
+    return [feature_column(j) for j in range(n)]
+
+
 def parquet_files(path: Path) -> list[Path]:
     """The data files of a Parquet dataset: ``path`` itself, or the sorted part files of a directory."""
     path = Path(path)
