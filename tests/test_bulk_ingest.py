@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import requests
 
 from anomaly_detection.bulk_ingest import ingest_to_parquet
 from anomaly_detection.config import build_config
@@ -265,6 +266,47 @@ def test_bad_json_names_the_url_and_the_saved_file(api_server, tmp_path):
     message = str(info.value)
     assert message.startswith("page 2:") and "not valid JSON" in message and "page-000002.json.gz" in message
     assert api_server.url("/items?offset=10&limit=10") in message
+
+
+def test_a_cut_off_page_is_fetched_again_and_the_good_body_is_the_snapshot(api_server, tmp_path):
+    serve = offset_handler(35)
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def handler(req):
+        offset = int(req.query["offset"])
+        with lock:
+            first = offset not in seen
+            seen.add(offset)
+        status, headers, body = serve(req)
+        return (status, headers, body[:-20]) if first and offset == 10 else (status, headers, body)
+
+    api_server.route("/items", handler)
+    result = bulk(api_server.url("/items"), tmp_path, concurrency=3, pagination={"type": "offset", "page_size": 10})
+    assert result.records == 35
+    assert pd.read_parquet(tmp_path / "parts")["id"].tolist() == list(range(35))
+    entry = {e["page"]: e for e in manifest(tmp_path)}[2]
+    assert entry["set_aside"] == ["page-000002.attempt1.json.gz"] and entry["attempts"] == 2 and entry["records"] == 10
+    raw = tmp_path / "raw"
+    good = gzip.decompress((raw / "page-000002.json.gz").read_bytes())
+    assert json.loads(good) == [record(i) for i in range(10, 20)]
+    assert gzip.decompress((raw / "page-000002.attempt1.json.gz").read_bytes()) == good[:-20]
+
+
+def test_every_session_comes_from_the_session_factory(api_server, tmp_path):
+    made = []
+
+    def factory():
+        session = requests.Session()
+        session.headers["X-From-Factory"] = str(len(made))
+        made.append(session)
+        return session
+
+    api_server.route("/items", offset_handler(45))
+    cfg = config(api_server.url("/items"), concurrency=3, pagination={"type": "offset", "page_size": 10})
+    result = ingest_to_parquet(cfg.source, cfg.processing, tmp_path / "raw", tmp_path / "parts", sleep=Sleeps(), session_factory=factory)
+    assert result.records == 45 and len(made) >= 2
+    assert all("x-from-factory" in r.headers for r in api_server.requests)
 
 
 # --------------------------------------------------------------------------- types

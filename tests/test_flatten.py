@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pandas as pd
@@ -344,3 +345,68 @@ def test_column_wise_flattening_matches_record_by_record():
             a, b = fast[column], slow[column]
             assert a.isna().tolist() == b.isna().tolist(), (depth, column)
             assert [str(v) for v in a.dropna()] == [str(v) for v in b.dropna()], (depth, column)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@pytest.fixture
+def from_records_calls(monkeypatch):
+    """The widths of the frames ``DataFrame.from_records`` is asked to build."""
+    widths: list[int] = []
+    original = pd.DataFrame.from_records
+
+    def spy(data, *args, **kwargs):
+        frame = original(data, *args, **kwargs)
+        widths.append(frame.shape[1])
+        return frame
+
+    monkeypatch.setattr(pd.DataFrame, "from_records", spy)
+    return widths
+
+
+def test_the_column_cap_refuses_wide_records_before_building_a_frame(from_records_calls):
+    from anomaly_detection.flatten import TooManyColumns
+
+    wide = [{"id": 1}, {f"k{i}": i for i in range(50)}]
+    with pytest.raises(TooManyColumns, match=r"more than processing.max_columns=10 columns \(51 distinct keys at the top level\)"):
+        flatten_records(wide, max_depth=32, stats=FlattenStats(), max_columns=10)
+    assert from_records_calls == []
+    nested = [{"id": 1, "obj": {f"k{i}": i for i in range(50)}}]
+    with pytest.raises(TooManyColumns, match=r"\(51 columns once 'obj' is flattened\)"):
+        flatten_records(nested, max_depth=32, stats=FlattenStats(), max_columns=10)
+    assert from_records_calls == [2]  # the top level only, never the 50-column object
+    with pytest.raises(TooManyColumns, match="max_columns=10"):
+        flatten_records([1, {f"k{i}": i for i in range(50)}], max_depth=32, stats=FlattenStats(), max_columns=10)
+
+
+def test_the_column_cap_allows_exactly_the_limit():
+    records = [{"a": 1, "b": {"c": 2, "d": {"e": 3}}}, {"a": 2, "b": 5}]
+    frame = flatten_records(records, max_depth=32, stats=FlattenStats(), max_columns=4)
+    assert list(frame.columns) == ["a", "b", "b.c", "b.d.e"]  # "b" stays: it is a number in one record
+    with pytest.raises(IngestionError, match="max_columns=3"):
+        flatten_records(records, max_depth=32, stats=FlattenStats(), max_columns=3)
+    assert list(flatten_records(records[:1], max_depth=32, stats=FlattenStats(), max_columns=3).columns) == ["a", "b.c", "b.d.e"]
+
+
+def test_invalid_utf8_is_read_with_replacement_characters_and_a_warning(caplog):
+    body = b'[{"name": "caf\xe9", "n": 1}]'
+    with caplog.at_level(logging.WARNING, logger="anomaly_detection"):
+        assert parse_json(body, source="http://x/latin1") == [{"name": "caf\ufffd", "n": 1}]
+    assert "http://x/latin1 is not valid utf-8 at byte 14" in caplog.text
+
+
+def test_utf16_and_byte_order_marks_are_read():
+    assert parse_json('[{"a": "é"}]'.encode("utf-16"), source="x") == [{"a": "é"}]
+    assert parse_json(b'\xef\xbb\xbf[{"a": 1}]', source="x") == [{"a": 1}]
+
+
+def test_body_not_json_tells_a_cut_off_body_from_a_deep_one():
+    from anomaly_detection.flatten import BodyNotJson
+
+    with pytest.raises(BodyNotJson) as info:
+        parse_json(b'{"items": [1, 2', source="http://x/cut")
+    assert not info.value.deep and "line 1 column" in info.value.detail
+    with pytest.raises(BodyNotJson) as info:
+        parse_json(b"[" * 30_000 + b"]" * 30_000, source="http://x/deep")
+    assert info.value.deep

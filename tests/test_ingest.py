@@ -498,10 +498,15 @@ def test_bad_json_on_a_later_page_keeps_earlier_pages(api_server, tmp_path):
     api_server.route("/p2", (200, {"Content-Type": "application/json"}, b'{"items": [1, 2'))
     with pytest.raises(IngestionError) as info:
         run(api_server.url("/p1"), tmp_path, records_path="items", pagination={"type": "next_url"})
-    assert api_server.url("/p2") in str(info.value) and "not valid JSON" in str(info.value)
-    assert raw_files(tmp_path) == ["manifest.json", "page-00001.json", "page-00002.json"]
+    message = str(info.value)
+    assert api_server.url("/p2") in message and "not valid JSON" in message and "after 4 attempt(s)" in message
+    assert "page-00002.json" in message and "line 1 column" in message
+    assert api_server.count("/p2") == 4  # a cut-off JSON body is retried like a transient fault
+    attempts = [f"page-00002.attempt{n}.json" for n in (1, 2, 3)]
+    assert raw_files(tmp_path) == ["manifest.json", "page-00001.json", *attempts, "page-00002.json"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert [p["records"] for p in manifest] == [2, 0]
+    assert manifest[1]["set_aside"] == attempts and manifest[1]["attempts"] == 4
 
 
 def test_records_of_mixed_types_are_typed(api_server, tmp_path):
@@ -518,3 +523,70 @@ def test_records_of_mixed_types_are_typed(api_server, tmp_path):
     assert frame["tags"].tolist() == ['["a","b"]', '["c"]']
     assert frame["geo.1"].tolist() == [2.0, 4.0]
     assert frame["ok"].tolist() == [True, False]
+
+
+# --------------------------------------------------------------------------- faults: cut-off bodies, byte cap
+
+
+def test_a_cut_off_json_body_is_retried_and_the_good_body_is_the_snapshot(api_server, tmp_path):
+    good = json.dumps(rows(0, 3)).encode()
+    api_server.route("/r", [(200, {"Content-Type": "application/json"}, good[:-9]), (200, {"Content-Type": "application/json"}, good)])
+    sleeps = Sleeps()
+    result = run(api_server.url("/r"), tmp_path, sleep=sleeps)
+    assert result.frame["id"].tolist() == [0, 1, 2] and api_server.count() == 2 and sleeps == [0.01]
+    assert raw_files(tmp_path) == ["manifest.json", "page-00001.attempt1.json", "page-00001.json"]
+    assert (tmp_path / "page-00001.attempt1.json").read_bytes() == good[:-9]
+    assert (tmp_path / "page-00001.json").read_bytes() == good
+    (entry,) = json.loads((tmp_path / "manifest.json").read_text())
+    assert entry["set_aside"] == ["page-00001.attempt1.json"] and entry["attempts"] == 2 and entry["records"] == 3
+
+
+def test_a_200_that_is_plainly_not_json_is_not_retried(api_server, tmp_path):
+    api_server.route("/h", (200, {"Content-Type": "text/html"}, b"<html><body>Sign in</body></html>"))
+    with pytest.raises(IngestionError, match="HTML page"):
+        run(api_server.url("/h"), tmp_path)
+    assert api_server.count() == 1 and raw_files(tmp_path) == ["manifest.json", "page-00001.html"]
+
+
+def test_the_byte_cap_refuses_a_large_response_at_once(api_server, tmp_path):
+    from anomaly_detection.ingest import DEFAULT_MAX_RESPONSE_BYTES
+
+    assert DEFAULT_MAX_RESPONSE_BYTES == 256 * 2**20
+    api_server.route("/big", json_body(rows(0, 500)))
+    config = build_config({"source": {"url": api_server.url("/big")}})
+    source = config.source.model_copy(update={"max_response_bytes": 1000})
+    with pytest.raises(IngestionError) as info:
+        ingest(source, config.processing, tmp_path, sleep=Sleeps())
+    message = str(info.value)
+    assert api_server.url("/big") in message and "source.max_response_bytes=1000" in message and "Content-Length is" in message
+    assert api_server.count() == 1
+
+
+def test_a_redirect_to_another_origin_carries_no_credentials(api_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_TOKEN", "tok-93a1f0")
+    port = api_server.url("/").split(":")[2].split("/")[0]
+    api_server.route("/start", (302, {"Location": f"http://localhost:{port}/data"}, b""))
+    api_server.json("/data", rows(0, 3))
+    result = run(
+        api_server.url("/start"), tmp_path / "raw",
+        auth={"type": "bearer", "token_env": "TEST_TOKEN"}, headers={"X-Api-Key": "hdr-51c2", "X-Team": "ops"},
+    )  # fmt: skip
+    assert result.record_count == 3
+    first, hop = api_server.requests_to("/start")[0], api_server.requests_to("/data")[0]
+    assert first.headers["authorization"] == "Bearer tok-93a1f0" and first.headers["x-api-key"] == "hdr-51c2"
+    assert "authorization" not in hop.headers and "x-api-key" not in hop.headers and hop.headers["x-team"] == "ops"
+
+
+def test_a_redirect_to_a_blocked_address_fails_at_once(api_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("ANOMALY_OUTBOUND_ALLOW", raising=False)
+    api_server.route("/start", (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""))
+    with pytest.raises(IngestionError, match=r"169\.254\.169\.254.*169\.254\.0\.0/16"):
+        run(api_server.url("/start"), tmp_path / "raw", retries=5)
+    assert api_server.count("/start") == 1  # refused, not retried
+
+
+def test_a_redirect_loop_is_cut(api_server, tmp_path):
+    api_server.route("/a", (302, {"Location": "/b"}, b""))
+    api_server.route("/b", (302, {"Location": "/a"}, b""))
+    with pytest.raises(IngestionError, match="TooManyRedirects"):
+        run(api_server.url("/a"), tmp_path / "raw")

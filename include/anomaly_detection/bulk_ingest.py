@@ -60,11 +60,23 @@ Column types (the same in every part)
 Raw snapshot
     Every response body is saved gzip-compressed to ``raw_dir/page-000001.json.gz`` (the suffix
     follows the content type, like :mod:`.ingest`) before it is parsed, failed attempts' last body
-    included. ``raw_dir/manifest.jsonl`` gets one JSON line per saved page once it has been read,
-    in page order: ``page``, ``url`` (secrets masked), ``status``, ``content_type``, ``bytes``
-    (uncompressed), ``stored_bytes``, ``sha256`` (of the uncompressed body), ``file``, ``records``
-    (null when the page could not be read or was not used), ``seconds``, ``attempts``. Pages
-    fetched past the end (or after a failure) are kept and listed last, with null records.
+    included, each through a temporary name and a rename (a killed process leaves no half file
+    under a final name). ``raw_dir/manifest.jsonl`` gets one JSON line per saved page once it has
+    been read, in page order, each line one ``write(2)`` to a file opened for appending (so a
+    killed process leaves whole lines): ``page``, ``url`` (secrets masked), ``status``,
+    ``content_type``, ``bytes`` (uncompressed), ``stored_bytes``, ``sha256`` (of the uncompressed
+    body), ``file``, ``records`` (null when the page could not be read or was not used),
+    ``seconds``, ``attempts``, ``set_aside``. Pages fetched past the end (or after a failure) are
+    kept and listed last, with null records.
+
+Faults and limits
+    As in :mod:`.ingest`: transient faults are retried; a 200 whose JSON-like body does not parse
+    is kept as ``page-000001.attempt1.json.gz`` (named in ``set_aside``) and fetched again (by the
+    thread that writes, so parsing stays off the fetching threads); a body over
+    ``source.max_response_bytes`` is an error that keeps what arrived as
+    ``page-000001.partial.gz``. Each fetching thread holds at most one body, so the bodies in
+    memory stay under ``concurrency x max_response_bytes``. Records that would flatten to more
+    than ``processing.max_columns`` columns (in one batch, or over all the parts) are refused.
 
 Failure
     An :class:`~.errors.IngestionError` names the page, its URL (secrets masked) and the cause; the
@@ -100,8 +112,22 @@ import requests
 
 from .config import ProcessingConfig, SourceConfig
 from .errors import IngestionError
-from .flatten import FlattenStats, _json_text, flatten_records
-from .ingest import ApiReader, CredentialResolver, PageRecord, _suffix, env_credentials, iter_pages, prefetch, read_records, with_params
+from .flatten import FlattenStats, TooManyColumns, _json_text, flatten_records
+from .outbound import guarded_session
+from .ingest import (
+    ApiReader,
+    CredentialResolver,
+    Fetched,
+    PageRecord,
+    _suffix,
+    env_credentials,
+    iter_pages,
+    max_columns,
+    prefetch,
+    read_records,
+    with_params,
+    write_atomically,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +213,9 @@ class RateLimiter:
 class BulkReader(ApiReader):
     """An :class:`~.ingest.ApiReader` that threads can share.
 
-    Each thread gets its own session; bodies are saved gzip-compressed; the manifest is appended
-    one JSON line per page (see the module docstring) instead of rewritten, and no page list is
-    kept in memory.
+    Each thread gets its own session (from ``session_factory``, else a plain one); bodies are
+    saved gzip-compressed; the manifest is appended one JSON line per page (see the module
+    docstring) instead of rewritten, and no page list is kept in memory.
     """
 
     def __init__(
@@ -200,20 +226,22 @@ class BulkReader(ApiReader):
         credentials: CredentialResolver = env_credentials,
         sleep: Callable[[float], None] = time.sleep,
         limiter: RateLimiter | None = None,
+        session_factory: Callable[[], requests.Session] | None = None,
     ) -> None:
-        super().__init__(source, raw_dir, credentials=credentials, sleep=sleep)
+        self._new_session = session_factory or guarded_session
+        super().__init__(source, raw_dir, credentials=credentials, session=self._new_session(), sleep=sleep)
         self.limiter = limiter
         self.manifest_path = self.raw_dir / MANIFEST_NAME
         self.requests = 0
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sessions: list[requests.Session] = [self.session]
-        self._manifest = self.manifest_path.open("wb")
+        self._manifest = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
 
     def _thread_session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = self._new_session()
             session.headers.update(self.session.headers)
             self._local.session = session
             with self._lock:
@@ -225,13 +253,24 @@ class BulkReader(ApiReader):
             self.limiter.acquire()
         with self._lock:
             self.requests += 1
-        return self._thread_session().request(self.source.method, url, headers=headers, timeout=self.source.timeout_seconds)
+        return self._send(self._thread_session(), url, headers)
 
-    def _save(self, page: int, url: str, response: requests.Response | None, body: bytes, attempts: int, seconds: float) -> RawPage:
-        content_type = response.headers.get("Content-Type", "") if response is not None else ""
-        name = f"page-{page:06d}{_suffix(content_type, body)}.gz"
+    def _file_name(self, page: int, suffix: str) -> str:
+        return f"page-{page:06d}{suffix}.gz"
+
+    def _store(self, name: str, body: bytes) -> int:
         packed = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-        (self.raw_dir / name).write_bytes(packed)
+        write_atomically(self.raw_dir / name, packed)
+        return len(packed)
+
+    def _save(
+        self, page: int, url: str, response: requests.Response | None, body: bytes, attempts: int, seconds: float,
+        *, set_aside: list[str] | None = None, suffix: str | None = None,
+    ) -> RawPage:
+        """Store a body gzip-compressed; its manifest line is written by :meth:`settle`."""
+        content_type = response.headers.get("Content-Type", "") if response is not None else ""
+        name = self._file_name(page, suffix if suffix is not None else _suffix(content_type, body))
+        stored = self._store(name, body)
         return RawPage(
             page=page,
             url=self.safe_url(url),
@@ -241,23 +280,30 @@ class BulkReader(ApiReader):
             file=name,
             seconds=round(seconds, 4),
             attempts=attempts,
+            set_aside=list(set_aside or ()),
             sha256=hashlib.sha256(body).hexdigest(),
-            stored_bytes=len(packed),
+            stored_bytes=stored,
         )
+
+    def _forget(self, record: PageRecord) -> None:
+        """Nothing to do: a page is listed only once :meth:`settle` is called."""
 
     def settle(self, record: PageRecord, records: int | None) -> None:
         record.records = records  # type: ignore[assignment]  # None: the page could not be read
         line = orjson.dumps(vars(record)) + b"\n"
         with self._lock:
-            self._manifest.write(line)
-            self._manifest.flush()
+            written = os.write(self._manifest, line)
+        if written != len(line):
+            raise OSError(f"only {written} of {len(line)} bytes of a manifest line were written to {self.manifest_path}")
 
     def write_manifest(self) -> None:
         """Nothing to do: :meth:`settle` appends each page's line."""
 
     def close(self) -> None:
         with self._lock:
-            self._manifest.close()
+            if self._manifest >= 0:
+                os.close(self._manifest)
+                self._manifest = -1
             for session in self._sessions:
                 session.close()
 
@@ -272,15 +318,20 @@ class _Page:
     stats: FlattenStats = field(default_factory=FlattenStats)
     #: API pages in this unit: consecutive pages are flattened and written together (``batch_records``).
     pages: int = 1
+    #: The URL of its first page (secrets masked), for messages.
+    url: str = ""
 
     def head(self, rows: int) -> "_Page":
-        return _Page(self.number, rows, {k: v.slice(0, rows) for k, v in self.columns.items()}, self.stats, self.pages)
+        return _Page(self.number, rows, {k: v.slice(0, rows) for k, v in self.columns.items()}, self.stats, self.pages, self.url)
 
 
-def typed_records(records: list[Any], max_depth: int) -> tuple[int, dict[str, pa.Array], FlattenStats]:
-    """Flatten records as the native path does, then type each column (see the module docstring)."""
+def typed_records(records: list[Any], max_depth: int, max_columns: int | None = None) -> tuple[int, dict[str, pa.Array], FlattenStats]:
+    """Flatten records as the native path does, then type each column (see the module docstring).
+
+    Raises :class:`~.flatten.TooManyColumns` before building a frame wider than ``max_columns``.
+    """
     stats = FlattenStats()
-    frame = flatten_records(records, max_depth=max_depth, stats=stats)
+    frame = flatten_records(records, max_depth=max_depth, stats=stats, max_columns=max_columns)
     return len(records), {str(name): typed_column(frame[name]) for name in frame.columns}, stats
 
 
@@ -299,19 +350,19 @@ def planned_urls(source: SourceConfig) -> Iterator[tuple[int, str]]:
         yield index + 1, with_params(base, {**where, pagination.limit_param: pagination.page_size})
 
 
-def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPoolExecutor) -> Iterator[tuple[int, list[Any]]]:
-    """Pages of computed-URL pagination in page order, fetched ``2 x concurrency`` ahead.
+def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPoolExecutor) -> Iterator[tuple[int, str, list[Any]]]:
+    """``(page, URL, records)`` of computed-URL pagination in page order, fetched ``2 x concurrency`` ahead.
 
     The threads only fetch and save (network waits and gzip release the GIL); parsing and
     flattening happen here, one page at a time: threads contending for the GIL over them would
-    spend more CPU than they overlap.
+    spend more CPU than they overlap. A page whose body does not parse is fetched again from here.
     """
     page_size = source.pagination.page_size
     plan = planned_urls(source)
-    pending: deque[tuple[int, str, Future[tuple[Any, bytes, RawPage]]]] = deque()
+    pending: deque[tuple[int, str, Future[Fetched]]] = deque()
 
     def submit(number: int, url: str) -> None:
-        pending.append((number, url, pool.submit(reader.get, url, number)))
+        pending.append((number, url, pool.submit(reader.get, url, number, parse=False)))
 
     previous = ""
     try:
@@ -319,28 +370,22 @@ def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPool
             submit(number, url)
         while pending:
             number, url, future = pending.popleft()
-            _, body, record = future.result()
-            if number > 1 and record.sha256 == previous:
-                reader.settle(record, None)
+            try:
+                record, records = _read_page(reader, source, url, future.result(), previous)
+            except IngestionError as exc:
+                raise IngestionError(f"page {number}: {exc}") from None
+            if records is None:
                 log.warning(
                     "stopping pagination: page %d from %s is identical to the page before it "
                     "(the API seems to ignore the paging parameters)", number, record.url
                 )
                 return
             previous = record.sha256
-            _, records, _ = read_records(reader, url, body, record, source.records_path)
-            del body
-            if len(records) > page_size and source.pagination.type == "offset":
-                raise IngestionError(
-                    f"{record.url} returned {len(records)} records, more than pagination.page_size={page_size}: "
-                    "the API does not honour the limit parameter, so the offsets of the next pages are unknown; "
-                    "set page_size to the API's page size"
-                )
             following = next(plan, None) if len(records) >= page_size else None
             if following is not None:
                 submit(*following)  # before this page is flattened and written: the threads stay busy
             log.debug("page %d: %d records from %s", number, len(records), record.url)
-            yield number, records
+            yield number, record.url, records
             if len(records) < page_size:
                 return
         log.warning("stopping pagination at max_pages=%d", source.pagination.max_pages)
@@ -348,37 +393,72 @@ def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPool
         _settle_unread(reader, [future for _, _, future in pending])
 
 
-def _settle_unread(reader: BulkReader, futures: list[Future[tuple[Any, bytes, RawPage]]]) -> None:
+def _read_page(reader: BulkReader, source: SourceConfig, url: str, fetched: Fetched, previous: str) -> tuple[RawPage, list[Any] | None]:
+    """Parse a fetched page (fetching it again if its body is cut off) and find its records;
+    None for records when the page is identical to the one before it (digest ``previous``)."""
+    fetched = reader.parsed(url, fetched)
+    record = fetched.record
+    assert isinstance(record, RawPage)
+    if record.page > 1 and record.sha256 == previous:
+        reader.settle(record, None)
+        return record, None
+    records, _ = read_records(reader, url, fetched, source.records_path)
+    page_size = source.pagination.page_size
+    if len(records) > page_size and source.pagination.type == "offset":
+        raise IngestionError(
+            f"{record.url} returned {len(records)} records, more than pagination.page_size={page_size}: "
+            "the API does not honour the limit parameter, so the offsets of the next pages are unknown; "
+            "set page_size to the API's page size"
+        )
+    return record, records
+
+
+def _settle_unread(reader: BulkReader, futures: list[Future[Fetched]]) -> None:
     """List the pages fetched but never read (past the end, or after a failure) in the manifest."""
     for future in futures:
         future.cancel()
     wait(futures)
     for future in futures:
         if not future.cancelled() and future.exception() is None:
-            reader.settle(future.result()[2], None)
+            reader.settle(future.result().record, None)
 
 
-def _sequential_pages(reader: BulkReader, source: SourceConfig) -> Iterator[tuple[int, list[Any]]]:
+def _sequential_pages(reader: BulkReader, source: SourceConfig) -> Iterator[tuple[int, str, list[Any]]]:
     """Pages of next-link (or no) pagination, one request at a time."""
-    return ((number, records) for number, _, _, records, _ in iter_pages(reader, source))
+    number = 0
+    try:
+        for number, url, _, records, _ in iter_pages(reader, source):
+            yield number, reader.safe_url(url), records
+    except IngestionError as exc:
+        raise IngestionError(f"page {number + 1}: {exc}") from None
 
 
-def _typed_batches(pages: Iterator[tuple[int, list[Any]]], max_depth: int, batch_records: int) -> Iterator[_Page]:
+def _typed_batch(first: int, url: str, records: list[Any], pages: int, max_depth: int, max_columns: int | None) -> _Page:
+    try:
+        return _Page(first, *typed_records(records, max_depth, max_columns), pages=pages, url=url)
+    except TooManyColumns as exc:
+        raise TooManyColumns(f"page {first}: {exc} (in the records of {pages} page(s) from {url} on)") from None
+
+
+def _typed_batches(
+    pages: Iterator[tuple[int, str, list[Any]]], max_depth: int, batch_records: int, max_columns: int | None = None
+) -> Iterator[_Page]:
     """Consecutive pages' records flattened and typed together, at least ``batch_records`` at a time
     (the last batch may hold fewer): flattening and writing a part file have a fixed cost that
     small pages would otherwise pay every time."""
     batch: list[Any] = []
-    first, count = 0, 0
+    first, url, count = 0, "", 0
     try:
-        for number, records in pages:
-            first = first or number
+        for number, page_url, records in pages:
+            if not count:
+                first, url = number, page_url
             batch.extend(records)
             count += 1
             if len(batch) >= batch_records:
-                yield _Page(first, *typed_records(batch, max_depth), pages=count)
+                yield _typed_batch(first, url, batch, count, max_depth, max_columns)
                 batch, first, count = [], 0, 0
         if count:
-            yield _Page(first, *typed_records(batch, max_depth), pages=count)
+            yield _typed_batch(first, url, batch, count, max_depth, max_columns)
     finally:
         close = getattr(pages, "close", None)
         if close is not None:
@@ -492,8 +572,9 @@ def conform(array: pa.Array | pa.ChunkedArray | None, kind: pa.DataType, rows: i
 class PartWriter:
     """Write pages as part files under one growing schema; :meth:`finish` unifies the older parts."""
 
-    def __init__(self, parts_dir: Path) -> None:
+    def __init__(self, parts_dir: Path, max_columns: int | None = None) -> None:
         self.parts_dir = Path(parts_dir)
+        self.max_columns = max_columns
         self.kinds: dict[str, pa.DataType] = {}
         self.schema = pa.schema([])
         self._version = 0
@@ -507,6 +588,11 @@ class PartWriter:
             if kind != known:
                 self.kinds[name] = kind
                 changed = True
+        if self.max_columns is not None and len(self.kinds) > self.max_columns:
+            raise TooManyColumns(
+                f"page {page.number}: the pages so far have {len(self.kinds)} distinct columns, "
+                f"more than processing.max_columns={self.max_columns} (from {page.url})"
+            )
         if changed:
             self.schema = pa.schema([(name, _stored(kind)) for name, kind in self.kinds.items()])
             self._version += 1
@@ -596,6 +682,7 @@ def ingest_to_parquet(
     credentials: CredentialResolver = env_credentials,
     sleep: Callable[[float], None] = time.sleep,
     batch_records: int = BATCH_RECORDS,
+    session_factory: Callable[[], requests.Session] | None = None,
 ) -> BulkIngestResult:
     """Fetch every page of ``source`` into ``parts_dir/part-NNNNNN.parquet`` (see the module docstring).
 
@@ -616,6 +703,8 @@ def ingest_to_parquet(
     batch_records : int
         Consecutive pages are flattened and written as one part file once they hold this many
         records (``1``: a part file per page).
+    session_factory : callable, optional
+        Makes each thread's HTTP session (a replay serves the raw snapshot through one).
 
     Returns
     -------
@@ -624,25 +713,27 @@ def ingest_to_parquet(
     Raises
     ------
     IngestionError
-        A page could not be fetched or read (the message names the page and its URL), or the API
-        returned no records.
+        A page could not be fetched or read (the message names the page and its URL), its body is
+        over ``source.max_response_bytes``, the records would flatten to more than
+        ``processing.max_columns`` columns, or the API returned no records.
     ConfigError
         A credential's environment variable is not set.
     """
     raw_dir, parts_dir = Path(raw_dir), Path(parts_dir)
     limiter = RateLimiter(source.max_requests_per_second) if source.max_requests_per_second else None
-    reader = BulkReader(source, raw_dir, credentials=credentials, sleep=sleep, limiter=limiter)
+    reader = BulkReader(source, raw_dir, credentials=credentials, sleep=sleep, limiter=limiter, session_factory=session_factory)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    _clear(raw_dir, "page-*.gz")
+    _clear(raw_dir, "page-*.gz", ".page-*.tmp*")
     _clear(parts_dir, "part-*.parquet", ".part-*.tmp")
-    writer = PartWriter(parts_dir)
+    limit = max_columns(processing)
+    writer = PartWriter(parts_dir, max_columns=limit)
     progress = _Progress()
     truncated = False
     computed = source.pagination.type in ("offset", "page")
     try:
         with ThreadPoolExecutor(max_workers=source.concurrency, thread_name_prefix="bulk-ingest") as pool:
             fetched = _concurrent_pages(reader, source, pool) if computed else _sequential_pages(reader, source)
-            pages = _typed_batches(fetched, processing.max_depth, batch_records)
+            pages = _typed_batches(fetched, processing.max_depth, batch_records, limit)
             if not computed:
                 pages = prefetch(pages, depth=2)  # the next batch is fetched and flattened while this one is written
             try:
@@ -654,9 +745,9 @@ def ingest_to_parquet(
                     progress.add(page)
                     if source.max_records is not None and progress.records >= source.max_records:
                         break
-            except IngestionError as exc:
+            except IngestionError as exc:  # the message starts with the page's number
                 raise IngestionError(
-                    f"page {progress.pages + 1}: {exc} ({progress.records} records from {progress.pages} earlier page(s) "
+                    f"{exc} ({progress.records} records from {progress.pages} earlier page(s) "
                     f"are in {parts_dir}; every response so far is in {raw_dir})"
                 ) from None
             finally:

@@ -86,6 +86,8 @@ class SourceConfig(_Model):
     max_requests_per_second: float | None = Field(None, gt=0)
     #: A response body larger than this is refused while it streams (the part read is kept).
     max_response_bytes: int = Field(256 * 1024**2, ge=1024)
+    #: Total time to receive one body (``timeout_seconds`` bounds each wait for data); past it: retried.
+    max_response_seconds: float = Field(600.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -211,8 +213,8 @@ class PipelineConfig(_Model):
         data = self.model_dump(mode="json")
         src = data["source"]
         src["url"] = redact_url(src["url"])
-        src["headers"] = {k: (REDACTED if _is_secret(k, v) else v) for k, v in src["headers"].items()}
-        src["params"] = {k: (REDACTED if _is_secret(k, v) else v) for k, v in src["params"].items()}
+        src["headers"] = {k: (REDACTED if looks_secret(k, v) else v) for k, v in src["headers"].items()}
+        src["params"] = {k: (REDACTED if looks_secret(k, v) else v) for k, v in src["params"].items()}
         return data
 
     def secret_values(self) -> list[str]:
@@ -222,7 +224,7 @@ class PipelineConfig(_Model):
         pairs = [*source.headers.items(), *source.params.items()]
         parts = urlsplit(source.url)
         pairs += parse_qsl(parts.query, keep_blank_values=True)
-        found = [str(v) for k, v in pairs if _is_secret(k, v)]
+        found = [str(v) for k, v in pairs if looks_secret(k, v)]
         if parts.password:
             found.append(parts.password)
         for value in list(found):
@@ -232,7 +234,8 @@ class PipelineConfig(_Model):
         return sorted({v for v in found if len(v) >= 3}, key=len, reverse=True)
 
 
-def _is_secret(key: str, value: Any) -> bool:
+def looks_secret(key: str, value: Any) -> bool:
+    """Whether a header, parameter or query item carries a secret (by its name or its value's scheme)."""
     return bool(_SECRET_NAME.search(str(key))) or (isinstance(value, str) and bool(_SECRET_VALUE.match(value)))
 
 
@@ -246,7 +249,7 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = urlencode(
-        [(k, REDACTED if _is_secret(k, v) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [(k, REDACTED if looks_secret(k, v) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
         safe="*",
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

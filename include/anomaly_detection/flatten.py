@@ -5,6 +5,14 @@
 * :func:`extract_records` finds the list of records in a payload.
 * :func:`flatten_records` flattens nested objects to ``parent.child`` columns without recursion.
 * :func:`finalize_frame` expands short fixed lists, serialises the rest and converts types.
+
+Hostile input
+    Invalid UTF-8 is decoded with U+FFFD replacement characters and a warning naming the source
+    and the byte offset of the first bad sequence (the raw snapshot keeps the original bytes), so
+    one mis-encoded text field does not cost the whole run. Nesting deeper than about 20,000
+    levels is a :class:`BodyNotJson` error, never a ``RecursionError`` or a crashed stack, in any
+    thread. A page whose records would flatten to more than ``max_columns`` columns is a
+    :class:`TooManyColumns` error raised before the wide frame is built.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,26 +37,119 @@ log = logging.getLogger(__name__)
 _SCALARS = (str, int, float, bool, type(None))
 _ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 _PARSE_RECURSION_LIMIT = 20_000
+#: Stack of the thread that runs the standard library's parser: 20,000 levels need about 4 MiB.
+_PARSE_STACK_BYTES = 64 * 2**20
+#: The fallback parser changes process-wide settings (recursion limit, new threads' stack size).
+_PARSE_LOCK = threading.Lock()
+
+
+class BodyNotJson(IngestionError):
+    """A response body that could not be parsed as JSON.
+
+    Attributes
+    ----------
+    detail : str
+        The parser's own message (with its position).
+    deep : bool
+        Whether the body is nested too deeply: a property of the data, never worth a retry.
+    """
+
+    def __init__(self, message: str, *, detail: str, deep: bool = False) -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.deep = deep
+
+
+class TooManyColumns(IngestionError):
+    """Records that would flatten to more columns than allowed (``processing.max_columns``)."""
 
 
 def parse_json(body: bytes, *, source: str) -> Any:
-    """Parse a response body, naming ``source`` and the body's start in the error."""
+    """Parse a response body, naming ``source`` and the body's start in the error.
+
+    Parameters
+    ----------
+    body : bytes
+        The response body: UTF-8 (UTF-16/32 with or without a byte order mark are read too).
+    source : str
+        Where the body came from (a URL with secrets masked), for messages.
+
+    Returns
+    -------
+    Any
+        The parsed value.
+
+    Raises
+    ------
+    BodyNotJson
+        The body is not JSON, or is nested more than about 20,000 levels deep (``deep``).
+
+    Notes
+    -----
+    Bytes that are not valid in the body's encoding are replaced with U+FFFD and logged as a
+    warning naming ``source`` and the byte offset of the first one; the body is not refused.
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
-    limit = sys.getrecursionlimit()
+    text, repaired = _decode(body, source)
+    if repaired:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _parse_standard(text, body, source)
+
+
+def _decode(body: bytes, source: str) -> tuple[str, bool]:
+    """``(text, changed)``: the body decoded in the encoding JSON detection names, bad bytes replaced."""
+    encoding = json.detect_encoding(body)
     try:
+        return body.decode(encoding), encoding != "utf-8"
+    except UnicodeDecodeError as exc:
+        log.warning(
+            "response from %s is not valid %s at byte %d (%r); undecodable bytes are read as U+FFFD "
+            "(the raw snapshot keeps the original bytes)", source, encoding, exc.start, body[exc.start: exc.start + 8],
+        )
+        return body.decode(encoding, "replace"), True
+
+
+def _parse_standard(text: str, body: bytes, source: str) -> Any:
+    """``json.loads`` (NaN/Infinity, deep nesting) in a thread whose stack fits the raised recursion limit."""
+    outcome: dict[str, Any] = {}
+
+    def parse() -> None:
+        limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(limit, _PARSE_RECURSION_LIMIT))
-        return json.loads(body)
-    except RecursionError:
-        raise IngestionError(f"response from {source} is nested too deeply to parse") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        start = body[:120].decode("utf-8", "replace").strip()
-        kind = "an HTML page" if start.lower().startswith(("<!doctype html", "<html")) else "not valid JSON"
-        raise IngestionError(f"response from {source} is {kind} ({exc}); it starts with {start!r}") from None
-    finally:
-        sys.setrecursionlimit(limit)
+        try:
+            outcome["value"] = json.loads(text)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome["error"] = exc
+        finally:
+            sys.setrecursionlimit(limit)
+
+    with _PARSE_LOCK:
+        previous = threading.stack_size(_PARSE_STACK_BYTES)
+        try:
+            worker = threading.Thread(target=parse, name="json-parse", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+        worker.join()
+    error = outcome.get("error")
+    if error is None:
+        return outcome["value"]
+    if not isinstance(error, (RecursionError, ValueError)):
+        raise error
+    if isinstance(error, RecursionError):
+        raise BodyNotJson(
+            f"response from {source} is nested too deeply to parse (more than about {_PARSE_RECURSION_LIMIT:,} levels)",
+            detail="nested too deeply", deep=True,
+        )
+    start = body[:120].decode("utf-8", "replace").strip()
+    kind = "an HTML page" if start.lower().startswith(("<!doctype html", "<html")) else "not valid JSON"
+    raise BodyNotJson(f"response from {source} is {kind} ({error}); it starts with {start!r}", detail=str(error))
 
 
 # --------------------------------------------------------------------------- records
@@ -296,20 +398,46 @@ def _emit(out: dict[str, Any], name: str, column: Any, stats: FlattenStats) -> N
     out[name] = column
 
 
-def flatten_records(records: list[Any], *, max_depth: int, stats: FlattenStats) -> pd.DataFrame:
+def _check_width(columns: int, max_columns: int | None, where: str) -> None:
+    if max_columns is not None and columns > max_columns:
+        raise TooManyColumns(
+            f"the records would flatten to more than processing.max_columns={max_columns} columns "
+            f"({columns} {where}); raise processing.max_columns, or point source.records_path at the list of records"
+        )
+
+
+def _check_keys(rows: list[dict[str, Any]], already: int, max_columns: int | None, where: str) -> None:
+    """Refuse ``rows`` if their distinct keys and ``already`` columns pass ``max_columns`` (the keys
+    are only gathered when the plain count of keys says they might)."""
+    if max_columns is None or already + sum(map(len, rows)) <= max_columns:
+        return
+    _check_width(already + len(set().union(*rows)), max_columns, where)
+
+
+def flatten_records(records: list[Any], *, max_depth: int, stats: FlattenStats, max_columns: int | None = None) -> pd.DataFrame:
     """Flatten a page of records into a frame (list values are still Python lists).
 
     Column by column rather than record by record: each level of nested objects becomes one
     ``DataFrame.from_records`` call, so the cost per record stays small. Names, the ``max_depth``
     rule and the ``__dupN`` collision rule are those of :func:`flatten_record`; a key whose value
     is an object in every record yields only its children (no all-empty parent column).
+
+    Raises
+    ------
+    TooManyColumns
+        The records would make more than ``max_columns`` columns (None: no limit). Each level's
+        keys are counted before its frame is built, so a record with a million keys costs a set
+        of its keys, not a million-column frame.
     """
     if not records:
         return pd.DataFrame()
     if not all(type(r) is dict for r in records):
         rows = [flatten_record(r, max_depth=max_depth, stats=stats) for r in records]
+        _check_keys(rows, 0, max_columns, "distinct keys")
         return pd.DataFrame.from_records(rows)
+    _check_keys(records, 0, max_columns, "distinct keys at the top level")
     top = pd.DataFrame.from_records(records)
+    planned = top.shape[1]
     out: dict[str, Any] = {}
     stack = [iter([(str(name), top[name], 1) for name in top.columns])]
     while stack:
@@ -332,8 +460,12 @@ def flatten_records(records: list[Any], *, max_depth: int, stats: FlattenStats) 
             _emit(out, name, column.map(lambda v: (_json_text(v) if v else None) if type(v) is dict else v), stats)
             continue
         rest = column.where(~is_dict, None)
-        sub = pd.DataFrame.from_records([v if d else {} for v, d in zip(values, is_dict)], index=column.index)
-        if rest.notna().any() or sub.shape[1] == 0:
+        objects = [v if d else {} for v, d in zip(values, is_dict)]
+        keep_parent = bool(rest.notna().any()) or not non_empty.any()
+        _check_keys(objects, planned - (not keep_parent), max_columns, f"columns once '{name}' is flattened")
+        sub = pd.DataFrame.from_records(objects, index=column.index)
+        planned += sub.shape[1] - (not keep_parent)
+        if keep_parent:
             _emit(out, name, rest, stats)
         stack.append(iter([(f"{name}.{key}", sub[key], depth + 1) for key in sub.columns]))
     return pd.DataFrame(out, index=top.index)

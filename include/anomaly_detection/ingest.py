@@ -1,14 +1,37 @@
 """Read records from a REST JSON API: pagination, retries, auth, and a raw snapshot of every page.
 
 Every response body is written to ``raw_dir`` before it is parsed, so a failed parse loses nothing.
+
+Faults
+    Connection errors, timeouts, HTTP 429/5xx, a body cut short and a 200 whose body is JSON-like
+    but does not parse (a truncated page) are retried ``source.retries`` times. The body of each
+    such rejected 200 is kept as ``page-NNNNN.attemptK.json`` (listed in its page's manifest entry
+    under ``set_aside``); ``page-NNNNN.json`` holds the body that was parsed, so the snapshot and
+    the records always come from the same response. A 200 that is plainly not JSON (HTML, text)
+    or is nested too deeply fails at once.
+
+Limits
+    A body is read a network receive at a time and refused once it passes
+    ``source.max_response_bytes`` (a ``Content-Length`` above it is refused before reading): the
+    error names the URL and the cap, and what arrived is kept as ``page-NNNNN.partial``. A body
+    still arriving ``source.max_response_seconds`` after its request was sent is abandoned and
+    retried (``timeout_seconds`` only bounds each wait for data). Records that would flatten to
+    more than ``processing.max_columns`` columns are refused before the frame is built.
+
+Files
+    Raw pages and ``manifest.json`` are written under a temporary name and renamed into place, so
+    a killed process never leaves a half-written file under a final name.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import email.utils
+import functools
 import hashlib
+import io
 import logging
 import os
 import time
@@ -20,15 +43,26 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsp
 import orjson
 import pandas as pd
 import requests
+import urllib3
 
-from .config import REDACTED, ProcessingConfig, SourceConfig, redact_url
+from . import atomic
+from .config import REDACTED, ProcessingConfig, SourceConfig, looks_secret, redact_url
 from .errors import ConfigError, IngestionError
-from .flatten import ColumnNotes, FlattenStats, extract_records, finalize_frame, flatten_records, parse_json
+from .outbound import guarded_session
+from .flatten import BodyNotJson, ColumnNotes, FlattenStats, TooManyColumns, extract_records, finalize_frame, flatten_records, parse_json
 
 log = logging.getLogger(__name__)
 
+#: Redirects followed for one request (each hop checked by the outbound guard).
+MAX_REDIRECTS = 10
 USER_AGENT = "dynamic-anomaly-detection/0.1"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Defaults of ``source.max_response_bytes``, ``source.max_response_seconds`` and ``processing.max_columns``.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
+DEFAULT_MAX_RESPONSE_SECONDS = 600.0
+DEFAULT_MAX_COLUMNS = 5_000
+#: The most one read of a body asks for (a read returns what one network receive brings).
+READ_CHUNK_BYTES = 256 * 1024
 
 #: Resolves the secrets of ``source.auth`` into request headers and query parameters.
 CredentialResolver = Callable[[SourceConfig], tuple[dict[str, str], dict[str, str]]]
@@ -45,6 +79,19 @@ class PageRecord:
     records: int = 0
     seconds: float = 0.0
     attempts: int = 1
+    #: Raw files of earlier attempts whose 200 body was rejected (not valid JSON).
+    set_aside: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Fetched:
+    """One page's response, its body and manifest entry, and (once parsed) its payload."""
+
+    response: requests.Response
+    body: bytes
+    record: PageRecord
+    payload: Any = None
+    parsed: bool = False
 
 
 @dataclass
@@ -179,6 +226,102 @@ def _origin(url: str) -> tuple[str, str]:
     return scheme, f"{(parts.hostname or '').lower()}:{port}"
 
 
+def response_limits(source: SourceConfig) -> tuple[int, float]:
+    """``(max_response_bytes, max_response_seconds)`` of ``source``, the defaults where it has none."""
+    return (
+        int(getattr(source, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES)),
+        float(getattr(source, "max_response_seconds", DEFAULT_MAX_RESPONSE_SECONDS)),
+    )
+
+
+def max_columns(processing: ProcessingConfig) -> int:
+    """``processing.max_columns``, the default where the configuration has none."""
+    return int(getattr(processing, "max_columns", DEFAULT_MAX_COLUMNS))
+
+
+class BodyTooLarge(Exception):
+    """A body over the byte cap: ``partial`` is what was read (nothing when ``declared`` said so)."""
+
+    def __init__(self, response: requests.Response, partial: bytes, declared: int | None) -> None:
+        super().__init__(f"{len(partial)} bytes read, Content-Length {declared}")
+        self.response = response
+        self.partial = partial
+        self.declared = declared
+
+
+class BodyTooSlow(Exception):
+    """A body still arriving at its deadline."""
+
+
+def _declared_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _reader(raw: Any) -> Callable[[int], bytes]:
+    """A function that returns what one receive brings (at most n bytes), decoded; b"" at the end."""
+    if isinstance(raw, urllib3.response.BaseHTTPResponse):
+        return functools.partial(raw.read1, decode_content=True)
+    return getattr(raw, "read1", raw.read)
+
+
+def read_body(response: requests.Response, *, cap: int, deadline: float) -> bytes:
+    """Read the whole (decoded) body of a streamed response within ``cap`` bytes and a deadline.
+
+    Reads return as soon as data arrives, so at most one read (``READ_CHUNK_BYTES``) passes the
+    cap and one ``timeout_seconds`` wait passes the deadline; memory stays within the cap.
+
+    Raises
+    ------
+    BodyTooLarge
+        More than ``cap`` bytes: declared by ``Content-Length`` (nothing read) or received.
+    BodyTooSlow
+        The body was still arriving at ``deadline`` (``time.monotonic()``).
+    requests.RequestException
+        The connection timed out or broke while reading.
+    """
+    declared = _declared_length(response)
+    if declared is not None and declared > cap:
+        raise BodyTooLarge(response, b"", declared)
+    read = _reader(response.raw)
+    buffer = io.BytesIO()
+    try:
+        while chunk := read(READ_CHUNK_BYTES):
+            buffer.write(chunk)
+            if buffer.tell() > cap:
+                raise BodyTooLarge(response, buffer.getvalue(), declared)
+            if time.monotonic() > deadline:
+                raise BodyTooSlow(f"{buffer.tell()} bytes read")
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ReadTimeout(exc) from None
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from None
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from None
+    return buffer.getvalue()
+
+
+def _broken(exc: requests.RequestException) -> str:
+    """The first line of what urllib3 said about a broken body (no URL in it)."""
+    inner = exc.args[0] if exc.args else exc
+    text = str(inner.args[0] if getattr(inner, "args", None) else inner)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _looks_like_json(content_type: str, body: bytes) -> bool:
+    """Whether a body that did not parse was meant to be JSON (so it may be a cut-off page)."""
+    start = body[:64].lstrip()
+    if start.lower().startswith((b"<!doctype", b"<html")):
+        return False
+    return not start or start[:1] in (b"{", b"[") or "json" in content_type
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename: never half a file."""
+    with atomic.replacing(path) as temporary:
+        temporary.write_bytes(data)
+
+
 def _suffix(content_type: str, body: bytes) -> str:
     if "json" in content_type:
         return ".json"
@@ -202,7 +345,7 @@ class ApiReader:
         self.source = source
         self.raw_dir = Path(raw_dir)
         self.raw_dir.mkdir(parents=True, exist_ok=True)
-        self.session = session or requests.Session()
+        self.session = session or guarded_session()
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.headers["Accept"] = "application/json"
         self.auth_headers, self.auth_params = credentials(source)
@@ -225,10 +368,22 @@ class ApiReader:
         delay = hinted if hinted is not None else self.source.backoff_seconds * (2**attempt)
         return min(delay, self.source.max_backoff_seconds)
 
-    def _save(self, page: int, url: str, response: requests.Response | None, body: bytes, attempts: int, seconds: float) -> PageRecord:
+    def _file_name(self, page: int, suffix: str) -> str:
+        return f"page-{page:05d}{suffix}"
+
+    def _store(self, name: str, body: bytes) -> int:
+        """Write a raw file; return the bytes stored."""
+        write_atomically(self.raw_dir / name, body)
+        return len(body)
+
+    def _save(
+        self, page: int, url: str, response: requests.Response | None, body: bytes, attempts: int, seconds: float,
+        *, set_aside: list[str] | None = None, suffix: str | None = None,
+    ) -> PageRecord:
+        """Store a body as ``page``'s raw file and list it in the manifest."""
         content_type = response.headers.get("Content-Type", "") if response is not None else ""
-        name = f"page-{page:05d}{_suffix(content_type, body)}"
-        (self.raw_dir / name).write_bytes(body)
+        name = self._file_name(page, suffix if suffix is not None else _suffix(content_type, body))
+        self._store(name, body)
         record = PageRecord(
             page=page,
             url=self.safe_url(url),
@@ -238,14 +393,20 @@ class ApiReader:
             file=name,
             seconds=round(seconds, 4),
             attempts=attempts,
+            set_aside=list(set_aside or ()),
         )
         self.pages.append(record)
         self.write_manifest()
         return record
 
+    def _forget(self, record: PageRecord) -> None:
+        """Take a page's entry out of the manifest (its body was set aside for a retry)."""
+        self.pages.remove(record)
+        self.write_manifest()
+
     def write_manifest(self) -> None:
         manifest = [vars(p) for p in self.pages]
-        (self.raw_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        write_atomically(self.raw_dir / "manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
 
     def settle(self, record: PageRecord, records: int | None) -> None:
         """Record how many records a saved page held (None: it could not be read) in the manifest."""
@@ -254,49 +415,116 @@ class ApiReader:
         self.write_manifest()
 
     def _request(self, url: str, headers: dict[str, str]) -> requests.Response:
-        """Send one attempt; subclasses may throttle it or pick a session per thread."""
-        return self.session.request(self.source.method, url, headers=headers, timeout=self.source.timeout_seconds)
+        """Send one attempt (the body is left to stream); subclasses may throttle it or pick a session per thread."""
+        return self._send(self.session, url, headers)
 
-    def get(self, url: str, page: int) -> tuple[requests.Response, bytes, PageRecord]:
-        """GET ``url`` (retrying connection errors, timeouts, 429 and 5xx) and save the body.
+    def _send(self, session: requests.Session, url: str, headers: dict[str, str]) -> requests.Response:
+        """Send a request and follow its redirects here, not in requests: a redirect's body is never read
+        (requests would read all of it, past any cap), every hop passes the session's outbound guard,
+        and a hop to another origin carries no credentials."""
+        method = self.source.method
+        for _ in range(MAX_REDIRECTS + 1):
+            response = session.request(
+                method, url, headers=headers, timeout=self.source.timeout_seconds, stream=True, allow_redirects=False
+            )
+            if not response.is_redirect:
+                return response
+            location = response.headers["Location"]
+            response.close()
+            if response.status_code in (301, 302, 303) and method != "GET":
+                method = "GET"
+            url = urljoin(url, location)
+            if _origin(url) != self.origin:
+                headers = self._public_headers()
+        raise requests.exceptions.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
-        Credentials are sent only to the origin (scheme, host and port) of ``source.url``: a next
-        link that points elsewhere is fetched without them.
-        """
-        safe_url = self.safe_url(url)
+    def _public_headers(self) -> dict[str, str]:
+        """The configured headers that carry no secret: what a request to another origin gets."""
+        return {k: v for k, v in self.source.headers.items() if not looks_secret(k, v)}
+
+    def _addressed(self, url: str) -> tuple[str, dict[str, str]]:
+        """The URL and headers to send: credentials only to the origin of ``source.url``."""
         same_origin = _origin(url) == self.origin
         if not same_origin and (self.auth_headers or self.auth_params):
-            log.warning("%s is not on %s://%s; requesting it without credentials", safe_url, *self.origin)
-        request_url = with_params(url, self.auth_params) if same_origin else url
-        headers = {**self.source.headers, **self.auth_headers} if same_origin else dict(self.source.headers)
-        started = time.perf_counter()
-        last_problem = ""
+            log.warning("%s is not on %s://%s; requesting it without credentials", self.safe_url(url), *self.origin)
+        if same_origin:
+            return with_params(url, self.auth_params), {**self.source.headers, **self.auth_headers}
+        return url, self._public_headers()
+
+    def _attempt(self, url: str, headers: dict[str, str], safe_url: str) -> tuple[requests.Response | None, bytes, str]:
+        """Send one request and read its body: ``(response, body, "")``, or why it failed instead.
+
+        Raises :class:`BodyTooLarge` for a body over the cap.
+        """
+        cap, seconds = response_limits(self.source)
+        deadline = time.monotonic() + seconds
         response: requests.Response | None = None
-        for attempt in range(self.source.retries + 1):
+        try:
+            response = self._request(url, headers)
+            return response, read_body(response, cap=cap, deadline=deadline), ""
+        except BodyTooSlow:
+            return response, b"", f"the body was still arriving after source.max_response_seconds={seconds:g}s"
+        except requests.Timeout:
+            return response, b"", f"timed out (nothing received within {self.source.timeout_seconds:g}s)"
+        except requests.ConnectionError as exc:
+            return response, b"", f"connection failed ({_connection_problem(exc)})"
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema, requests.exceptions.TooManyRedirects) as exc:
+            raise IngestionError(f"GET {safe_url} failed: {type(exc).__name__} ({self.scrub(str(exc))[:400]})") from None
+        except requests.exceptions.ChunkedEncodingError as exc:
+            return response, b"", f"the connection broke before the whole body arrived ({self.scrub(_broken(exc))})"
+        except requests.RequestException as exc:
+            return response, b"", f"{type(exc).__name__} while reading the response"
+        finally:
+            if response is not None:
+                response.close()
+
+    def get(self, url: str, page: int, *, parse: bool = True, after: PageRecord | None = None) -> Fetched:
+        """GET ``url`` (retrying connection errors, timeouts, 429, 5xx and truncated JSON) and save the body.
+
+        Parameters
+        ----------
+        url : str
+            The page's URL (credentials are added for the origin of ``source.url`` only: a next
+            link that points elsewhere is fetched without them).
+        page : int
+            The page's number, which names its raw file.
+        parse : bool
+            Parse the body too, retrying a 200 whose JSON-like body does not parse. Without it the
+            caller parses with :meth:`parsed`.
+        after : PageRecord, optional
+            The entry of an attempt set aside by :meth:`parsed`: continue from its attempt count.
+
+        Raises
+        ------
+        IngestionError
+            Every attempt failed, the status is another 4xx/5xx, the body is over the byte cap or
+            is not JSON: the message names the URL, the cause and the saved raw file, if any.
+        """
+        safe_url = self.safe_url(url)
+        request_url, headers = self._addressed(url)
+        attempts = self.source.retries + 1
+        set_aside = list(after.set_aside) if after is not None else []
+        started = time.perf_counter()
+        problem = ""
+        response: requests.Response | None = None
+        failed: tuple[requests.Response, bytes] | None = None
+        for attempt in range(after.attempts if after is not None else 0, attempts):
             if attempt:
                 delay = self._delay(attempt - 1, response)
-                log.warning("retrying %s in %.2fs (attempt %d of %d): %s", safe_url, delay, attempt + 1, self.source.retries + 1, last_problem)
+                log.warning("retrying %s in %.2fs (attempt %d of %d): %s", safe_url, delay, attempt + 1, attempts, problem)
                 self.sleep(delay)
-            response = None
             try:
-                response = self._request(request_url, headers)
-            except requests.Timeout:
-                last_problem = f"timed out (no response within {self.source.timeout_seconds:g}s)"
+                response, body, problem = self._attempt(request_url, headers, safe_url)
+            except BodyTooLarge as exc:
+                self._refuse_large(page, url, exc, attempt + 1, time.perf_counter() - started, set_aside)
+            if problem:
                 continue
-            except requests.ConnectionError as exc:
-                last_problem = f"connection failed ({_connection_problem(exc)})"
-                continue
-            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                    requests.exceptions.InvalidSchema, requests.exceptions.TooManyRedirects) as exc:
-                raise IngestionError(f"GET {safe_url} failed: {type(exc).__name__} ({self.scrub(str(exc))[:200]})") from None
-            except requests.RequestException as exc:  # e.g. a broken chunked body: worth another try
-                last_problem = f"{type(exc).__name__} while reading the response"
-                continue
+            assert response is not None
             if response.status_code in RETRY_STATUSES:
-                last_problem = f"HTTP {response.status_code}"
+                problem, failed = f"HTTP {response.status_code}", (response, body)
                 continue
-            body = response.content
-            record = self._save(page, url, response, body, attempt + 1, time.perf_counter() - started)
+            record = self._save(page, url, response, body, attempt + 1, time.perf_counter() - started, set_aside=set_aside)
             if response.status_code >= 400:
                 self.settle(record, None)
                 snippet = self.scrub(body[:200].decode("utf-8", "replace").strip())
@@ -304,11 +532,63 @@ class ApiReader:
                     f"GET {safe_url} failed with HTTP {response.status_code}; body starts with {snippet!r} "
                     f"(saved to {self.raw_dir / record.file})"
                 )
-            return response, body, record
-        if response is not None:
-            record = self._save(page, url, response, response.content, self.source.retries + 1, time.perf_counter() - started)
+            fetched = Fetched(response, body, record)
+            if not parse:
+                return fetched
+            try:
+                return self._parse(fetched, safe_url)
+            except BodyNotJson as exc:
+                problem = self._set_aside(fetched, exc, set_aside)
+        saved = ""
+        if failed is not None:
+            record = self._save(page, url, failed[0], failed[1], attempts, time.perf_counter() - started, set_aside=set_aside)
             self.settle(record, None)
-        raise IngestionError(f"GET {safe_url} failed after {self.source.retries + 1} attempt(s): {last_problem}")
+            saved = f" (the last response is saved to {self.raw_dir / record.file})"
+        raise IngestionError(f"GET {safe_url} failed after {attempts} attempt(s): {problem}{saved}")
+
+    def parsed(self, url: str, fetched: Fetched) -> Fetched:
+        """``fetched`` with its payload: parsed here, or fetched again (see :meth:`get`) when the
+        body is JSON-like but does not parse and attempts remain."""
+        if fetched.parsed:
+            return fetched
+        try:
+            return self._parse(fetched, self.safe_url(url))
+        except BodyNotJson as exc:
+            set_aside: list[str] = []
+            self._set_aside(fetched, exc, set_aside)
+            after = dataclasses.replace(fetched.record, set_aside=fetched.record.set_aside + set_aside)
+            return self.get(url, fetched.record.page, after=after)
+
+    @staticmethod
+    def _parse(fetched: Fetched, safe_url: str) -> Fetched:
+        fetched.payload, fetched.parsed = parse_json(fetched.body, source=safe_url), True
+        return fetched
+
+    def _set_aside(self, fetched: Fetched, exc: BodyNotJson, set_aside: list[str]) -> str:
+        """Keep a rejected body as ``page-NNNNN.attemptK.*`` for a retry (its name is appended to
+        ``set_aside``); raise a clear error when it is not worth one or none is left."""
+        record = fetched.record
+        retry = not exc.deep and _looks_like_json(record.content_type, fetched.body) and record.attempts < self.source.retries + 1
+        if not retry:
+            self.settle(record, None)
+            tries = f" after {record.attempts} attempt(s)" if record.attempts > 1 else ""
+            raise IngestionError(f"{self.scrub(str(exc))}{tries} (raw response saved to {self.raw_dir / record.file})") from None
+        name = self._file_name(record.page, f".attempt{record.attempts}{_suffix(record.content_type, fetched.body)}")
+        os.replace(self.raw_dir / record.file, self.raw_dir / name)
+        self._forget(record)
+        set_aside.append(name)
+        return f"the body is not valid JSON ({self.scrub(exc.detail)[:200]}; kept as {name})"
+
+    def _refuse_large(self, page: int, url: str, exc: BodyTooLarge, attempts: int, seconds: float, set_aside: list[str]) -> None:
+        """Raise the error for a body over ``source.max_response_bytes``, keeping what arrived."""
+        cap = response_limits(self.source)[0]
+        if exc.partial:
+            record = self._save(page, url, exc.response, exc.partial, attempts, seconds, set_aside=set_aside, suffix=".partial")
+            self.settle(record, None)
+            how = f"more than {cap} bytes arrived; the first {len(exc.partial)} are saved to {self.raw_dir / record.file}"
+        else:
+            how = f"its Content-Length is {exc.declared}; nothing was read"
+        raise IngestionError(f"GET {self.safe_url(url)}: the response is larger than source.max_response_bytes={cap} ({how})") from None
 
 
 def _next_in_body(payload: Any, path: str) -> str | None:
@@ -321,21 +601,19 @@ def _next_in_body(payload: Any, path: str) -> str | None:
     return node if isinstance(node, str) and node else None
 
 
-def read_records(reader: ApiReader, url: str, body: bytes, record: PageRecord, records_path: str | None) -> tuple[Any, list[Any], str]:
-    """Parse a saved page and find its records: ``(payload, records, path_used)``.
+def read_records(reader: ApiReader, url: str, fetched: Fetched, records_path: str | None) -> tuple[list[Any], str]:
+    """Find the records in a parsed page: ``(records, path_used)``.
 
     The record count (or, on failure, that the page could not be read) goes to the manifest; an
     error names the URL and the saved raw file.
     """
-    safe = reader.safe_url(url)
     try:
-        payload = parse_json(body, source=safe)
-        records, path = extract_records(payload, records_path, source=safe)
+        records, path = extract_records(fetched.payload, records_path, source=reader.safe_url(url))
     except IngestionError as exc:
-        reader.settle(record, None)
-        raise IngestionError(f"{reader.scrub(str(exc))} (raw response saved to {reader.raw_dir / record.file})") from None
-    reader.settle(record, len(records))
-    return payload, records, path
+        reader.settle(fetched.record, None)
+        raise IngestionError(f"{reader.scrub(str(exc))} (raw response saved to {reader.raw_dir / fetched.record.file})") from None
+    reader.settle(fetched.record, len(records))
+    return records, path
 
 
 def next_link(kind: str, next_url_path: str, url: str, payload: Any, response: requests.Response) -> str | None:
@@ -368,17 +646,19 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
             return
         seen.add(url)
         page_index += 1
-        response, body, record = reader.get(url, page_index)
-        digest = hashlib.sha256(body).digest()
+        got = reader.get(url, page_index)
+        digest = hashlib.sha256(got.body).digest()
         if page_index > 1 and digest == previous_digest:
-            reader.settle(record, None)
+            reader.settle(got.record, None)
             log.warning(
                 "stopping pagination: page %d from %s is identical to the page before it "
                 "(the API seems to ignore the paging parameters)", page_index, reader.safe_url(url)
             )
             return
         previous_digest = digest
-        payload, records, path = read_records(reader, url, body, record, source.records_path)
+        records, path = read_records(reader, url, got, source.records_path)
+        response, payload = got.response, got.payload
+        del got
         log.info("page %d: %d records from %s", page_index, len(records), reader.safe_url(url))
         yield page_index, url, payload, records, path
         fetched += len(records)
@@ -438,6 +718,22 @@ def prefetch(items: Iterator[Any], *, depth: int = 2) -> Iterator[Any]:
         worker.join(timeout=30)
 
 
+def _flatten_page(
+    reader: ApiReader, page: int, url: str, records: list[Any], processing: ProcessingConfig, stats: FlattenStats,
+    columns: dict[str, None],
+) -> pd.DataFrame:
+    """Flatten one page's records; ``columns`` (the pages' columns so far) must stay within ``processing.max_columns``."""
+    limit = max_columns(processing)
+    try:
+        frame = flatten_records(records, max_depth=processing.max_depth, stats=stats, max_columns=limit)
+        columns.update(dict.fromkeys(map(str, frame.columns)))
+        if len(columns) > limit:
+            raise TooManyColumns(f"the pages so far have {len(columns)} distinct columns, more than processing.max_columns={limit}")
+    except TooManyColumns as exc:
+        raise IngestionError(f"page {page} from {reader.safe_url(url)}: {exc}") from None
+    return frame
+
+
 def ingest(
     source: SourceConfig,
     processing: ProcessingConfig,
@@ -446,20 +742,33 @@ def ingest(
     credentials: CredentialResolver = env_credentials,
     session: requests.Session | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    memory_guard: Callable[[pd.DataFrame], None] | None = None,
 ) -> IngestResult:
-    """Fetch every page, flatten the records and return one typed frame."""
+    """Fetch every page, flatten the records and return one typed frame.
+
+    Raises
+    ------
+    IngestionError
+        A page could not be fetched or read after its retries, is over ``source.max_response_bytes``,
+        its records would flatten to more than ``processing.max_columns`` columns, or there were no
+        records. The message names the URL and the cause; every page fetched so far stays in
+        ``raw_dir`` and its ``manifest.json``.
+    """
     reader = ApiReader(source, raw_dir, credentials=credentials, session=session, sleep=sleep)
     stats = FlattenStats()
     chunks: list[pd.DataFrame] = []
+    columns: dict[str, None] = {}
     total = 0
     path_used = "<root>"
     truncated = False
-    for _, _, _, records, path_used in prefetch(iter_pages(reader, source)):
+    for page, url, _, records, path_used in prefetch(iter_pages(reader, source)):
         if source.max_records is not None and total + len(records) > source.max_records:
             records = records[: source.max_records - total]
             truncated = True
         if records:
-            chunks.append(flatten_records(records, max_depth=processing.max_depth, stats=stats))
+            chunks.append(_flatten_page(reader, page, url, records, processing, stats, columns))
+            if memory_guard is not None:  # sees each page's frame; raises to stop past the memory budget
+                memory_guard(chunks[-1])
         total += len(records)
     if total == 0:
         raise IngestionError(
