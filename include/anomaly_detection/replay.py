@@ -198,13 +198,13 @@ def compare(original: RunPaths, replayed: RunPaths) -> Comparison:
     return result
 
 
-#: Fields that measure the run, not its result.
-TIMINGS = frozenset({"seconds", "fit_seconds", "score_seconds"})
+#: Fields that measure the run, not its result (also every ``*_seconds``).
+TIMINGS = frozenset({"seconds"})
 
 
 def _timeless(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _timeless(v) for k, v in value.items() if k not in TIMINGS}
+        return {k: _timeless(v) for k, v in value.items() if k not in TIMINGS and not str(k).endswith("_seconds")}
     if isinstance(value, list):
         return [_timeless(v) for v in value]
     return value
