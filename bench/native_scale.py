@@ -99,7 +99,14 @@ def bench(rows: int, features: int, mode: str, workdir: Path) -> dict:
         "report_mb": round(float(rendered[-1][0]) / 1024, 2) if rendered else float("nan"),
         "render_s": float(rendered[-1][1]) if rendered else float("nan"),
         "select_report_s": _stage_seconds(log_text),
+        "estimates_mib": _memory_estimates(log_text),
     }
+
+
+def _memory_estimates(log_text: str) -> str:
+    """The memory guard's peak estimates (while ingesting; before preprocessing) from the log, MiB."""
+    found = re.findall(r"native path: about ([0-9.]+) (MiB|GiB) needed", log_text)
+    return " / ".join(str(round(float(v) * (1024 if unit == "GiB" else 1))) for v, unit in found) or "-"
 
 
 def _stage_seconds(log_text: str) -> float:
@@ -127,12 +134,13 @@ def main() -> int:
     sizes = args.rows or [10_000, 100_000, 1_000_000]
     print("wall s: the CLI process from start to exit; pipeline s: the same run without interpreter start-up and imports")
     print("report MB: size of report.html; report s: from the best-model line to the report written (explanations, time view, history, figures)")
-    print(f"{'rows':>9} {'features':>8} {'wall s':>8} {'pipeline s':>10} {'peak RSS MiB':>13} {'configs':>7} {'anomalies':>9} {'report MB':>9} {'report s':>8}  best")
+    print("guard MiB: the memory guard's peak estimates while ingesting / before preprocessing (memory.py), beside the measured peak")
+    print(f"{'rows':>9} {'features':>8} {'wall s':>8} {'pipeline s':>10} {'peak RSS MiB':>13} {'guard MiB':>12} {'configs':>7} {'anomalies':>9} {'report MB':>9} {'report s':>8}  best")
     with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
         for rows in sizes:
             r = bench(rows, args.features, args.mode, Path(tmp))
             print(
-                f"{r['rows']:>9} {r['features']:>8} {r['wall_s']:>8} {r['pipeline_s']:>10} {r['peak_rss_mib']:>13} {r['configs']:>7}"
+                f"{r['rows']:>9} {r['features']:>8} {r['wall_s']:>8} {r['pipeline_s']:>10} {r['peak_rss_mib']:>13} {r['estimates_mib']:>12} {r['configs']:>7}"
                 f" {r['anomalies']:>9} {r['report_mb']:>9} {r['select_report_s']:>8}  {r['best']}",
                 flush=True,
             )

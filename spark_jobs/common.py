@@ -6,6 +6,15 @@ debugging, with the master then defaulting to ``local[*]``.
 
 pyspark is imported inside functions only, so this module (and the pure helpers below) import
 without a JVM.
+
+Outputs are atomic per job: :class:`Outputs` stages everything a job writes under a hidden
+``.spark-<job>.<attempt>.staging/`` directory of the run, renames it into place when all of it is
+written, then writes the job's completion marker (``spark_<job>.done.json``, see
+:func:`anomaly_detection.spark_submit.require_complete`). A job first removes its marker, the
+markers of the jobs that depend on it and its own earlier outputs, so a job killed or failed
+midway leaves nothing that looks complete; the next attempt removes the stale staging directory.
+The job reports its progress with :func:`stage`; a failure logs one line naming the job, the stage
+and the cause.
 """
 
 from __future__ import annotations
@@ -15,17 +24,21 @@ import itertools
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
+import uuid
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pandas as pd
 
+from anomaly_detection import atomic
 from anomaly_detection.config import PipelineConfig, load_config
 from anomaly_detection.errors import PipelineError
-from anomaly_detection.runs import LOG_FORMAT, PACKAGE_LOGGER, SECRET_MASK, RunPaths, run_logging
+from anomaly_detection.runs import LOG_FORMAT, PACKAGE_LOGGER, SECRET_MASK, RunPaths, run_logging, utc_now
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -34,12 +47,20 @@ if TYPE_CHECKING:  # pragma: no cover
 POS = "_pos"
 #: PySpark 4.3 warns on every pandas conversion that pandas >= 3 is not fully supported.
 PANDAS_WARNING = r"PySpark does not yet fully support pandas"
-#: Detectors of the Spark path (pyspark.ml).
-SPARK_ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans")
 #: Exit status of a job that stopped on a :class:`PipelineError` (bad config, unusable data).
 EXIT_PIPELINE_ERROR = 2
-#: Prefix of the one stderr line naming the cause of a failed job.
-from anomaly_detection.spark_submit import ERROR_PREFIX  # noqa: E402 - one definition, read by run_spark_job
+#: Longest cause (characters) of an unexpected error in the failure line (Py4J errors carry stacks).
+MAX_CAUSE_CHARS = 600
+# one definition each, read by run_spark_job: the prefix of the stderr line naming the cause of a
+# failure, the tag of the stage lines, the attempt id it passes; the detectors of the Spark path
+from anomaly_detection.spark_submit import (  # noqa: E402
+    ATTEMPT_ENV,
+    ERROR_PREFIX,
+    SPARK_ALGORITHMS,
+    STAGE_TAG,
+    done_marker,
+    read_done,
+)
 
 Body = Callable[["SparkSession", PipelineConfig, RunPaths, logging.Logger], None]
 
@@ -75,6 +96,23 @@ def job_paths(run_dir: Path) -> RunPaths:
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).splitlines()) or type(exc).__name__
+
+
+def short_cause(exc: BaseException) -> str:
+    """``<Type>: <message>`` on one line. A pipeline error keeps its whole message; anything else
+    (a Py4J error carries the JVM's stack trace) its first lines, cut at :data:`MAX_CAUSE_CHARS`."""
+    if isinstance(exc, PipelineError):
+        return f"{type(exc).__name__}: {one_line(exc)}"
+    text = str(exc)
+    java = getattr(exc, "java_exception", None)
+    if java is not None:  # Py4JJavaError: the Java exception's own message, not the call site
+        with contextlib.suppress(Exception):
+            text = str(java.toString())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("at ")]
+    cause = " ".join(lines[:3]) or type(exc).__name__
+    if len(cause) > MAX_CAUSE_CHARS:
+        cause = cause[: MAX_CAUSE_CHARS - 3] + "..."
+    return f"{type(exc).__name__}: {cause}"
 
 
 # --------------------------------------------------------------------------- session
@@ -179,27 +217,141 @@ def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "Dat
 
 
 def write_parts(frame: "DataFrame", target: Path) -> None:
-    """Write ``frame`` as Spark part files into ``target``, atomically.
-
-    Spark writes into a temporary directory beside ``target``, which then replaces it, so a
-    retried job never leaves a half-written dataset for the next step to read.
-    """
-    import shutil
-
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    frame.write.mode("overwrite").parquet(str(tmp))
-    if target.is_dir():
-        shutil.rmtree(target)
-    elif target.exists():
-        target.unlink()
-    os.replace(tmp, target)
+    """Write ``frame`` as Spark part files into ``target`` (a staged path, see :class:`Outputs`)."""
+    frame.write.mode("overwrite").parquet(str(target))
 
 
 def write_json(path: Path, data: Any) -> None:
-    from anomaly_detection.pipeline import _write_json  # the same encoder as the native stages
+    from anomaly_detection.pipeline import _write_json  # the same encoder as the native stages (atomic)
 
     _write_json(path, data)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory; a directory is first renamed to a hidden name, so a removal
+    cut short never leaves a dataset with fewer part files under its real name."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        aside = atomic.temporary_sibling(path.with_name(path.name + ".old"))
+        os.replace(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- job state
+
+
+@dataclass
+class JobState:
+    """The running job: its name, attempt id, current stage and logger (one job per process)."""
+
+    name: str
+    attempt: str
+    log: logging.Logger
+    stage: str = "start"
+    started: float = field(default_factory=time.perf_counter)
+    master: str | None = None
+    application_id: str | None = None
+
+
+_JOB: JobState | None = None
+
+
+def current_job() -> JobState:
+    if _JOB is None:
+        raise RuntimeError("no Spark job is running in this process (use run_job)")
+    return _JOB
+
+
+def stage(what: str) -> None:
+    """Enter a stage of the job: logged as ``[stage] <what>`` and named by a failure."""
+    job = current_job()
+    job.stage = what
+    job.log.info("%s%s", STAGE_TAG, what)
+
+
+class Outputs:
+    """The outputs of one job attempt, staged under a hidden directory of the run and published
+    together (each renamed into place, in the order added) before the job's completion marker.
+
+    Use as a context manager: an exception (the job failed) discards the staging directory.
+    """
+
+    def __init__(self, paths: RunPaths, job: JobState | None = None) -> None:
+        job = job or current_job()
+        self.root = Path(paths.root)
+        self.job = job
+        self.staging = self.root / f".spark-{job.name}.{job.attempt}.staging"
+        self.finals: list[Path] = []
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None:
+            self.discard()
+
+    def start(self, finals: list[Path], *, invalidate: list[str] = ()) -> None:
+        """Begin the attempt: remove the markers of this job and of ``invalidate`` (job names whose
+        results depend on this one), then this job's earlier outputs ``finals`` and stale staging
+        directories of earlier attempts."""
+        for name in [self.job.name, *invalidate]:
+            done_marker(self.root, name).unlink(missing_ok=True)
+        for final in finals:
+            remove_path(final)
+        for stale in self.root.glob(f".spark-{self.job.name}.*.staging"):
+            if stale != self.staging:
+                shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
+
+    def path(self, final: Path) -> Path:
+        """Where to write ``final`` (a path inside the run directory) until it is published."""
+        final = Path(final)
+        staged = self.staging / final.relative_to(self.root)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        if final not in self.finals:
+            self.finals.append(final)
+        return staged
+
+    def commit(self, **details: Any) -> Path:
+        """Rename every staged output into place, then write the completion marker (last)."""
+        missing = [str(f.relative_to(self.root)) for f in self.finals if not (self.staging / f.relative_to(self.root)).exists()]
+        if missing:
+            raise PipelineError(f"outputs not written: {', '.join(missing)}")
+        for final in self.finals:
+            with atomic.replacing(final) as tmp:
+                os.replace(self.staging / final.relative_to(self.root), tmp)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        marker = done_marker(self.root, self.job.name)
+        write_json(
+            marker,
+            {
+                "job": self.job.name,
+                "attempt": self.job.attempt,
+                "finished_at": utc_now(),
+                "seconds": round(time.perf_counter() - self.job.started, 3),
+                "master": self.job.master,
+                "application_id": self.job.application_id,
+                "outputs": [str(f.relative_to(self.root)) for f in self.finals],
+                **details,
+            },
+        )
+        return marker
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def require_done(paths: RunPaths, name: str, what: str) -> dict[str, Any]:
+    """The completion marker of job ``name``, or a :class:`PipelineError` naming ``what`` is missing."""
+    marker = read_done(paths.root, name)
+    if marker is None:
+        raise PipelineError(
+            f"{what} is not marked complete (no {done_marker(paths.root, name).name}): run the Spark {name} job first"
+        )
+    return marker
 
 
 # --------------------------------------------------------------------------- running
@@ -244,7 +396,7 @@ def stderr_line(text: str) -> None:
 
 def fail(exc: BaseException) -> int:
     """Write the one line naming the cause to stderr; return the job's exit status."""
-    stderr_line(f"{ERROR_PREFIX}{type(exc).__name__}: {one_line(exc)}")
+    stderr_line(f"{ERROR_PREFIX}{short_cause(exc)}")
     return EXIT_PIPELINE_ERROR
 
 
@@ -252,8 +404,10 @@ def run_job(name: str, args: argparse.Namespace, body: Body, *, extra_conf: dict
     """Load the config, start Spark, run ``body``.
 
     Exit status 0 on success, 2 on a :class:`PipelineError` (bad config, unusable data), 1 on any
-    other exception; a failure writes one ``error: <Type>: <cause>`` line to stderr.
+    other exception. A failure logs one line ``spark <job> failed in stage "<stage>": <Type>: <cause>``
+    (then, for an unexpected error, its traceback) and writes ``error: <Type>: <cause>`` to stderr.
     """
+    global _JOB
     quiet_pandas_warning()
     try:
         paths = job_paths(args.run_dir)
@@ -261,23 +415,25 @@ def run_job(name: str, args: argparse.Namespace, body: Body, *, extra_conf: dict
     except PipelineError as exc:
         return fail(exc)
     with job_logging(paths, name) as log:
-        started = time.perf_counter()
+        job = _JOB = JobState(name, os.environ.get(ATTEMPT_ENV) or uuid.uuid4().hex[:12], log)
         spark = None
         try:
+            stage("start Spark")
             spark = build_session(f"anomaly-detection-{name}", extra_conf)
-            log.info("spark %s: master %s, run %s", name, spark.sparkContext.master, paths.run_id)
+            job.master, job.application_id = spark.sparkContext.master, spark.sparkContext.applicationId
+            log.info("spark %s: master %s, run %s, attempt %s", name, job.master, paths.run_id, job.attempt)
             body(spark, config, paths, log)
-        except PipelineError as exc:
-            log.error("spark %s failed: %s", name, exc)
-            return fail(exc)
-        except Exception as exc:  # noqa: BLE001 - the traceback goes to the log, the cause to stderr
-            log.exception("spark %s failed unexpectedly", name)
+        except Exception as exc:  # noqa: BLE001 - the cause to the log and stderr, the traceback to the log
+            log.error('spark %s failed in stage "%s": %s', name, job.stage, short_cause(exc))
+            if not isinstance(exc, PipelineError):
+                log.error("spark %s: traceback of the failure", name, exc_info=exc)
             fail(exc)
-            return 1
+            return EXIT_PIPELINE_ERROR if isinstance(exc, PipelineError) else 1
         finally:
+            _JOB = None
             if spark is not None:
                 spark.stop()
-        log.info("spark %s finished in %.1fs", name, time.perf_counter() - started)
+        log.info("spark %s finished in %.1fs", name, time.perf_counter() - job.started)
     return 0
 
 

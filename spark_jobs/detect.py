@@ -30,6 +30,13 @@ For each configuration of ``modeling.grid_for(algorithm)``, everything below run
 
 Only aggregates and bounded samples reach the driver: the fit samples, and the report sample of at
 most ``report.plot_sample_size + report.top_anomalies`` rows.
+
+The job needs the preprocess job's completion marker. It first removes its own marker (and, run for
+one algorithm, the all-algorithm ``detect`` marker) and the earlier outputs of the algorithms it runs;
+it stages every output (:class:`spark_jobs.common.Outputs`) and publishes them only when all
+algorithms are done: the flagged rows and samples first, the ``models/<algorithm>.json`` files that
+select reads next, the marker ``spark_detect.done.json`` last. Killed midway, it leaves no
+``models/<algorithm>.json`` of its algorithms and no marker.
 """
 
 from __future__ import annotations
@@ -54,7 +61,18 @@ from anomaly_detection.errors import PipelineError
 from anomaly_detection.evaluate import MAX_SANE_SHARE, ModelResult, better, split_metrics_from_aggregates
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.scored import feature_column, flagged_path, sample_path, sample_table, write_table
-from spark_jobs.common import POS, SPARK_ALGORITHMS, parse_args, run_job, write_json, write_parts
+from spark_jobs.common import (
+    POS,
+    SPARK_ALGORITHMS,
+    Outputs,
+    current_job,
+    parse_args,
+    require_done,
+    run_job,
+    stage,
+    write_json,
+    write_parts,
+)
 
 NAME = "detect"
 #: sklearn's ``init`` values and their Spark ML ``initMode``.
@@ -72,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 def detect_job(
     spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, *, algorithm: str | None = None
 ) -> None:
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-    from sklearn.model_selection import ParameterGrid
-
+    stage("check inputs")
     configured = config.modeling.algorithms
     algorithms = [algorithm] if algorithm else [a for a in configured if a in SPARK_ALGORITHMS]
     skipped = [a for a in configured if a not in SPARK_ALGORITHMS and not algorithm]
@@ -86,8 +101,28 @@ def detect_job(
             f"none of the configured algorithms ({', '.join(configured)}) runs on Spark; "
             f"add {' or '.join(SPARK_ALGORITHMS)} to modeling.algorithms"
         )
+    require_done(paths, "preprocess", paths.spark_features.name)
     if not paths.spark_features.is_dir() or not paths.summary.is_file():
         raise PipelineError(f"{paths.spark_features} not found: run the Spark preprocess job first")
+    job = current_job()
+    finals = [
+        path for name in algorithms
+        for path in (flagged_path(paths.models, name), sample_path(paths.models, name), paths.models / f"{name}.json")
+    ]  # fmt: skip
+    invalidate = ["detect"] if algorithm else [f"{NAME}-{name}" for name in algorithms]
+    with Outputs(paths, job) as outputs:
+        outputs.start(finals, invalidate=invalidate)
+        _detect(spark, config, paths, log, algorithms, outputs)
+        stage("publish")
+        outputs.commit(algorithms=list(algorithms))
+
+
+def _detect(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, algorithms: list[str], outputs: Outputs) -> None:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    from sklearn.model_selection import ParameterGrid
+
+    stage(f"read {paths.spark_features.name}")
     started = time.perf_counter()
     names = list(json.loads(paths.summary.read_text(encoding="utf-8"))["features"])
     ccols = [f"c{i}" for i in range(len(names))]
@@ -101,13 +136,14 @@ def detect_job(
     sample = FitSample(data, ccols, n, size=config.modeling.fit_sample_size, seed=config.modeling.random_state)
     log.info("read %s: %d rows x %d features%s", paths.spark_features.name, n, len(names), ", with labels" if with_labels else "")
     modeling = config.modeling
-    paths.models.mkdir(parents=True, exist_ok=True)
+    results_of: dict[str, list[ModelResult]] = {}
     for name in algorithms:
         clock = time.perf_counter()
         results: list[ModelResult] = []
         best: ModelResult | None = None
         best_scored = None
         for params in ParameterGrid(modeling.grid_for(name)):
+            stage(f"tune {name} {params}")
             scored, result = tune_one(
                 data, sample, ccols, n, name, params, config=config, with_labels=with_labels
             )
@@ -132,15 +168,19 @@ def detect_job(
             else:
                 scored.unpersist()  # a no-op for the uncached centroid scores
         assert best is not None and best_scored is not None
-        save_best(best_scored, best.threshold, n, ccols, paths, name, config=config)
+        stage(f"write {name} outputs")
+        save_best(best_scored, best.threshold, n, ccols, outputs, paths.models, name, config=config)
         best_scored.unpersist()
-        write_json(paths.models / f"{name}.json", [r.to_dict() for r in results])
+        results_of[name] = results
         log.info(
             "%s: best %s with %s=%s (%d configuration(s) in %.1fs)",
             name, best.params, best.metric, best.score, len(results), time.perf_counter() - clock,
         )
     sample.unpersist()
     data.unpersist()
+    # the index select reads, staged after every algorithm's rows: published after them
+    for name, results in results_of.items():
+        write_json(outputs.path(paths.models / f"{name}.json"), [r.to_dict() for r in results])
     log.info("Spark detection done in %.1fs", time.perf_counter() - started)
 
 
@@ -420,8 +460,11 @@ def spark_threshold(scored: Any, n: int, contamination: float | str, info: dict[
     return float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
 
 
-def save_best(scored: Any, threshold: float, n: int, ccols: list[str], paths: RunPaths, algorithm: str, *, config: PipelineConfig) -> None:
-    """Write the best configuration's flagged rows (Spark part files) and its report sample.
+def save_best(
+    scored: Any, threshold: float, n: int, ccols: list[str], outputs: Outputs, models: Path, algorithm: str, *, config: PipelineConfig
+) -> None:
+    """Stage the best configuration's flagged rows (Spark part files) and its report sample
+    (published to ``models`` when the job is done).
 
     The sample is a uniform random sample of at most ``report.plot_sample_size`` rows plus the
     ``report.top_anomalies`` highest-scoring rows, the only rows that reach the driver.
@@ -432,7 +475,7 @@ def save_best(scored: Any, threshold: float, n: int, ccols: list[str], paths: Ru
         F.col(POS).cast("long").alias("position"), F.col("_score").cast("double").alias("score"),
         *(F.col(c).alias(feature_column(j)) for j, c in enumerate(ccols)),
     )
-    write_parts(flagged, flagged_path(paths.models, algorithm))
+    write_parts(flagged, outputs.path(flagged_path(models, algorithm)))
 
     report = config.report
     columns = [F.col(POS).alias("position"), F.col("_score").alias("score"), *(F.col(c) for c in ccols)]
@@ -453,7 +496,7 @@ def save_best(scored: Any, threshold: float, n: int, ccols: list[str], paths: Ru
             sample["sampled"].to_numpy(),
             sample[ccols].to_numpy(dtype=np.float64),
         ),
-        sample_path(paths.models, algorithm),
+        outputs.path(sample_path(models, algorithm)),
     )
 
 

@@ -50,12 +50,15 @@ from anomaly_detection.preprocess import (
 from anomaly_detection.runs import RunPaths
 from spark_jobs.common import (
     POS,
+    Outputs,
+    current_job,
     is_numeric_dtype,
     missing_expr,
     pandas_dtypes,
     parse_args,
     read_positioned,
     run_job,
+    stage,
     write_json,
     write_parts,
 )
@@ -75,6 +78,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger) -> None:
+    """Stage ``features.spark.parquet`` and ``data_summary.json``, publish both, then mark the job done.
+
+    Starting removes this job's marker and outputs and every detect marker (their results came
+    from the features this job replaces).
+    """
+    stage("check inputs")
+    if not paths.flattened.exists():
+        raise PipelineError(f"{paths.flattened} not found: run the ingest stage first")
+    detect_markers = sorted(p.name[len("spark_") : -len(".done.json")] for p in paths.root.glob("spark_detect*.done.json"))
+    with Outputs(paths, current_job()) as outputs:
+        outputs.start([paths.spark_features, paths.summary], invalidate=["detect", *detect_markers])
+        _preprocess(spark, config, paths, log, outputs)
+        stage("publish")
+        outputs.commit()
+
+
+def _preprocess(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, outputs: Outputs) -> None:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, FloatType
@@ -82,8 +102,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     started = time.perf_counter()
     processing = config.processing
     label = config.evaluation.label_column
-    if not paths.flattened.exists():
-        raise PipelineError(f"{paths.flattened} not found: run the ingest stage first")
+    stage(f"read {paths.flattened.name}")
     dtypes = pandas_dtypes(paths.flattened)
     names = list(dtypes)
     col = {name: f"c{i}" for i, name in enumerate(names)}
@@ -108,6 +127,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     log.info("read %s: %d rows x %d columns", paths.flattened.name, rows_before, len(names))
 
     # -- duplicates: equal over every original column; keep the first occurrence's position
+    stage("remove duplicates")
     if processing.drop_duplicates and names:
         kept = table.groupBy(*(col[n] for n in names)).agg(F.min(POS).alias(POS))
     else:
@@ -127,6 +147,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     labels = _Label(label, col[label], dtypes[label], label in floating) if label else None
 
     # -- feature selection (one pass of aggregates, which also checks the label column)
+    stage("select features")
     features, dropped, stats = _select_features(kept, processing, names, col, dtypes, floating, rows_after, labels)
     log_feature_choice(features, dropped, summary["dtypes"])
 
@@ -149,6 +170,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     scaled = kept.select(POS, *scaled_cols, *extra)
 
     # -- imputation
+    stage("impute missing values")
     if processing.missing_values == "median" or not n_missing:
         if n_missing:
             filled_cols, method = _median_fill(scaled, fcols, rows_after), "median"
@@ -163,8 +185,9 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
         log.info("imputed %d missing value(s): %s", n_missing, method)
     out = scaled.select(POS, *(c.alias(name) for c, name in zip(filled_cols, fcols)), *(["_label"] if extra else []))
 
-    # -- write: Spark's part files, nothing through the driver
-    write_parts(out, paths.spark_features)
+    # -- write: Spark's part files, nothing through the driver (staged until the job is done)
+    stage(f"write {paths.spark_features.name}")
+    write_parts(out, outputs.path(paths.spark_features))
     summary.update(
         rows_after=int(rows_after),
         features=list(features),
@@ -174,7 +197,7 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
         infinite_values=int(n_infinite),
         scaling={"method": "minmax", "min": dict(zip(features, minimum)), "max": dict(zip(features, maximum))},
     )
-    write_json(paths.summary, summary)
+    write_json(outputs.path(paths.summary), summary)
     log.info(
         "wrote %s (%d rows x %d features%s) and %s in %.1fs",
         paths.spark_features.name,

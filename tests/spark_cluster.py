@@ -1,4 +1,4 @@
-"""A real Spark standalone cluster (one master, one worker) on 127.0.0.1 for tests.
+"""A real Spark standalone cluster (one master, one or more workers) on 127.0.0.1 for tests.
 
 Usage in a test module::
 
@@ -15,6 +15,11 @@ and their logs, work and scratch directories under a temporary directory. Start-
 ALIVE; otherwise the test fails with the tails of both logs. Teardown sends SIGTERM to both process
 groups, then SIGKILL to whatever is left. ``SparkStandalone`` can also be used directly as a context
 manager.
+
+``SparkStandalone(root, workers=2)`` starts more workers (numbered from 1; worker 1 keeps the names
+``worker.log`` and ``work/``, worker ``i`` gets ``worker-<i>.log`` and ``work-<i>/``).
+``kill_worker(i)`` SIGKILLs worker ``i``'s JVM and every process under it (its executor JVMs and
+their Python workers), as a lost machine would; ``start_worker(i)`` starts it again.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class SparkStandalone:
     cores: int = 1
     memory: str = "2g"
     daemon_memory: str = "512m"
+    workers: int = 1
     port: int = field(default_factory=free_port)
     webui_port: int = field(default_factory=free_port)
     worker_webui_port: int = field(default_factory=free_port)
@@ -93,6 +99,7 @@ class SparkStandalone:
             }
         )
         self.env = env
+        self.worker_webui_ports = {1: self.worker_webui_port, **{i: free_port() for i in range(2, self.workers + 1)}}
 
     # ------------------------------------------------------------------ addresses and logs
 
@@ -112,16 +119,27 @@ class SparkStandalone:
     def worker_log(self) -> Path:
         return self.log_dir / "worker.log"
 
+    def worker_log_of(self, i: int) -> Path:
+        return self.worker_log if i == 1 else self.log_dir / f"worker-{i}.log"
+
+    def work_dir_of(self, i: int) -> Path:
+        return self.work_dir if i == 1 else self.root / f"work-{i}"
+
+    @staticmethod
+    def worker_key(i: int) -> str:
+        return "worker" if i == 1 else f"worker-{i}"
+
     @property
     def submit_env(self) -> dict[str, str]:
         """The environment for a spark-submit against this cluster (what ``run_spark_job`` uses)."""
         return spark_env(self.master_url)
 
     def log_tails(self, lines: int = 40) -> str:
-        return (
-            f"---- master log ({self.master_log}) ----\n{_tail(self.master_log, lines)}\n"
-            f"---- worker log ({self.worker_log}) ----\n{_tail(self.worker_log, lines)}"
-        )
+        parts = [f"---- master log ({self.master_log}) ----\n{_tail(self.master_log, lines)}"]
+        for i in range(1, self.workers + 1):
+            log = self.worker_log_of(i)
+            parts.append(f"---- worker {i} log ({log}) ----\n{_tail(log, lines)}")
+        return "\n".join(parts)
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         """The master's JSON status (workers, active and completed applications)."""
@@ -129,8 +147,8 @@ class SparkStandalone:
             return json.load(response)
 
     def app_dirs(self) -> list[Path]:
-        """The worker's ``app-*`` directories (one per application that ran an executor here)."""
-        return sorted(self.work_dir.glob("app-*"))
+        """The workers' ``app-*`` directories (one per application and worker that ran an executor)."""
+        return sorted(p for i in range(1, self.workers + 1) for p in self.work_dir_of(i).glob("app-*"))
 
     # ------------------------------------------------------------------ start / stop
 
@@ -147,13 +165,83 @@ class SparkStandalone:
             )
 
     def _alive_workers(self) -> int:
+        return len(self.alive_worker_ports())
+
+    def alive_worker_ports(self) -> set[int]:
+        """The web UI ports of the workers the master lists as ALIVE (how workers are told apart)."""
         try:
             status = self.status(timeout=2)
         except (OSError, ValueError):
-            return 0
+            return set()
         if status.get("status") != "ALIVE":
-            return 0
-        return sum(1 for worker in status.get("workers", []) if worker.get("state") == "ALIVE")
+            return set()
+        ports = set()
+        for worker in status.get("workers", []):
+            if worker.get("state") == "ALIVE":
+                address = str(worker.get("webuiaddress", ""))
+                ports.add(int(address.rsplit(":", 1)[1]) if address.rsplit(":", 1)[-1].isdigit() else -1)
+        return ports
+
+    def _spawn_worker(self, i: int) -> None:
+        self.work_dir_of(i).mkdir(parents=True, exist_ok=True)
+        worker_args = [
+            WORKER_CLASS,
+            self.master_url,
+            "--host", "127.0.0.1",
+            "--webui-port", str(self.worker_webui_ports[i]),
+            "--cores", str(self.cores),
+            "--memory", self.memory,
+            "--work-dir", str(self.work_dir_of(i)),
+        ]  # fmt: skip
+        self._spawn(self.worker_key(i), worker_args, self.worker_log_of(i))
+
+    def _wait_until(self, done, what: str) -> None:
+        deadline = time.monotonic() + UP_TIMEOUT
+        while not done():
+            exited = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+            if exited or time.monotonic() > deadline:
+                why = f"exited early {exited}" if exited else f"{what} after {UP_TIMEOUT:g}s"
+                raise RuntimeError(f"Spark standalone cluster at {self.master_url} did not start: {why}")
+            time.sleep(0.5)
+
+    def executor_pids(self, i: int) -> list[int]:
+        """The executor JVMs running under worker ``i`` (CoarseGrainedExecutorBackend processes)."""
+        process = self.processes.get(self.worker_key(i))
+        if process is None or process.poll() is not None:
+            return []
+        return [pid for pid in _descendants(process.pid) if "CoarseGrainedExecutorBackend" in _cmdline(pid)]
+
+    def kill_worker(self, i: int) -> list[int]:
+        """SIGKILL worker ``i``'s JVM and every process under it (executor JVMs, their Python
+        workers), all at once as a lost machine; wait until they are gone and the master no
+        longer lists the worker as ALIVE. Returns the pids killed, the worker's first."""
+        process = self.processes[self.worker_key(i)]
+        victims = [process.pid, *_descendants(process.pid)]
+        for pid in victims:
+            _kill_pid(pid)
+        _signal_group(process, signal.SIGKILL)  # anything in its group that was not found above
+        process.wait(timeout=10)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline and (any(_alive(pid) for pid in victims[1:]) or self.worker_webui_ports[i] in self.alive_worker_ports()):
+            time.sleep(0.2)
+        return victims
+
+    def start_worker(self, i: int, *, wait: bool = True) -> float:
+        """Start worker ``i`` (again); with ``wait``, until the master lists it as ALIVE. Returns the
+        seconds taken."""
+        began = time.monotonic()
+        process = self.processes.get(self.worker_key(i))
+        if process is not None and process.poll() is None:
+            raise RuntimeError(f"worker {i} is running")
+        self.processes.pop(self.worker_key(i), None)
+        self._spawn_worker(i)
+        if not wait:
+            return time.monotonic() - began
+        try:
+            self._wait_until(lambda: self.worker_webui_ports[i] in self.alive_worker_ports(), f"worker {i} not ALIVE")
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}\n{self.log_tails()}", pytrace=False)
+        return time.monotonic() - began
 
     def start(self) -> "SparkStandalone":
         began = time.monotonic()
@@ -166,23 +254,9 @@ class SparkStandalone:
                 [MASTER_CLASS, "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.webui_port)],
                 self.master_log,
             )
-            worker_args = [
-                WORKER_CLASS,
-                self.master_url,
-                "--host", "127.0.0.1",
-                "--webui-port", str(self.worker_webui_port),
-                "--cores", str(self.cores),
-                "--memory", self.memory,
-                "--work-dir", str(self.work_dir),
-            ]  # fmt: skip
-            self._spawn("worker", worker_args, self.worker_log)
-            deadline = began + UP_TIMEOUT
-            while self._alive_workers() < 1:
-                exited = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
-                if exited or time.monotonic() > deadline:
-                    why = f"exited early {exited}" if exited else f"no ALIVE worker after {UP_TIMEOUT:g}s"
-                    raise RuntimeError(f"Spark standalone cluster at {self.master_url} did not start: {why}")
-                time.sleep(0.5)
+            for i in range(1, self.workers + 1):
+                self._spawn_worker(i)
+            self._wait_until(lambda: self._alive_workers() >= self.workers, f"fewer than {self.workers} ALIVE worker(s)")
         except BaseException as exc:
             tails = self.log_tails()
             self.stop()
@@ -193,8 +267,9 @@ class SparkStandalone:
         return self
 
     def stop(self) -> None:
-        """SIGTERM both process groups (worker first), wait, then SIGKILL what is left. Idempotent."""
-        for name in ("worker", "master"):
+        """SIGTERM every process group (workers first), wait, then SIGKILL what is left. Idempotent."""
+        names = [n for n in self.processes if n != "master"] + ["master"]
+        for name in names:
             process = self.processes.get(name)
             if process is not None and process.poll() is None:
                 _signal_group(process, signal.SIGTERM)
@@ -217,6 +292,49 @@ class SparkStandalone:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children first, then theirs), from ``/proc``."""
+    found, queue = [], _children(pid)
+    while queue:
+        child = queue.pop(0)
+        if child not in found:
+            found.append(child)
+            queue += _children(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -7,7 +7,7 @@ working copies of it. Its peak is estimated as::
 
 ``frame bytes`` is pandas' deep memory use of the flattened records (counted page by page while a
 native ingestion reads them, or the uncompressed size in a Parquet file's metadata before it is
-read). The factors are the copies the stages make (``bench/memory_guard.py`` prints the estimate
+read). The factors are the copies the stages make (``bench/native_scale.py`` prints the estimates
 beside the measured peak). Past the budget (``processing.native_memory_budget_mb``, default half of
 the machine's physical memory) a native run stops with advice to use Spark; an ``auto`` run goes to
 Spark instead.
@@ -26,7 +26,7 @@ from .errors import PipelineError
 
 MIB = 1024**2
 #: Interpreter, pandas, scikit-learn and pyarrow loaded, before any data.
-BASELINE = 300 * MIB
+BASELINE = 360 * MIB
 #: The frame read, a deduplicated copy and the text columns' Python objects.
 FRAME_FACTOR = 2.0
 #: The feature matrix, its imputed and scaled copies, and the detectors' distance work.

@@ -102,6 +102,10 @@ def ingest_stage(
         if config.processing.mode != "auto":
             raise
         return _route_to_spark(config, paths, exc, credentials=credentials, session_factory=session_factory)
+    log.info(
+        "native path: about %s needed for %s (budget %s)",
+        memory.gib(guard.estimate().peak_bytes), guard.estimate().describe(), memory.gib(guard.budget),
+    )  # fmt: skip
     SECRET_MASK.add(*result.secrets)
     with atomic.replacing(paths.flattened) as tmp:
         _storable(result.frame).to_parquet(tmp, index=False)
@@ -283,6 +287,10 @@ def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
 
 def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pick the best configuration overall; write ``anomalies.csv`` and ``results.json``."""
+    if (run_meta or {}).get("mode") == "spark":  # only a detect job that finished publishing counts
+        from .spark_submit import require_complete
+
+        require_complete(paths.root, "detect", config.modeling.algorithms)
     results = _model_results(paths, config.modeling.algorithms)
     if not results:
         raise PipelineError(f"no model results found in {paths.models}")

@@ -15,6 +15,13 @@ in the spark-submit process and the executors run on the cluster's workers with 
 127.0.0.1 too. :func:`run_spark_job` first checks that a standalone master accepts connections,
 so an unreachable master fails in seconds with its URL in the message (Spark itself retries for
 about a minute and then reports "All masters are unresponsive").
+
+Completion: a job stages every output under a hidden directory of the run and renames it into
+place only when all of it is written, then writes its marker ``spark_<job>.done.json``
+(:func:`done_marker`; ``<job>`` is ``detect-<algorithm>`` for one algorithm). A job killed or failed
+midway leaves no marker and no published output of its own (it removes both when it starts), so
+readers that need the Spark outputs check :func:`require_complete` first; :func:`run_spark_job` does
+after every job (a zero exit status without this attempt's marker is a failure).
 """
 
 from __future__ import annotations
@@ -22,16 +29,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import ipaddress
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import zipfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import PipelineError
 
@@ -53,6 +63,12 @@ PY_FILES_PREFIX = "anomaly-detection-pyfiles-"
 PY_FILES_KEEP_SECONDS = 2 * 24 * 3600
 #: What Spark's standalone client logs when it gives up registering with the master(s).
 UNRESPONSIVE_MASTER = "All masters are unresponsive"
+#: A job logs ``[stage] <what>`` when it enters a stage; a failure names the last one.
+STAGE_TAG = "[stage] "
+#: The attempt id :func:`run_spark_job` gives a job (recorded in its completion marker).
+ATTEMPT_ENV = "ANOMALY_SPARK_ATTEMPT"
+#: Every algorithm the Spark detect job runs (``spark_jobs.common.SPARK_ALGORITHMS``).
+SPARK_ALGORITHMS = ("isolation_forest", "kmeans", "bisecting_kmeans")
 
 
 def spark_home() -> Path:
@@ -282,6 +298,72 @@ def check_master_reachable(master: str, timeout: float = MASTER_CONNECT_TIMEOUT_
     raise PipelineError(f"Spark master {master} is unreachable ({'; '.join(problems)}); is the master running?")
 
 
+# --------------------------------------------------------------------------- completion markers
+
+
+def job_name(job: str | Path, algorithm: str | None = None) -> str:
+    """The name a job runs under: ``preprocess``, ``detect`` or ``detect-<algorithm>``."""
+    name = Path(str(job)).stem
+    return f"{name}-{algorithm}" if algorithm else name
+
+
+def done_marker(run_dir: str | Path, name: str) -> Path:
+    """The marker a job writes into the run directory once all its outputs are in place."""
+    return Path(run_dir) / f"spark_{name}.done.json"
+
+
+def read_done(run_dir: str | Path, name: str) -> dict[str, Any] | None:
+    """The job's completion marker, or ``None`` when it did not complete (or the marker is unreadable)."""
+    try:
+        data = json.loads(done_marker(run_dir, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def require_complete(run_dir: str | Path, job: str, algorithms: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Raise :class:`PipelineError` unless ``job``'s outputs in ``run_dir`` are marked complete.
+
+    ``job`` is ``preprocess`` or ``detect``. For ``detect``, ``algorithms`` (default: those the
+    ``detect`` marker lists) must each be covered by the ``detect`` marker or by its own
+    ``detect-<algorithm>`` marker; algorithms that do not run on Spark are ignored. Returns the
+    markers read.
+    """
+    name = Path(str(job)).stem
+    marker = read_done(run_dir, name)
+    if name != "detect" or algorithms is None:
+        if marker is None:
+            raise PipelineError(
+                f"Spark job {name} did not complete on {run_dir} (no {done_marker(run_dir, name).name}): "
+                f"its outputs are missing or partial; run the job again"
+            )
+        return [marker]
+    markers, missing = [], []
+    covered = set(marker.get("algorithms", [])) if marker else set()
+    if marker:
+        markers.append(marker)
+    for algorithm in (a for a in algorithms if a in SPARK_ALGORITHMS):
+        if algorithm in covered:
+            continue
+        own = read_done(run_dir, job_name(name, algorithm))
+        if own is None:
+            missing.append(algorithm)
+        else:
+            markers.append(own)
+    if missing:
+        raise PipelineError(
+            f"Spark job detect did not complete on {run_dir} for {', '.join(missing)} "
+            f"(no {done_marker(run_dir, name).name}): its outputs are missing or partial; run the job again"
+        )
+    return markers
+
+
+def last_stage(stdout: str) -> str | None:
+    """The last stage a job logged (``[stage] <what>`` lines on its stdout)."""
+    found = re.findall(rf"{re.escape(STAGE_TAG)}(.+)$", stdout or "", flags=re.M)
+    return found[-1].strip() if found else None
+
+
 def failure_cause(stderr: str, *, tail: int = STDERR_TAIL_LINES) -> str:
     """The job's one-line cause when it printed one, else the last ``tail`` lines of stderr."""
     lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
@@ -301,39 +383,71 @@ def run_spark_job(
     conf: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
     env: Mapping[str, str] | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the job with spark-submit; raise :class:`PipelineError` naming the cause when it fails.
 
     The job runs in its own process group, which is killed when ``timeout`` seconds pass.
+    ``on_start`` is called with the spark-submit process once it runs. The job must exit 0 *and*
+    leave this attempt's completion marker (:func:`done_marker`); a failure names the job, the
+    stage it was in and the cause (or the signal that killed it).
     """
-    name = Path(str(job)).stem
+    extra_args = [str(a) for a in extra_args]
+    algorithm = extra_args[extra_args.index("--algorithm") + 1] if "--algorithm" in extra_args[:-1] else None
+    name = job_name(job, algorithm)
     check_master_reachable(master)
     command = spark_submit_command(job, run_dir, config_path, master=master, extra_args=extra_args, conf=conf)
+    attempt = uuid.uuid4().hex[:12]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=spark_env(master, env),
+        env={**spark_env(master, env), ATTEMPT_ENV: attempt},
         start_new_session=True,
     )
     try:
+        if on_start is not None:
+            on_start(process)
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(process)
         stdout, stderr = process.communicate()
         raise PipelineError(
-            f"Spark job {name} timed out after {timeout:g}s{_master_note(master, stderr)}; last output:\n{failure_cause(stderr)}"
+            f"Spark job {name} timed out after {timeout:g}s{_master_note(master, stderr)}{_stage_note(stdout)}; "
+            f"last output:\n{failure_cause(stderr)}"
         ) from None
     except BaseException:
         _kill_group(process)
         raise
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-    if result.returncode != 0:
+    code = result.returncode
+    if code != 0:
+        if code < 0:  # no cause of its own: the signal, and the last line it wrote
+            how, cause = f"was killed by {_signal_name(-code)} (exit status {code})", failure_cause(stderr, tail=1)
+        else:
+            how, cause = f"failed (exit status {code})", failure_cause(stderr)
+        raise PipelineError(f"Spark job {name} {how}{_master_note(master, stderr)}{_stage_note(stdout)}: {cause}")
+    marker = read_done(run_dir, name)
+    if marker is None or marker.get("attempt") != attempt:
+        found = "no marker" if marker is None else f"the marker of attempt {marker.get('attempt')!r}"
         raise PipelineError(
-            f"Spark job {name} failed (exit status {result.returncode}){_master_note(master, stderr)}: {failure_cause(stderr)}"
+            f"Spark job {name} exited 0{_master_note(master, stderr)} but did not mark its outputs complete "
+            f"({found} in {done_marker(run_dir, name)}, expected attempt {attempt!r}){_stage_note(stdout)}"
         )
     return result
+
+
+def _stage_note(stdout: str | None) -> str:
+    stage = last_stage(stdout or "")
+    return f' in stage "{stage}"' if stage else ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _master_note(master: str, stderr: str) -> str:
