@@ -29,14 +29,24 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import BaseHook, Param, dag, get_current_context, task
+from airflow.sdk.log import mask_secret
 
 from anomaly_detection import dag_tasks, review
 from anomaly_detection.config import ALGORITHMS
+from anomaly_detection.runs import SECRET_MASK
 from review_gate import ReviewGateOperator  # plugins/
+
+SECRET_MASK.forward_to(mask_secret)  # secrets the pipeline learns are masked in Airflow's task logs too
 
 DAG_ID = "anomaly_detection"
 SPARK_JOBS_DIR = dag_tasks.spark_jobs_dir()
-IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True}
+# Retry delay of the retried tasks, seconds (ANOMALY_RETRY_DELAY_SECONDS; tests lower it).
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("ANOMALY_RETRY_DELAY_SECONDS", "20")))
+# Talks to the API: transient network/server trouble, so retry with a growing delay.
+IO_RETRIES = {"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True}
+# Deterministic computation on the run directory, idempotent (each rewrites its own outputs): a retry
+# covers a worker that died (OOM kill, machine restart) mid-way.
+COMPUTE_RETRIES = {"retries": 2, "retry_delay": RETRY_DELAY}
 REVIEW_TIMEOUT = timedelta(hours=float(os.environ.get("ANOMALY_REVIEW_TIMEOUT_HOURS", "72")))
 SPARK_CONF = {
     "spark.pyspark.python": sys.executable,
@@ -169,14 +179,14 @@ def anomaly_detection():
         return dag_tasks.ingest(params, run_id, credentials=_credentials)
 
     def _choose(params, ti, run_id):
-        rows = ti.xcom_pull(task_ids="ingest")["rows"]
-        path, why = dag_tasks.choose_path(params, rows)
-        print(f"{rows:,} rows -> {path} path ({why})")
+        ingested = ti.xcom_pull(task_ids="ingest")
+        path, why = dag_tasks.choose_path(params, ingested)
+        print(f"{ingested['rows']:,} rows -> {path} path ({why})")
         return "preprocess" if path == "native" else "spark_preprocess"
 
     choose_path = BranchPythonOperator(task_id="choose_path", python_callable=_choose)
 
-    @task
+    @task(**COMPUTE_RETRIES)
     def preprocess(params=None, run_id=None) -> dict:
         return dag_tasks.preprocess(params, run_id)
 
@@ -184,7 +194,7 @@ def anomaly_detection():
     def list_algorithms(params=None) -> list[str]:
         return dag_tasks.algorithms(params)
 
-    @task(map_index_template="{{ task.op_kwargs['algorithm'] }}")
+    @task(map_index_template="{{ task.op_kwargs['algorithm'] }}", **COMPUTE_RETRIES)
     def detect(algorithm: str, params=None, run_id=None) -> dict:
         return dag_tasks.detect(params, run_id, algorithm)
 
@@ -203,17 +213,18 @@ def anomaly_detection():
                 **{key: f"{{{{ ti.xcom_pull(task_ids='resolve_config')['spark_conf']['{key}'] }}}}" for key in SPARK_RUN_CONF},
             },
             name=f"anomaly-{job}-{{{{ run_id }}}}",
+            **COMPUTE_RETRIES,  # a job starts by clearing its stale outputs; only a finished one is marked done
         )
 
     spark_preprocess = spark_job("preprocess")
     spark_detect = spark_job("detect")
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", **COMPUTE_RETRIES)
     def evaluate_and_select(params=None, run_id=None, ti=None) -> dict:
-        mode, _ = dag_tasks.choose_path(params, ti.xcom_pull(task_ids="ingest")["rows"])  # the branch taken
+        mode, _ = dag_tasks.choose_path(params, ti.xcom_pull(task_ids="ingest"))  # the branch taken
         return dag_tasks.select(params, run_id, mode=mode)
 
-    @task
+    @task(**COMPUTE_RETRIES)
     def build_report(params=None, run_id=None) -> dict:
         return dag_tasks.report(params, run_id)
 

@@ -19,12 +19,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_demo_api(*, rows: int, seed: int, timeout: float = 60, drift_per_run: float = 0.0) -> Iterator[str]:
-    """Start ``python -m anomaly_detection.demo_api``; yield its base URL; stop it with SIGTERM."""
+def running_demo_api(
+    *, rows: int, seed: int, timeout: float = 60, drift_per_run: float = 0.0, page_delay: float = 0.0
+) -> Iterator[str]:
+    """Start ``python -m anomaly_detection.demo_api``; yield its base URL; stop it with SIGTERM.
+
+    ``page_delay`` (seconds) holds every ``/records`` page back: a slow API, so that a test can catch
+    the ingestion mid-way.
+    """
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", str(rows), "--seed", str(seed),
-         "--drift-per-run", str(drift_per_run)],  # fmt: skip
+         "--drift-per-run", str(drift_per_run), "--page-delay", str(page_delay)],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -441,11 +442,17 @@ class DemoServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], dataset: DemoDataset, *, drift_per_run: float = 0.0) -> None:
+    def __init__(
+        self, address: tuple[str, int], dataset: DemoDataset, *, drift_per_run: float = 0.0, page_delay: float = 0.0
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        if page_delay < 0:
+            raise ValueError(f"page_delay must be >= 0, got {page_delay}")
         self.dataset = dataset
         self.drift = Drift(dataset.metric_spread, per_run=drift_per_run)
+        #: Seconds every ``/records`` page waits before it is sent (a slow API, for fault-injection tests).
+        self.page_delay = float(page_delay)
         super().__init__(address, DemoHandler)
 
 
@@ -533,6 +540,8 @@ class DemoHandler(BaseHTTPRequestHandler):
             return
         if offset == 0:
             self.server.drift.start_run()
+        if self.server.page_delay:
+            time.sleep(self.server.page_delay)
         self._send(HTTPStatus.OK, records_page(dataset, offset=offset, limit=limit, shift=self.server.drift.shift()))
 
     def _send(self, status: HTTPStatus, payload: Any, *, extra: dict[str, str] | None = None) -> None:
@@ -552,7 +561,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
 
-def make_server(dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0) -> DemoServer:
+def make_server(
+    dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0, page_delay: float = 0.0
+) -> DemoServer:
     """Bind (but do not start) a server for ``dataset``.
 
     Parameters
@@ -564,13 +575,15 @@ def make_server(dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *,
         Port to bind; 0 picks a free one (read it from ``server.server_address[1]``).
     drift_per_run : float, optional
         Shift of the first two metrics per run, in standard deviations (see :class:`Drift`).
+    page_delay : float, optional
+        Seconds each ``/records`` page is held back before it is sent (0: none).
 
     Returns
     -------
     DemoServer
         A :class:`~http.server.ThreadingHTTPServer`; call ``serve_forever()`` to start it.
     """
-    return DemoServer((host, port), dataset, drift_per_run=drift_per_run)
+    return DemoServer((host, port), dataset, drift_per_run=drift_per_run, page_delay=page_delay)
 
 
 def base_url(server: DemoServer) -> str:
@@ -580,7 +593,7 @@ def base_url(server: DemoServer) -> str:
 
 
 def serve_in_thread(
-    dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0
+    dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0, page_delay: float = 0.0
 ) -> tuple[DemoServer, str]:
     """Serve ``dataset`` from a daemon thread.
 
@@ -589,7 +602,7 @@ def serve_in_thread(
     tuple of (DemoServer, str)
         The server (stop it with ``shutdown()`` then ``server_close()``) and its base URL.
     """
-    server = make_server(dataset, host, port, drift_per_run=drift_per_run)
+    server = make_server(dataset, host, port, drift_per_run=drift_per_run, page_delay=page_delay)
     thread = threading.Thread(target=server.serve_forever, name="demo-api", daemon=True)
     thread.start()
     return server, base_url(server)
@@ -615,6 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--drift-per-run", type=float, default=0.0,
         help="shift m01 and m02 by this many standard deviations more on every run (a run starts at offset 0)",
     )
+    parser.add_argument(
+        "--page-delay", type=float, default=0.0, metavar="SECONDS",
+        help="hold every /records page back this long before sending it: a slow API (default: %(default)s)",
+    )
     return parser
 
 
@@ -636,7 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing_share=args.missing_share,
             duplicate_share=args.duplicate_share,
         )
-        server, url = serve_in_thread(dataset, args.host, args.port, drift_per_run=args.drift_per_run)
+        server, url = serve_in_thread(
+            dataset, args.host, args.port, drift_per_run=args.drift_per_run, page_delay=args.page_delay
+        )
     except (ValueError, OSError) as exc:
         print(f"demo API: {exc}", file=sys.stderr, flush=True)
         return 2
