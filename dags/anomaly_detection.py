@@ -28,7 +28,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import BaseHook, Param, dag, get_current_context, task
+from airflow.sdk import BaseHook, Param, dag, task
 from airflow.sdk.log import mask_secret
 
 from anomaly_detection import dag_tasks, review

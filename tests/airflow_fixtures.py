@@ -88,6 +88,9 @@ class AirflowStandalone:
     url: str = field(init=False)
     client: AirflowClient = field(init=False)
     startup_seconds: float | None = field(init=False, default=None)
+    stop_seconds: float | None = field(init=False, default=None)
+    stop_output: str = field(init=False, default="")
+    _atexit: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -128,7 +131,9 @@ class AirflowStandalone:
     def start(self) -> "AirflowStandalone":
         began = time.monotonic()
         env = dict(self.env, AIRFLOW_UP_TIMEOUT=str(UP_TIMEOUT))
-        atexit.register(self._kill_group)
+        if not self._atexit:
+            atexit.register(self._kill_group)
+            self._atexit = True
         try:
             proc = subprocess.run(
                 ["bash", str(SCRIPTS / "airflow_up.sh")],
@@ -155,17 +160,38 @@ class AirflowStandalone:
         )
         return self
 
-    def stop(self) -> None:
+    def session_id(self) -> int | None:
+        """The standalone's session / process group id (from the pid file), or None when it is not running."""
         try:
-            subprocess.run(
+            sid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return sid if sid > 1 else None
+
+    def restart(self) -> "AirflowStandalone":
+        """Stop every process of the standalone, then start it again on the same home, database and ports.
+
+        Runs, task instances and human-in-the-loop requests live in the database and survive; the client
+        logs in again by itself (a new API server may sign tokens with a new key).
+        """
+        self.stop()
+        return self.start()
+
+    def stop(self) -> None:
+        began = time.monotonic()
+        try:
+            proc = subprocess.run(
                 ["bash", str(SCRIPTS / "airflow_down.sh")],
                 env=dict(self.env, AIRFLOW_DOWN_TIMEOUT=str(DOWN_TIMEOUT)),
                 capture_output=True,
+                text=True,
                 timeout=DOWN_TIMEOUT + 60,
             )
+            self.stop_output = proc.stdout + proc.stderr
         except subprocess.TimeoutExpired:
-            pass
+            self.stop_output = f"airflow_down.sh did not return within {DOWN_TIMEOUT + 60}s"
         self._kill_group()  # a no-op when airflow_down.sh did its job
+        self.stop_seconds = time.monotonic() - began
 
     def _kill_group(self) -> None:
         """Last resort: SIGKILL the process group named in the pid file, if any is left."""

@@ -1,0 +1,517 @@
+"""Faults on a real `airflow standalone`: a task process SIGKILLed mid-way, the whole standalone restarted
+while a run waits at the review gate, and several runs at once.
+
+All runs are triggered together at the start (the slow part is Airflow starting task processes); each
+test then follows its own:
+
+* ``faults_ref`` and ``faults_killed`` have the same conf (30,000 rows from a slow demo API, complex
+  grids, native mode). ``faults_killed`` loses its ``ingest`` task process mid-way, then its
+  ``detect[isolation_forest]`` one; Airflow's retries must finish it with exactly the outputs of the
+  undisturbed ``faults_ref``.
+* ``faults_restart`` waits at ``review`` while every process of the standalone is stopped and started
+  again on the same home, database and ports; the gate must still wait and take an Approve.
+* ``load-*``: five runs on two small demo APIs, each answered at the gate, each with its own outputs.
+
+The task process is found through the REST API (the task instance's ``pid``, which the Airflow 3
+supervisor reports for the task runner it forks) and checked to belong to this standalone (its
+session, its AIRFLOW_HOME) before its process group is SIGKILLed. The supervisor sees the signal
+exit, reports ``up_for_retry``, and the scheduler starts the next try after the retry delay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import airflow_fixtures
+from anomaly_detection.airflow_client import AirflowApiError, AirflowClient, TaskStateError
+from anomaly_detection.runs import safe_run_id
+from demo_process import running_demo_api
+
+airflow_standalone = airflow_fixtures.airflow_standalone  # the module-scoped fixture
+
+DAG = "anomaly_detection"
+BUDGET = 1500  # seconds for every wait of the module together, counted from the trigger
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2100)]
+
+BIG_ROWS = 30_000
+PAGE_SIZE = 1_000
+PAGE_DELAY = 0.5  # 30 pages: the ingestion takes > 15 s
+SMALL_ROWS = 1_500
+# Run the slow tasks in a tight window: 30,000 rows, complex grids (isolation_forest: 27 fits).
+BIG_CONF = {
+    "mode": "native",
+    "hyperparameters": "complex",
+    "algorithms": ["isolation_forest", "kmeans"],
+    "overrides": {"evaluation.selection": "metric", "source.pagination.page_size": PAGE_SIZE},
+}
+KILLED_DETECT = "isolation_forest"
+# Files that differ between two runs of one conf by nature: the run's own log, times, its report.
+TIMING_KEYS = {"seconds"}  # per-fit durations in models/<algorithm>.json
+RUN_SPECIFIC = {"pipeline.log", "run_meta.json", "ingest.json", "results.json", "report.html", "raw/manifest.json"}
+TIMINGS: dict[str, float] = {}
+# ingest states once it has started
+STARTED = ("running", "success", "failed", "up_for_retry", "upstream_failed")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def big_api():
+    with running_demo_api(rows=BIG_ROWS, seed=11, page_delay=PAGE_DELAY) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def small_apis():
+    with running_demo_api(rows=SMALL_ROWS, seed=5) as a, running_demo_api(rows=SMALL_ROWS, seed=6) as b:
+        yield a, b
+
+
+@pytest.fixture(scope="module")
+def airflow_extra_env():
+    # a short retry delay (production: 20 s) keeps the recovery inside the test budget
+    return {"ANOMALY_RETRY_DELAY_SECONDS": "3"}
+
+
+@pytest.fixture(scope="module")
+def client(airflow_standalone):
+    """A patient client (a loaded 2-core machine answers slowly); it logs in again after the restart."""
+    base = airflow_standalone.client
+    return AirflowClient(airflow_standalone.url, base.username, base._password, timeout=180)
+
+
+def _load_confs(small_apis) -> dict[str, dict]:
+    a, b = (f"{base}/records" for base in small_apis)
+    common = {"mode": "native", "algorithms": ["kmeans"], "overrides": {"evaluation.selection": "metric"}}
+    # load-a0 and load-a4 have the same conf: their outputs must be identical
+    specs = {"load-a0": (a, 0.05), "load-b1": (b, 0.05), "load-a2": (a, 0.1), "load-b3": (b, 0.1), "load-a4": (a, 0.05)}
+    return {name: {**common, "url": url, "contamination": c} for name, (url, c) in specs.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(airflow_standalone, client, big_api, small_apis):
+    TIMINGS["airflow start"] = airflow_standalone.startup_seconds or 0.0
+    client.wait_for_dag(DAG, 300)
+    client.unpause(DAG)
+    big = {**BIG_CONF, "url": f"{big_api}/records"}
+    first = {"faults_killed": big, "faults_ref": big}
+    then = {
+        "faults_restart": {"mode": "native", "url": f"{small_apis[0]}/records", "algorithms": ["kmeans"],
+                           "overrides": {"evaluation.selection": "metric"}},  # fmt: skip
+        **_load_confs(small_apis),
+    }
+    triggered = {name: client.trigger(DAG, conf, run_id=name) for name, conf in first.items()}
+    TIMINGS["_triggered"] = time.monotonic()
+    # The others once the faulted run's ingestion runs: with 4 worker slots, their first tasks would
+    # otherwise go first and the slow tasks to kill would start minutes later.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (_ti(client, "faults_killed", "ingest") or {}).get("state") not in STARTED:
+        time.sleep(1)
+    triggered.update({name: client.trigger(DAG, conf, run_id=name) for name, conf in then.items()})
+    return {"ids": triggered, "confs": {**first, **then}}
+
+
+class Waits:
+    """Waits bounded by what is left of the module's budget; a failed wait quotes the Airflow log's errors."""
+
+    def __init__(self, client, airflow):
+        self.client, self.airflow = client, airflow
+        self.deadline = time.monotonic() + BUDGET
+
+    def left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"the module's {BUDGET}s budget is used up{self.diagnosis()}", pytrace=False)
+        return left
+
+    def diagnosis(self) -> str:
+        text = self.airflow.log_file.read_text(errors="replace") if self.airflow.log_file.exists() else ""
+        lines = text.splitlines()
+        errors = [ln for ln in lines if "[error" in ln or "exited with status" in ln or "Error:" in ln]
+        return (
+            f"\n---- {len(errors)} error lines in {self.airflow.log_file} (last 15) ----\n" + "\n".join(errors[-15:])
+            + "\n---- last 15 log lines ----\n" + "\n".join(lines[-15:])
+        )
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, self.left(), **kwargs)
+        except (TimeoutError, TaskStateError) as exc:
+            pytest.fail(f"{exc}{self.diagnosis()}", pytrace=False)
+
+    def run(self, run_id: str) -> str:
+        return self._call(self.client.wait_for_run, DAG, run_id)
+
+    def task(self, run_id: str, task_id: str, states, map_index: int = -1) -> str:
+        return self._call(self.client.wait_for_task_state, DAG, run_id, task_id, states, map_index=map_index)
+
+    def gate(self, run_id: str) -> None:
+        self.task(run_id, "review", ["awaiting_input"])
+
+    def until(self, what: str, probe, interval: float = 0.5):
+        """Poll ``probe()`` until it returns something truthy."""
+        while True:
+            value = probe()
+            if value:
+                return value
+            if self.left() < interval:
+                pytest.fail(f"timed out waiting for {what}{self.diagnosis()}", pytrace=False)
+            time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def wait(client, airflow_standalone, runs):
+    return Waits(client, airflow_standalone)
+
+
+def _run_dir(airflow, run_id: str) -> Path:
+    return airflow.home / "runs" / safe_run_id(run_id)
+
+
+def _ti(client, run_id: str, task_id: str, map_index: int = -1) -> dict | None:
+    try:
+        return client.task_instance(DAG, run_id, task_id, map_index)
+    except AirflowApiError as exc:
+        if exc.status == 404 or (exc.status or 500) >= 500:
+            return None
+        raise
+
+
+# --------------------------------------------------------------------------- the task process
+
+
+def _proc_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise KeyError(name)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in items if b"=" in item)
+
+
+def task_process(airflow, ti: dict) -> tuple[int, str]:
+    """The pid of the task runner executing ``ti`` (from its ``pid`` field), checked to be one of ours.
+
+    Airflow 3's LocalExecutor worker runs a supervisor per task, which forks the task runner into its own
+    process group and reports the runner's pid to the API server (``ti.pid``). The process must be in this
+    standalone's session, descend from a process with this AIRFLOW_HOME, and its parent must be an Airflow
+    process (the supervisor).
+    Returns ``(pid, description)``.
+    """
+    pid = ti.get("pid")
+    assert isinstance(pid, int) and pid > 1, f"task instance has no pid: {ti}"
+    sid = airflow.session_id()
+    assert sid and os.getsid(pid) == sid, f"pid {pid} is not in the standalone's session {sid}"
+    # setproctitle blanks /proc/PID/environ of the task runner and the worker: ask the nearest ancestor
+    # that still shows its environment (the scheduler)
+    ancestor, home = pid, None
+    while home is None and ancestor > 1:
+        ancestor = int(_proc_field(ancestor, "PPid"))
+        home = _environ(ancestor).get("AIRFLOW_HOME")
+    assert home == str(airflow.home), f"pid {pid} belongs to AIRFLOW_HOME {home} (ancestor {ancestor})"
+    parent = int(_proc_field(pid, "PPid"))
+    parent_cmd = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    assert "airflow" in parent_cmd, f"the parent of pid {pid} is not an Airflow process: {parent_cmd!r}"
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    return pid, f"pid {pid} ({cmd[:80]!r}), child of supervisor {parent} ({parent_cmd.strip()[:80]!r})"
+
+
+def kill_task_process(airflow, ti: dict) -> str:
+    """SIGKILL the task runner of ``ti`` and its process group (anything it started), never the supervisor."""
+    pid, description = task_process(airflow, ti)
+    if os.getpgid(pid) == pid and os.getpgid(int(_proc_field(pid, "PPid"))) != pid:
+        os.killpg(pid, signal.SIGKILL)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    return description
+
+
+def _running_with_pid(client, run_id: str, task_id: str, map_index: int = -1):
+    ti = _ti(client, run_id, task_id, map_index)
+    if ti and ti.get("state") == "running" and ti.get("pid"):
+        return ti
+    if ti and ti.get("state") in ("success", "failed", "upstream_failed", "skipped"):
+        pytest.fail(f"{task_id}[{map_index}] of {run_id} ended {ti['state']} before it could be killed", pytrace=False)
+    return None
+
+
+def _tries(client, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
+    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
+    return sorted(client.get_json(path).get("task_instances", []), key=lambda t: t["try_number"])
+
+
+def assert_retried_after_sigkill(airflow, client, run_id: str, task_id: str, killed_ti: dict, map_index: int = -1) -> None:
+    """The killed try died of SIGKILL (the supervisor says so), and the next try succeeded.
+
+    Airflow 3.3.2: the supervisor computes ``up_for_retry`` for the signal exit but sends no state (it
+    counts that state as one the task runner reports itself); the scheduler then sees the executor's
+    "finished" for a task instance still ``running``, logs an error and marks it up for retry, and the
+    try is kept in the history as ``failed``.
+    """
+    tries = _tries(client, run_id, task_id, map_index)
+    assert [t["try_number"] for t in tries] == [1, 2], tries
+    assert tries[0]["state"] in ("failed", "up_for_retry") and tries[1]["state"] == "success", tries
+    log = airflow.log_file.read_text(errors="replace")
+    finished = [ln for ln in log.splitlines() if "Workload finished" in ln and killed_ti["id"] in ln]
+    assert finished and "SIGKILL" in finished[0], finished or f"no 'Workload finished' line for {killed_ti['id']}"
+
+
+# --------------------------------------------------------------------------- comparing runs
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def _digest(path: Path) -> str:
+    """The file's content hash; of a JSON file, without its timings (``seconds``)."""
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        data = json.dumps(_without_timings(json.loads(data)), sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def compare_runs(ref: Path, other: Path) -> dict:
+    """What ``other`` lacks or has differently from ``ref`` (same conf): files, anomaly rows, results."""
+    ref_files, other_files = _files(ref), _files(other)
+    missing = sorted(set(ref_files) - set(other_files))
+    extra = sorted(set(other_files) - set(ref_files))
+    differing = sorted(
+        name for name in set(ref_files) & set(other_files)
+        if name not in RUN_SPECIFIC and _digest(ref_files[name]) != _digest(other_files[name])
+    )  # fmt: skip
+    a, b = pd.read_csv(ref / "anomalies.csv"), pd.read_csv(other / "anomalies.csv")
+    ref_rows = set(zip(a["id"], a["score"].round(12)))
+    other_rows = set(zip(b["id"], b["score"].round(12)))
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, other))
+    keys = ("algorithm", "params", "score", "anomaly_count", "threshold")
+    return {
+        "missing_files": missing,
+        "extra_files": extra,
+        "differing_files": differing,
+        "missing_rows": len(ref_rows - other_rows),
+        "extra_rows": len(other_rows - ref_rows),
+        "anomalies_identical": a.equals(b),
+        "best": ({k: ra["best"].get(k) for k in keys}, {k: rb["best"].get(k) for k in keys}),
+        "models_identical": [(m["algorithm"], m["params"], m["score"]) for m in ra["models"]]
+        == [(m["algorithm"], m["params"], m["score"]) for m in rb["models"]],
+        "rows": (ra["rows"], rb["rows"]),
+    }
+
+
+# --------------------------------------------------------------------------- 1. task killed mid-way
+
+
+def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(airflow_standalone, client, runs, wait, fault_ledger):
+    run_id, ref_id = runs["ids"]["faults_killed"], runs["ids"]["faults_ref"]
+    run_dir = _run_dir(airflow_standalone, run_id)
+
+    # ingest: kill it once a few of its 30 pages are saved
+    ti = wait.until("ingest to run", lambda: _running_with_pid(client, run_id, "ingest"))
+    TIMINGS["ingest started after trigger"] = time.monotonic() - TIMINGS["_triggered"]
+    wait.until("ingest to save 3 pages", lambda: len(list((run_dir / "raw").glob("page-*"))) >= 3, 0.2)
+    ti = _running_with_pid(client, run_id, "ingest")
+    assert ti, "ingest finished before it could be killed"
+    pages_before = len(list((run_dir / "raw").glob("page-*")))
+    assert pages_before < BIG_ROWS // PAGE_SIZE and not (run_dir / "ingest.json").exists()
+    killed = kill_task_process(airflow_standalone, ti)
+    fault_ledger.injected("SIGKILL of the ingest task process mid-way")
+    print(f"killed ingest try {ti['try_number']} at page {pages_before}: {killed}")
+    began = time.monotonic()
+    wait.task(run_id, "ingest", ["success"])
+    TIMINGS["ingest recovery (kill -> success)"] = time.monotonic() - began
+    assert_retried_after_sigkill(airflow_standalone, client, run_id, "ingest", ti)
+
+    # detect[isolation_forest]: kill it mid-grid (its 27 fits take well over 10 s)
+    index = runs["confs"]["faults_killed"]["algorithms"].index(KILLED_DETECT)
+    ti = wait.until("detect to run", lambda: _running_with_pid(client, run_id, "detect", index))
+    time.sleep(6)
+    ti = _running_with_pid(client, run_id, "detect", index)
+    assert ti, "detect finished before it could be killed"
+    assert not (run_dir / "models" / f"{KILLED_DETECT}.json").exists(), "detect wrote its results already"
+    killed = kill_task_process(airflow_standalone, ti)
+    fault_ledger.injected(f"SIGKILL of the detect[{KILLED_DETECT}] task process mid-way")
+    print(f"killed detect[{KILLED_DETECT}] try {ti['try_number']}: {killed}")
+    began = time.monotonic()
+    wait.task(run_id, "detect", ["success"], map_index=index)
+    TIMINGS["detect recovery (kill -> success)"] = time.monotonic() - began
+    assert_retried_after_sigkill(airflow_standalone, client, run_id, "detect", ti, index)
+    assert client.task_instance(DAG, run_id, "detect", index)["rendered_map_index"] == KILLED_DETECT
+
+    # both runs reach the gate; the killed one has exactly the undisturbed one's outputs
+    wait.gate(run_id)
+    TIMINGS["killed run at gate after trigger"] = time.monotonic() - TIMINGS["_triggered"]
+    wait.gate(ref_id)
+    TIMINGS["ref run at gate after trigger"] = time.monotonic() - TIMINGS["_triggered"]
+    diff = compare_runs(_run_dir(airflow_standalone, ref_id), run_dir)
+    fault_ledger.lost(len(diff["missing_files"]) + diff["missing_rows"])
+    print("comparison with the undisturbed run:", json.dumps(diff, default=str))
+    assert diff["missing_files"] == [] and diff["missing_rows"] == 0, diff
+    assert diff["best"][0] == diff["best"][1] and diff["models_identical"], diff
+    assert diff["anomalies_identical"] and diff["extra_rows"] == 0, diff
+    assert diff["rows"][0] == diff["rows"][1] and diff["rows"][0]["ingested"] == BIG_ROWS, diff
+    assert diff["differing_files"] == [], f"outputs of the retried tasks differ: {diff['differing_files']}"
+    assert diff["extra_files"] == [], f"the killed attempts left files behind: {diff['extra_files']}"
+    pages = [json.loads((d / "raw" / "manifest.json").read_text()) for d in (_run_dir(airflow_standalone, ref_id), run_dir)]
+    assert [(p["file"], p["records"]) for p in pages[0]] == [(p["file"], p["records"]) for p in pages[1]]
+
+    for rid in (run_id, ref_id):
+        client.answer_hitl(DAG, rid, "review", "Approve", {"comment": "fault test"})
+    for rid in (run_id, ref_id):
+        assert wait.run(rid) == "success"
+    assert client.task_instances(DAG, run_id)["publish"] == "success"
+    fault_ledger.recovered("run finished after SIGKILLs of ingest and detect")
+
+
+# --------------------------------------------------------------------------- 2. restart at the gate
+
+
+def _busy(client, run_ids) -> list[str]:
+    """Task instances of ``run_ids`` that are running or about to (a restart would interrupt them)."""
+    busy = []
+    for rid in run_ids:
+        for key, state in client.task_instances(DAG, rid).items():
+            if state in ("running", "queued", "scheduled", "up_for_retry", "deferred", "restarting"):
+                busy.append(f"{rid}:{key}={state}")
+    return busy
+
+
+def test_gate_survives_a_restart_of_the_whole_standalone(airflow_standalone, client, runs, wait, fault_ledger):
+    run_id = runs["ids"]["faults_restart"]
+    load_ids = [runs["ids"][name] for name in runs["confs"] if name.startswith("load-")]
+    wait.gate(run_id)
+    for rid in load_ids:  # a quiet moment: every other run waits at its gate too, no task is running
+        wait.gate(rid)
+    TIMINGS["all load runs at gate after trigger"] = time.monotonic() - TIMINGS["_triggered"]
+    assert _busy(client, [run_id, *load_ids]) == []
+    before = client.hitl_detail(DAG, run_id, "review")
+    assert before["response_received"] is False
+    old_sid = airflow_standalone.session_id()
+
+    began = time.monotonic()
+    fault_ledger.injected("restart of the whole standalone while a run waits at the review gate")
+    airflow_standalone.restart()
+    TIMINGS["restart (stop)"] = airflow_standalone.stop_seconds or 0.0
+    print(f"airflow_down.sh: {airflow_standalone.stop_output.strip()}")
+    TIMINGS["restart (stop + start)"] = time.monotonic() - began
+    assert airflow_standalone.session_id() not in (None, old_sid)
+    assert not any(Path(f"/proc/{p}").exists() for p in _session_pids(old_sid)), "processes of the old standalone are left"
+
+    # the gate still waits, with its request unanswered, and the run is still running
+    assert client.task_instance(DAG, run_id, "review")["state"] == "awaiting_input"
+    assert client.dag_run(DAG, run_id)["state"] == "running"
+    after = client.hitl_detail(DAG, run_id, "review")
+    assert after["response_received"] is False and after["options"] == before["options"]
+    time.sleep(5)  # the new scheduler's first loops must not touch it either
+    assert client.task_instance(DAG, run_id, "review")["state"] == "awaiting_input"
+    for rid in load_ids:
+        assert client.task_instance(DAG, rid, "review")["state"] == "awaiting_input", rid
+
+    began = time.monotonic()
+    client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "after the restart"})
+    assert wait.run(run_id) == "success"
+    TIMINGS["approve after restart -> run success"] = time.monotonic() - began
+    states = client.task_instances(DAG, run_id)
+    assert states["publish"] == "success" and states["rejected"] == "skipped" and states["trigger_rerun"] == "skipped"
+    run_dir = _run_dir(airflow_standalone, run_id)
+    decision = json.loads((run_dir / "decision.json").read_text())
+    assert decision["decision"] == "approved" and decision["comment"] == "after the restart"
+    approved = airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html"
+    assert approved.is_file() and "after the restart" in approved.read_text()
+    fault_ledger.recovered("run approved after a standalone restart at its review gate")
+    fault_ledger.lost(0 if approved.is_file() and (run_dir / "anomalies.csv").is_file() else 1)
+
+
+def _session_pids(sid: int | None) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if sid and os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+# --------------------------------------------------------------------------- 3. several runs at once
+
+
+def test_concurrent_runs_keep_separate_correct_outputs(airflow_standalone, client, runs, wait, small_apis):
+    confs = {name: conf for name, conf in runs["confs"].items() if name.startswith("load-")}
+    ids = {name: runs["ids"][name] for name in confs}
+    assert len(ids) >= 5
+    for name, rid in ids.items():
+        wait.gate(rid)
+        client.answer_hitl(DAG, rid, "review", "Approve", {"comment": f"load {name}"})
+    began = time.monotonic()
+    for rid in ids.values():
+        assert wait.run(rid) == "success", rid
+    TIMINGS["load: answers -> all succeeded"] = time.monotonic() - began
+
+    planted = {}
+    for base in small_apis:
+        with urllib.request.urlopen(f"{base}/planted", timeout=30) as resp:
+            planted[f"{base}/records"] = set(json.load(resp)["ids"])
+    others = {rid: [safe_run_id(o) for o in ids.values() if o != rid] for rid in ids.values()}
+    frames = {}
+    for name, rid in ids.items():
+        conf, run_dir = confs[name], _run_dir(airflow_standalone, rid)
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["run_id"] == safe_run_id(rid) and results["airflow_run_id"] == rid
+        assert results["source_url"] == conf["url"] and results["status"] == "succeeded"
+        assert results["rows"]["ingested"] == SMALL_ROWS
+        assert json.loads((run_dir / "decision.json").read_text())["comment"] == f"load {name}"
+        assert (airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html").is_file()
+        # nothing of another run in this run's directory
+        for path in run_dir.rglob("*"):
+            if path.is_file() and path.suffix in (".json", ".yaml", ".log", ".jsonl"):
+                text = path.read_text(errors="replace")
+                leaked = [o for o in others[rid] if o in text]
+                assert not leaked, f"{path} names other runs: {leaked}"
+        frame = pd.read_csv(run_dir / "anomalies.csv")
+        best = results["best"]
+        assert len(frame) == best["anomaly_count"] > 0
+        assert best["anomaly_share"] == pytest.approx(conf["contamination"], abs=0.01)
+        truth = planted[conf["url"]]
+        found = len(truth & set(frame["id"])) / len(truth)
+        print(f"{name}: {best['algorithm']} {best['params']}, {len(frame)} anomalies, planted recall {found:.2f}")
+        assert found >= 0.8, f"{name}: only {found:.0%} of its API's planted anomalies flagged"
+        frames[name] = frame
+    # the same conf gives the same rows; another API or contamination gives others
+    assert frames["load-a0"].equals(frames["load-a4"])
+    assert not frames["load-a0"]["id"].equals(frames["load-b1"]["id"])
+    assert len(frames["load-a2"]) > len(frames["load-a0"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_timings():
+    """Print how long the parts took at the end of the module, even when a test failed (pytest -s shows it)."""
+    began = time.monotonic()
+    yield
+    TIMINGS["module (start to stop)"] = time.monotonic() - began
+    print("\n---- timings ----")
+    for what, seconds in TIMINGS.items():
+        if not what.startswith("_"):
+            print(f"  {what}: {seconds:.1f}s")
