@@ -110,6 +110,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
 
+from . import atomic
 from .config import ProcessingConfig, SourceConfig
 from .errors import IngestionError
 from .flatten import FlattenStats, TooManyColumns, _json_text, flatten_records
@@ -126,7 +127,6 @@ from .ingest import (
     prefetch,
     read_records,
     with_params,
-    write_atomically,
 )
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class BulkReader(ApiReader):
 
     def _store(self, name: str, body: bytes) -> int:
         packed = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-        write_atomically(self.raw_dir / name, packed)
+        atomic.write_bytes(self.raw_dir / name, packed)
         return len(packed)
 
     def _save(

@@ -316,12 +316,6 @@ def _looks_like_json(content_type: str, body: bytes) -> bool:
     return not start or start[:1] in (b"{", b"[") or "json" in content_type
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename: never half a file."""
-    with atomic.replacing(path) as temporary:
-        temporary.write_bytes(data)
-
-
 def _suffix(content_type: str, body: bytes) -> str:
     if "json" in content_type:
         return ".json"
@@ -373,7 +367,7 @@ class ApiReader:
 
     def _store(self, name: str, body: bytes) -> int:
         """Write a raw file; return the bytes stored."""
-        write_atomically(self.raw_dir / name, body)
+        atomic.write_bytes(self.raw_dir / name, body)
         return len(body)
 
     def _save(
@@ -406,7 +400,7 @@ class ApiReader:
 
     def write_manifest(self) -> None:
         manifest = [vars(p) for p in self.pages]
-        write_atomically(self.raw_dir / "manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        atomic.write_bytes(self.raw_dir / "manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
 
     def settle(self, record: PageRecord, records: int | None) -> None:
         """Record how many records a saved page held (None: it could not be read) in the manifest."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +27,7 @@ import pandas as pd
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from . import __version__, plots
+from . import __version__, atomic, plots
 from .evaluate import LOWER_IS_BETTER
 
 log = logging.getLogger(__name__)
@@ -848,12 +847,6 @@ def render_report(inputs: ReportInputs, path: Path) -> Path:
     start = time.perf_counter()
     path = Path(path)
     html = render_html(inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, html)
     log.info("report written to %s (%.1f kB, %.2f s)", path, len(html.encode("utf-8")) / 1024, time.perf_counter() - start)
     return path
