@@ -54,9 +54,10 @@ class Snapshot:
         self.raw_dir = Path(raw_dir)
         self.pages = self._manifest()
         self.by_url: dict[str, SavedPage] = {}
+        self.by_number: dict[int, SavedPage] = {}
         for page in self.pages:  # a URL fetched twice (a loop of next links): the first is the one read
             self.by_url.setdefault(_url_key(page.url), page)
-        self.served: list[int] = []
+            self.by_number.setdefault(page.page, page)
 
     def _manifest(self) -> list[SavedPage]:
         jsonl, json_ = self.raw_dir / "manifest.jsonl", self.raw_dir / "manifest.json"
@@ -75,8 +76,7 @@ class Snapshot:
         return pages
 
     def next_after(self, page: SavedPage) -> SavedPage | None:
-        later = [p for p in self.pages if p.page == page.page + 1]
-        return later[0] if later else None
+        return self.by_number.get(page.page + 1)
 
     def session(self) -> requests.Session:
         """A session whose every request is answered from the snapshot."""
@@ -99,7 +99,6 @@ class SnapshotAdapter(BaseAdapter):
         page = self.snapshot.by_url.get(_url_key(url))
         if page is None:
             raise requests.exceptions.InvalidURL(f"replay: the snapshot has no response for {url}")
-        self.snapshot.served.append(page.page)
         response = requests.Response()
         response.status_code = page.status or 200
         response.headers["Content-Type"] = page.content_type
