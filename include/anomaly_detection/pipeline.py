@@ -140,20 +140,23 @@ def _route_to_spark(
         shutil.rmtree(kept)
     paths.raw.rename(kept)
     paths.raw.mkdir()
-    info = _bulk_ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
-    info["routed_to_spark"] = str(exceeded)
-    _write_json(paths.ingest_info, info)
-    return info
+    return _bulk_ingest_stage(config, paths, credentials=credentials, session_factory=session_factory, routed=str(exceeded))
 
 
 def _bulk_ingest_stage(
-    config: PipelineConfig, paths: RunPaths, *, credentials: CredentialResolver, session_factory: SessionFactory | None
+    config: PipelineConfig,
+    paths: RunPaths,
+    *,
+    credentials: CredentialResolver,
+    session_factory: SessionFactory | None,
+    routed: str | None = None,
 ) -> dict[str, Any]:
     from .bulk_ingest import ingest_to_parquet
 
-    extra = {"session_factory": session_factory} if session_factory else {}
     with atomic.replacing(paths.flattened) as tmp:
-        result = ingest_to_parquet(config.source, config.processing, paths.raw, tmp, credentials=credentials, **extra)
+        result = ingest_to_parquet(
+            config.source, config.processing, paths.raw, tmp, credentials=credentials, session_factory=session_factory
+        )
     info = {
         "rows": result.records,
         "columns": len(result.columns),
@@ -165,6 +168,8 @@ def _bulk_ingest_stage(
         "records_per_second": round(result.records_per_second, 1),
         "bulk": True,
     }
+    if routed:
+        info["routed_to_spark"] = routed
     _write_json(paths.ingest_info, info)
     return info
 
