@@ -16,6 +16,10 @@ A route answers with a handler ``handler(request) -> (status, headers, body)``, 
 the headers name one). A path with no route answers 404. ``api_server.sleep(seconds)`` is a
 sleep a handler can use to simulate a slow server; it ends early when the server stops, so
 shutting down never waits for a sleeping handler.
+
+Also here: :class:`LoopbackHttpServer`, the start/stop of any such server (the fault suite's
+``FlakyApi`` builds on it); :class:`LoopbackServer` and the ``second_server`` fixture, a plain
+server on another 127/8 address that counts connections; ``fake_dns``, names resolved as a test says.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Self, Union
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -70,17 +74,47 @@ class _Server(ThreadingHTTPServer):
         pass
 
 
-class ApiServer:
+class LoopbackHttpServer:
+    """A threaded HTTP server on a loopback address, served from a daemon thread; a context manager.
+
+    A subclass builds its handler in ``_handler_class()`` and calls :meth:`_listen` in ``__init__``.
+    ``_stopping`` is set when the server stops, so handlers can end their waits early.
+    """
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def _listen(self, host: str = "127.0.0.1") -> None:
+        self._stopping = threading.Event()
+        self._server = _Server((host, 0), self._handler_class())
+        self.port = self._server.server_address[1]
+        self.base_url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class ApiServer(LoopbackHttpServer):
     def __init__(self) -> None:
         self._routes: dict[str, Iterator[Any] | Handler | Response] = {}
         self._sequences: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._log: list[RecordedRequest] = []
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), self._handler_class())
-        self.port = self._server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._listen()
 
     # ------------------------------------------------------------------ scripting
 
@@ -114,24 +148,6 @@ class ApiServer:
 
     def count(self, path: str | None = None) -> int:
         return len(self.requests if path is None else self.requests_to(path))
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> "ApiServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "ApiServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ serving
 
@@ -213,3 +229,65 @@ def api_server() -> Iterator[ApiServer]:
         yield server
     finally:
         server.stop()
+
+
+class LoopbackServer(LoopbackHttpServer):
+    """A started server on any 127/8 address that answers ``{"ok": true}`` and counts TCP connections and paths."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        self.connections = 0
+        self.paths: list[str] = []
+        self._listen(host)
+        self.url = self.base_url + "/"
+        self.start()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:  # once per accepted connection (HTTP/1.0: one request each)
+                owner.connections += 1
+                super().setup()
+
+            def do_GET(self) -> None:
+                owner.paths.append(self.path)
+                body = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def second_server() -> Iterator[LoopbackServer]:
+    server = LoopbackServer("127.0.0.2")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def install_fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Names added to the returned dict resolve to the given addresses (others resolve as usual)."""
+    names: dict[str, list[str]] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if isinstance(host, str) and host in names:
+            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                     (a, int(port)) if ":" not in a else (a, int(port), 0, 0)) for a in names[host]]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return names
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    return install_fake_dns(monkeypatch)

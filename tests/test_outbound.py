@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import pickle
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -27,7 +24,7 @@ from anomaly_detection.outbound import (
     guard_session,
     normalise_address,
 )
-from http_fixtures import ApiServer
+from http_fixtures import api_server, fake_dns, second_server  # noqa: F401
 
 
 def policy(deny: str = "", allow: str = "") -> OutboundPolicy:
@@ -38,83 +35,6 @@ def session(p: OutboundPolicy | None = None, **adapter_kwargs: Any) -> requests.
     s = requests.Session()
     s.trust_env = False  # no proxy settings from the environment
     return guard_session(s, p if p is not None else policy(), **adapter_kwargs)
-
-
-class LoopbackServer:
-    """An HTTP server on any 127/8 address that counts TCP connections and requests."""
-
-    def __init__(self, host: str = "127.0.0.2") -> None:
-        owner = self
-        self.connections = 0
-        self.paths: list[str] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.paths.append(self.path)
-                body = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def verify_request(self, request: Any, client_address: Any) -> bool:
-                owner.connections += 1
-                return True
-
-        self._server = Server((host, 0), Handler)
-        self.url = f"http://{host}:{self._server.server_address[1]}/"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-@pytest.fixture
-def second_server() -> Iterator[LoopbackServer]:
-    server = LoopbackServer("127.0.0.2")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def install_fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """Names added to the returned dict resolve to the given addresses (others resolve as usual)."""
-    names: dict[str, list[str]] = {}
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
-        if isinstance(host, str) and host in names:
-            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
-                     (a, int(port)) if ":" not in a else (a, int(port), 0, 0)) for a in names[host]]
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return names
-
-
-@pytest.fixture
-def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    return install_fake_dns(monkeypatch)
-
-
-@pytest.fixture
-def api_server() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # ---------------------------------------------------------------------------- parsing

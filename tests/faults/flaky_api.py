@@ -41,9 +41,11 @@ import socket
 import struct
 import threading
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
+
+from http_fixtures import LoopbackHttpServer
 
 FAULTS = ("reset", "reset_body", "500", "429", "stall", "trickle", "drip", "truncated", "short", "changed")
 
@@ -114,16 +116,7 @@ def static(body: bytes, headers: dict[str, str] | None = None, status: int = 200
     return handler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # a client that hung up: expected here
-        pass
-
-
-class FlakyApi:
+class FlakyApi(LoopbackHttpServer):
     """The dataset, paginated, with faults scripted per page and request (see the module docstring)."""
 
     def __init__(
@@ -150,11 +143,8 @@ class FlakyApi:
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), self._handler_class())
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._listen()
         self.url = self.base_url + "/items"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     # ------------------------------------------------------------------ the dataset
 
@@ -175,24 +165,6 @@ class FlakyApi:
     def route(self, path: str, handler: Route) -> "FlakyApi":
         self.routes[path] = handler
         return self
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> "FlakyApi":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "FlakyApi":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ serving
 

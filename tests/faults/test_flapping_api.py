@@ -235,7 +235,6 @@ def test_a_fault_that_outlasts_the_retries_is_a_clear_error_and_keeps_the_pages(
 KILLER = textwrap.dedent(
     """
     import os, pathlib, signal, sys
-    sys.path.insert(0, {faults!r})
     from anomaly_detection.config import build_config
     reader, victim, url, raw = sys.argv[1:5]
     write_bytes = pathlib.Path.write_bytes
@@ -251,7 +250,7 @@ KILLER = textwrap.dedent(
         return write_bytes(self, data)
 
     pathlib.Path.write_bytes = dying_write
-    cfg = build_config({{"source": {{"url": url, "records_path": "items", "pagination": {{"type": "offset", "page_size": 10}}, "concurrency": 1}}}})
+    cfg = build_config({"source": {"url": url, "records_path": "items", "pagination": {"type": "offset", "page_size": 10}, "concurrency": 1}})
     if reader == "native":
         from anomaly_detection.ingest import ingest
         ingest(cfg.source, cfg.processing, pathlib.Path(raw))
@@ -267,10 +266,9 @@ def test_a_process_killed_mid_write_leaves_no_half_file_under_a_final_name(reade
     fault_ledger.injected(f"SIGKILL while writing {victim.rstrip('0123456789-')}")
     include = str(Path(anomaly_detection.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": include}
-    script = KILLER.format(faults=str(Path(__file__).parent))
     raw = tmp_path / "raw"
     with FlakyApi(dataset(85), page_size=10) as api:
-        child = subprocess.run([sys.executable, "-c", script, reader, victim, api.url, str(raw)], env=env, capture_output=True, timeout=120)
+        child = subprocess.run([sys.executable, "-c", KILLER, reader, victim, api.url, str(raw)], env=env, capture_output=True, timeout=120)
     assert child.returncode == -9, child.stderr.decode()[-2000:]
     finals = sorted(p.name for p in raw.iterdir() if not p.name.startswith("."))
     for name in finals:

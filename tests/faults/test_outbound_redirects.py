@@ -7,8 +7,6 @@ fast and without a network, and ingestion fails at once instead of retrying.
 from __future__ import annotations
 
 import time
-from typing import Iterator
-
 import pytest
 import requests
 
@@ -16,8 +14,7 @@ from anomaly_detection.config import ProcessingConfig, SourceConfig
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest import ingest
 from anomaly_detection.outbound import DENY_VAR, BlockedDestination, OutboundPolicy, guard_session
-from http_fixtures import ApiServer
-from test_outbound import LoopbackServer, install_fake_dns
+from http_fixtures import api_server, fake_dns, second_server  # noqa: F401
 
 FAULT = "redirect to a blocked address"
 METADATA = "http://169.254.169.254/latest/meta-data/"
@@ -27,29 +24,6 @@ def guarded(deny: str = "") -> requests.Session:
     s = requests.Session()
     s.trust_env = False
     return guard_session(s, OutboundPolicy.from_env({DENY_VAR: deny}))
-
-
-@pytest.fixture
-def api_server() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    return install_fake_dns(monkeypatch)
-
-
-@pytest.fixture
-def second_server() -> Iterator[LoopbackServer]:
-    server = LoopbackServer("127.0.0.2")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def refused(s: requests.Session, url: str) -> BlockedDestination:
