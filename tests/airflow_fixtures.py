@@ -39,7 +39,8 @@ from typing import Iterator, Mapping
 
 import pytest
 
-from anomaly_detection.airflow_client import AirflowClient
+from anomaly_detection.airflow_client import AirflowClient, TaskStateError
+from anomaly_detection.runs import safe_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -121,6 +122,10 @@ class AirflowStandalone:
     @property
     def pid_file(self) -> Path:
         return self.home / "standalone.pid"
+
+    def run_dir(self, run_id: str) -> Path:
+        """Where the DAG's run ``run_id`` keeps its files (under ANOMALY_RUNS_DIR)."""
+        return self.home / "runs" / safe_run_id(run_id)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -214,6 +219,59 @@ class AirflowStandalone:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class BudgetedWaits:
+    """The client's waits on one DAG, all bounded together by ``budget`` seconds counted from creation.
+
+    A stuck Airflow then fails a test module once, in ``budget`` seconds, not once per test. A failed
+    wait quotes the error lines and the tail of the standalone's log.
+    """
+
+    def __init__(self, client: AirflowClient, airflow: AirflowStandalone, dag_id: str, budget: float) -> None:
+        self.client, self.airflow, self.dag_id, self.budget = client, airflow, dag_id, budget
+        self.deadline = time.monotonic() + budget
+
+    def left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"the module's {self.budget}s budget is used up{self.diagnosis()}", pytrace=False)
+        return left
+
+    def diagnosis(self) -> str:
+        text = self.airflow.log_file.read_text(errors="replace") if self.airflow.log_file.exists() else ""
+        lines = text.splitlines()
+        errors = [ln for ln in lines if "[error" in ln or "exited with status" in ln or "Error:" in ln]
+        return (
+            f"\n---- {len(errors)} error lines in {self.airflow.log_file} (last 15) ----\n" + "\n".join(errors[-15:])
+            + "\n---- last 15 log lines ----\n" + "\n".join(lines[-15:])
+        )
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, self.left(), **kwargs)
+        except (TimeoutError, TaskStateError) as exc:
+            pytest.fail(f"{exc}{self.diagnosis()}", pytrace=False)
+
+    def run(self, run_id: str) -> str:
+        return self._call(self.client.wait_for_run, self.dag_id, run_id)
+
+    def task(self, run_id: str, task_id: str, states: list[str], map_index: int = -1) -> str:
+        return self._call(self.client.wait_for_task_state, self.dag_id, run_id, task_id, states, map_index=map_index)
+
+    def gate(self, run_id: str) -> None:
+        """Wait until the run's review gate waits for an answer."""
+        self.task(run_id, "review", ["awaiting_input"])
+
+    def until(self, what: str, probe, interval: float = 0.5):
+        """Poll ``probe()`` until it returns something truthy."""
+        while True:
+            value = probe()
+            if value:
+                return value
+            if self.left() < interval:
+                pytest.fail(f"timed out waiting for {what}{self.diagnosis()}", pytrace=False)
+            time.sleep(interval)
 
 
 def _optional_fixture(request, name: str, default):

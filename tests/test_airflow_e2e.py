@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
+from airflow_fixtures import BudgetedWaits, airflow_standalone  # noqa: F401  (fixture)
 from anomaly_detection.report_index import report_url
 from demo_process import running_demo_api
 
@@ -64,54 +63,9 @@ def runs(airflow_standalone, client, demo_api):  # noqa: F811
     return {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
 
 
-class Waits:
-    """The client's waits, each bounded by what is left of the module's budget (counted from creation)."""
-
-    def __init__(self, client, airflow_standalone):  # noqa: F811
-        self.client, self.airflow = client, airflow_standalone
-        self.deadline = time.monotonic() + BUDGET
-
-    def left(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"the module's {BUDGET}s budget is used up{self.diagnosis()}", pytrace=False)
-        return left
-
-    def diagnosis(self) -> str:
-        text = self.airflow.log_file.read_text(errors="replace") if self.airflow.log_file.exists() else ""
-        lines = text.splitlines()
-        errors = [ln for ln in lines if "[error" in ln or "exited with status" in ln or "Error:" in ln]
-        return (
-            f"\n---- {len(errors)} error lines in {self.airflow.log_file} (last 15) ----\n" + "\n".join(errors[-15:])
-            + "\n---- last 15 log lines ----\n" + "\n".join(lines[-15:])
-        )
-
-    def _call(self, fn, *args):
-        try:
-            return fn(*args, self.left())
-        except TimeoutError as exc:
-            pytest.fail(f"{exc}{self.diagnosis()}", pytrace=False)
-
-    def run(self, run_id: str) -> str:
-        return self._call(self.client.wait_for_run, DAG, run_id)
-
-    def task(self, run_id: str, task_id: str, states: list[str]) -> str:
-        return self._call(self.client.wait_for_task_state, DAG, run_id, task_id, states)
-
-    def gate(self, run_id: str) -> dict:
-        self.task(run_id, "review", ["awaiting_input"])
-        return self.client.hitl_detail(DAG, run_id, "review")
-
-
 @pytest.fixture(scope="module")
 def wait(client, airflow_standalone, runs):  # noqa: F811
-    return Waits(client, airflow_standalone)  # made right after ``runs`` triggered them
-
-
-def _run_dir(airflow_standalone, run_id: str) -> Path:  # noqa: F811
-    from anomaly_detection.runs import safe_run_id
-
-    return airflow_standalone.home / "runs" / safe_run_id(run_id)
+    return BudgetedWaits(client, airflow_standalone, DAG, BUDGET)  # made right after ``runs`` triggered them
 
 
 def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, runs, wait):  # noqa: F811
@@ -126,7 +80,8 @@ def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, ru
 
 def test_approve_publishes_and_records_the_decision(airflow_standalone, client, runs, wait):  # noqa: F811
     run_id = runs["approve"]
-    detail = wait.gate(run_id)
+    wait.gate(run_id)
+    detail = client.hitl_detail(DAG, run_id, "review")
     report = client.xcom(DAG, run_id, "build_report")
     assert report["report"] in detail["body"] and "Anomalies:" in detail["body"]
     assert detail["options"] == ["Approve", "Reject", "Rerun with adjustments"]
@@ -144,7 +99,7 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
     states = client.task_instances(DAG, run_id)
     assert states["publish"] == "success" and states["rejected"] == "skipped" and states["trigger_rerun"] == "skipped"
 
-    run_dir = _run_dir(airflow_standalone, run_id)
+    run_dir = airflow_standalone.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
     assert decision["decision"] == "approved" and decision["by"] == "admin"
     assert decision["comment"] == "checked the top rows" and decision["at"]
@@ -169,7 +124,7 @@ def test_reject_records_and_publishes_nothing(airflow_standalone, client, runs, 
     assert wait.run(run_id) == "success"
     states = client.task_instances(DAG, run_id)
     assert states["rejected"] == "success" and states["publish"] == "skipped"
-    run_dir = _run_dir(airflow_standalone, run_id)
+    run_dir = airflow_standalone.run_dir(run_id)
     assert json.loads((run_dir / "decision.json").read_text())["decision"] == "rejected"
     assert not (airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html").exists()
     assert "Rejected" in (run_dir / "report.html").read_text()
@@ -190,7 +145,7 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
     assert conf["overrides"]["modeling.algorithms"] == ["kmeans"]
 
     wait.gate(rerun_id)
-    rerun_dir = _run_dir(airflow_standalone, rerun_id)
+    rerun_dir = airflow_standalone.run_dir(rerun_id)
     results = json.loads((rerun_dir / "results.json").read_text())
     assert results["rerun_of"] == run_id
     assert {m["algorithm"] for m in results["models"]} == {"kmeans"}
@@ -201,7 +156,7 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
     changes = report[report.index('id="rerun"') :]
     assert "<code>modeling.contamination</code></td><td class=\"mono\">0.05</td><td class=\"mono\">0.1</td>" in changes
     assert re.search(r"<strong>[1-9][0-9,]* newly flagged</strong>", changes)
-    first = json.loads((_run_dir(airflow_standalone, run_id) / "decision.json").read_text())
+    first = json.loads((airflow_standalone.run_dir(run_id) / "decision.json").read_text())
     assert first["decision"] == "rerun" and first["adjustments"]["modeling.contamination"] == 0.1
     client.answer_hitl(DAG, rerun_id, "review", "Reject")
     assert wait.run(rerun_id) == "success"
@@ -214,7 +169,7 @@ def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs
     assert states["spark_preprocess"] == "success" and states["spark_detect"] == "success"
     assert states["preprocess"] == "skipped"
     assert "spark path" in client.task_log(DAG, run_id, "choose_path")
-    run_dir = _run_dir(airflow_standalone, run_id)
+    run_dir = airflow_standalone.run_dir(run_id)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["mode"] == "spark" and results["status"] == "succeeded"
     # bulk ingestion: page part files and a compressed raw snapshot with its manifest
@@ -244,6 +199,6 @@ def test_gate_marked_failed_in_the_ui_counts_as_reject(airflow_standalone, clien
     wait.run(run_id)
     states = client.task_instances(DAG, run_id)
     assert states["publish"] == "skipped" and states["rejected"] == "success"
-    run_dir = _run_dir(airflow_standalone, run_id)
+    run_dir = airflow_standalone.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
     assert decision["decision"] == "rejected" and decision["via"] == "marked_failed"

@@ -32,7 +32,8 @@ import pandas as pd
 import pytest
 
 import airflow_fixtures
-from anomaly_detection.airflow_client import AirflowApiError, AirflowClient, TaskStateError
+from airflow_fixtures import BudgetedWaits
+from anomaly_detection.airflow_client import AirflowApiError, AirflowClient
 from anomaly_detection.runs import safe_run_id
 from demo_process import running_demo_api
 
@@ -121,61 +122,9 @@ def runs(airflow_standalone, client, big_api, small_apis):
     return {"ids": triggered, "confs": {**first, **then}}
 
 
-class Waits:
-    """Waits bounded by what is left of the module's budget; a failed wait quotes the Airflow log's errors."""
-
-    def __init__(self, client, airflow):
-        self.client, self.airflow = client, airflow
-        self.deadline = time.monotonic() + BUDGET
-
-    def left(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"the module's {BUDGET}s budget is used up{self.diagnosis()}", pytrace=False)
-        return left
-
-    def diagnosis(self) -> str:
-        text = self.airflow.log_file.read_text(errors="replace") if self.airflow.log_file.exists() else ""
-        lines = text.splitlines()
-        errors = [ln for ln in lines if "[error" in ln or "exited with status" in ln or "Error:" in ln]
-        return (
-            f"\n---- {len(errors)} error lines in {self.airflow.log_file} (last 15) ----\n" + "\n".join(errors[-15:])
-            + "\n---- last 15 log lines ----\n" + "\n".join(lines[-15:])
-        )
-
-    def _call(self, fn, *args, **kwargs):
-        try:
-            return fn(*args, self.left(), **kwargs)
-        except (TimeoutError, TaskStateError) as exc:
-            pytest.fail(f"{exc}{self.diagnosis()}", pytrace=False)
-
-    def run(self, run_id: str) -> str:
-        return self._call(self.client.wait_for_run, DAG, run_id)
-
-    def task(self, run_id: str, task_id: str, states, map_index: int = -1) -> str:
-        return self._call(self.client.wait_for_task_state, DAG, run_id, task_id, states, map_index=map_index)
-
-    def gate(self, run_id: str) -> None:
-        self.task(run_id, "review", ["awaiting_input"])
-
-    def until(self, what: str, probe, interval: float = 0.5):
-        """Poll ``probe()`` until it returns something truthy."""
-        while True:
-            value = probe()
-            if value:
-                return value
-            if self.left() < interval:
-                pytest.fail(f"timed out waiting for {what}{self.diagnosis()}", pytrace=False)
-            time.sleep(interval)
-
-
 @pytest.fixture(scope="module")
 def wait(client, airflow_standalone, runs):
-    return Waits(client, airflow_standalone)
-
-
-def _run_dir(airflow, run_id: str) -> Path:
-    return airflow.home / "runs" / safe_run_id(run_id)
+    return BudgetedWaits(client, airflow_standalone, DAG, BUDGET)
 
 
 def _ti(client, run_id: str, task_id: str, map_index: int = -1) -> dict | None:
@@ -325,7 +274,7 @@ def compare_runs(ref: Path, other: Path) -> dict:
 
 def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(airflow_standalone, client, runs, wait, fault_ledger):
     run_id, ref_id = runs["ids"]["faults_killed"], runs["ids"]["faults_ref"]
-    run_dir = _run_dir(airflow_standalone, run_id)
+    run_dir = airflow_standalone.run_dir(run_id)
 
     # ingest: kill it once a few of its 30 pages are saved
     ti = wait.until("ingest to run", lambda: _running_with_pid(client, run_id, "ingest"))
@@ -364,7 +313,7 @@ def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(airflow_
     TIMINGS["killed run at gate after trigger"] = time.monotonic() - TIMINGS["_triggered"]
     wait.gate(ref_id)
     TIMINGS["ref run at gate after trigger"] = time.monotonic() - TIMINGS["_triggered"]
-    diff = compare_runs(_run_dir(airflow_standalone, ref_id), run_dir)
+    diff = compare_runs(airflow_standalone.run_dir(ref_id), run_dir)
     fault_ledger.lost(len(diff["missing_files"]) + diff["missing_rows"])
     print("comparison with the undisturbed run:", json.dumps(diff, default=str))
     assert diff["missing_files"] == [] and diff["missing_rows"] == 0, diff
@@ -373,7 +322,7 @@ def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(airflow_
     assert diff["rows"][0] == diff["rows"][1] and diff["rows"][0]["ingested"] == BIG_ROWS, diff
     assert diff["differing_files"] == [], f"outputs of the retried tasks differ: {diff['differing_files']}"
     assert diff["extra_files"] == [], f"the killed attempts left files behind: {diff['extra_files']}"
-    pages = [json.loads((d / "raw" / "manifest.json").read_text()) for d in (_run_dir(airflow_standalone, ref_id), run_dir)]
+    pages = [json.loads((d / "raw" / "manifest.json").read_text()) for d in (airflow_standalone.run_dir(ref_id), run_dir)]
     assert [(p["file"], p["records"]) for p in pages[0]] == [(p["file"], p["records"]) for p in pages[1]]
 
     for rid in (run_id, ref_id):
@@ -434,7 +383,7 @@ def test_gate_survives_a_restart_of_the_whole_standalone(airflow_standalone, cli
     TIMINGS["approve after restart -> run success"] = time.monotonic() - began
     states = client.task_instances(DAG, run_id)
     assert states["publish"] == "success" and states["rejected"] == "skipped" and states["trigger_rerun"] == "skipped"
-    run_dir = _run_dir(airflow_standalone, run_id)
+    run_dir = airflow_standalone.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
     assert decision["decision"] == "approved" and decision["comment"] == "after the restart"
     approved = airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html"
@@ -477,7 +426,7 @@ def test_concurrent_runs_keep_separate_correct_outputs(airflow_standalone, clien
     others = {rid: [safe_run_id(o) for o in ids.values() if o != rid] for rid in ids.values()}
     frames = {}
     for name, rid in ids.items():
-        conf, run_dir = confs[name], _run_dir(airflow_standalone, rid)
+        conf, run_dir = confs[name], airflow_standalone.run_dir(rid)
         results = json.loads((run_dir / "results.json").read_text())
         assert results["run_id"] == safe_run_id(rid) and results["airflow_run_id"] == rid
         assert results["source_url"] == conf["url"] and results["status"] == "succeeded"
