@@ -120,7 +120,6 @@ from .ingest import (
     CredentialResolver,
     Fetched,
     PageRecord,
-    _suffix,
     env_credentials,
     iter_pages,
     max_columns,
@@ -263,27 +262,11 @@ class BulkReader(ApiReader):
         atomic.write_bytes(self.raw_dir / name, packed)
         return len(packed)
 
-    def _save(
-        self, page: int, url: str, response: requests.Response | None, body: bytes, attempts: int, seconds: float,
-        *, set_aside: list[str] | None = None, suffix: str | None = None,
-    ) -> RawPage:
-        """Store a body gzip-compressed; its manifest line is written by :meth:`settle`."""
-        content_type = response.headers.get("Content-Type", "") if response is not None else ""
-        name = self._file_name(page, suffix if suffix is not None else _suffix(content_type, body))
-        stored = self._store(name, body)
-        return RawPage(
-            page=page,
-            url=self.safe_url(url),
-            status=response.status_code if response is not None else 0,
-            content_type=content_type,
-            bytes=len(body),
-            file=name,
-            seconds=round(seconds, 4),
-            attempts=attempts,
-            set_aside=list(set_aside or ()),
-            sha256=hashlib.sha256(body).hexdigest(),
-            stored_bytes=stored,
-        )
+    def _record(self, body: bytes, stored: int, **fields: Any) -> RawPage:
+        return RawPage(**fields, sha256=hashlib.sha256(body).hexdigest(), stored_bytes=stored)
+
+    def _list(self, record: PageRecord) -> None:
+        """Nothing to do: a page's manifest line is written by :meth:`settle`."""
 
     def _forget(self, record: PageRecord) -> None:
         """Nothing to do: a page is listed only once :meth:`settle` is called."""
@@ -295,9 +278,6 @@ class BulkReader(ApiReader):
             written = os.write(self._manifest, line)
         if written != len(line):
             raise OSError(f"only {written} of {len(line)} bytes of a manifest line were written to {self.manifest_path}")
-
-    def write_manifest(self) -> None:
-        """Nothing to do: :meth:`settle` appends each page's line."""
 
     def close(self) -> None:
         with self._lock:

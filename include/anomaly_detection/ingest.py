@@ -370,6 +370,10 @@ class ApiReader:
         atomic.write_bytes(self.raw_dir / name, body)
         return len(body)
 
+    def _record(self, body: bytes, stored: int, **fields: Any) -> PageRecord:
+        """The manifest entry of a stored body (``stored``: bytes on disk)."""
+        return PageRecord(**fields)
+
     def _save(
         self, page: int, url: str, response: requests.Response | None, body: bytes, attempts: int, seconds: float,
         *, set_aside: list[str] | None = None, suffix: str | None = None,
@@ -377,8 +381,10 @@ class ApiReader:
         """Store a body as ``page``'s raw file and list it in the manifest."""
         content_type = response.headers.get("Content-Type", "") if response is not None else ""
         name = self._file_name(page, suffix if suffix is not None else _suffix(content_type, body))
-        self._store(name, body)
-        record = PageRecord(
+        stored = self._store(name, body)
+        record = self._record(
+            body,
+            stored,
             page=page,
             url=self.safe_url(url),
             status=response.status_code if response is not None else 0,
@@ -389,9 +395,13 @@ class ApiReader:
             attempts=attempts,
             set_aside=list(set_aside or ()),
         )
+        self._list(record)
+        return record
+
+    def _list(self, record: PageRecord) -> None:
+        """Put a page's entry in the manifest."""
         self.pages.append(record)
         self.write_manifest()
-        return record
 
     def _forget(self, record: PageRecord) -> None:
         """Take a page's entry out of the manifest (its body was set aside for a retry)."""
