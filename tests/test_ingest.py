@@ -549,9 +549,9 @@ def test_a_200_that_is_plainly_not_json_is_not_retried(api_server, tmp_path):
 
 
 def test_the_byte_cap_refuses_a_large_response_at_once(api_server, tmp_path):
-    from anomaly_detection.ingest import DEFAULT_MAX_RESPONSE_BYTES
+    from anomaly_detection.config import SourceConfig
 
-    assert DEFAULT_MAX_RESPONSE_BYTES == 256 * 2**20
+    assert SourceConfig.model_fields["max_response_bytes"].default == 256 * 2**20
     api_server.route("/big", json_body(rows(0, 500)))
     config = build_config({"source": {"url": api_server.url("/big")}})
     source = config.source.model_copy(update={"max_response_bytes": 1000})

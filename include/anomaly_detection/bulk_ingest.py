@@ -122,7 +122,6 @@ from .ingest import (
     PageRecord,
     env_credentials,
     iter_pages,
-    max_columns,
     prefetch,
     read_records,
     with_params,
@@ -705,15 +704,14 @@ def ingest_to_parquet(
     parts_dir.mkdir(parents=True, exist_ok=True)
     _clear(raw_dir, "page-*.gz", ".page-*.tmp*")
     _clear(parts_dir, "part-*.parquet", ".part-*.tmp")
-    limit = max_columns(processing)
-    writer = PartWriter(parts_dir, max_columns=limit)
+    writer = PartWriter(parts_dir, max_columns=processing.max_columns)
     progress = _Progress()
     truncated = False
     computed = source.pagination.type in ("offset", "page")
     try:
         with ThreadPoolExecutor(max_workers=source.concurrency, thread_name_prefix="bulk-ingest") as pool:
             fetched = _concurrent_pages(reader, source, pool) if computed else _sequential_pages(reader, source)
-            pages = _typed_batches(fetched, processing.max_depth, batch_records, limit)
+            pages = _typed_batches(fetched, processing.max_depth, batch_records, processing.max_columns)
             if not computed:
                 pages = prefetch(pages, depth=2)  # the next batch is fetched and flattened while this one is written
             try:

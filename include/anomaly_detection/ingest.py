@@ -57,10 +57,6 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 10
 USER_AGENT = "dynamic-anomaly-detection/0.1"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-#: Defaults of ``source.max_response_bytes``, ``source.max_response_seconds`` and ``processing.max_columns``.
-DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
-DEFAULT_MAX_RESPONSE_SECONDS = 600.0
-DEFAULT_MAX_COLUMNS = 5_000
 #: The most one read of a body asks for (a read returns what one network receive brings).
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -224,19 +220,6 @@ def _origin(url: str) -> tuple[str, str]:
         port = None
     port = port or {"http": 80, "https": 443}.get(scheme)
     return scheme, f"{(parts.hostname or '').lower()}:{port}"
-
-
-def response_limits(source: SourceConfig) -> tuple[int, float]:
-    """``(max_response_bytes, max_response_seconds)`` of ``source``, the defaults where it has none."""
-    return (
-        int(getattr(source, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES)),
-        float(getattr(source, "max_response_seconds", DEFAULT_MAX_RESPONSE_SECONDS)),
-    )
-
-
-def max_columns(processing: ProcessingConfig) -> int:
-    """``processing.max_columns``, the default where the configuration has none."""
-    return int(getattr(processing, "max_columns", DEFAULT_MAX_COLUMNS))
 
 
 class BodyTooLarge(Exception):
@@ -460,7 +443,7 @@ class ApiReader:
 
         Raises :class:`BodyTooLarge` for a body over the cap.
         """
-        cap, seconds = response_limits(self.source)
+        cap, seconds = self.source.max_response_bytes, self.source.max_response_seconds
         deadline = time.monotonic() + seconds
         response: requests.Response | None = None
         try:
@@ -585,7 +568,7 @@ class ApiReader:
 
     def _refuse_large(self, page: int, url: str, exc: BodyTooLarge, attempts: int, seconds: float, set_aside: list[str]) -> None:
         """Raise the error for a body over ``source.max_response_bytes``, keeping what arrived."""
-        cap = response_limits(self.source)[0]
+        cap = self.source.max_response_bytes
         if exc.partial:
             record = self._save(page, url, exc.response, exc.partial, attempts, seconds, set_aside=set_aside, suffix=".partial")
             self.settle(record, None)
@@ -727,7 +710,7 @@ def _flatten_page(
     columns: dict[str, None],
 ) -> pd.DataFrame:
     """Flatten one page's records; ``columns`` (the pages' columns so far) must stay within ``processing.max_columns``."""
-    limit = max_columns(processing)
+    limit = processing.max_columns
     try:
         frame = flatten_records(records, max_depth=processing.max_depth, stats=stats, max_columns=limit)
         columns.update(dict.fromkeys(map(str, frame.columns)))
