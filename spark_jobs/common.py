@@ -59,7 +59,6 @@ from anomaly_detection.spark_submit import (  # noqa: E402
     SPARK_ALGORITHMS,
     STAGE_TAG,
     done_marker,
-    read_done,
 )
 
 Body = Callable[["SparkSession", PipelineConfig, RunPaths, logging.Logger], None]
@@ -342,16 +341,6 @@ class Outputs:
 
     def discard(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def require_done(paths: RunPaths, name: str, what: str) -> dict[str, Any]:
-    """The completion marker of job ``name``, or a :class:`PipelineError` naming ``what`` is missing."""
-    marker = read_done(paths.root, name)
-    if marker is None:
-        raise PipelineError(
-            f"{what} is not marked complete (no {done_marker(paths.root, name).name}): run the Spark {name} job first"
-        )
-    return marker
 
 
 # --------------------------------------------------------------------------- running

@@ -61,13 +61,13 @@ from anomaly_detection.errors import PipelineError
 from anomaly_detection.evaluate import MAX_SANE_SHARE, ModelResult, better, split_metrics_from_aggregates
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.scored import feature_column, flagged_path, sample_path, sample_table, write_table
+from anomaly_detection.spark_submit import require_complete
 from spark_jobs.common import (
     POS,
     SPARK_ALGORITHMS,
     Outputs,
     current_job,
     parse_args,
-    require_done,
     run_job,
     stage,
     write_json,
@@ -101,7 +101,7 @@ def detect_job(
             f"none of the configured algorithms ({', '.join(configured)}) runs on Spark; "
             f"add {' or '.join(SPARK_ALGORITHMS)} to modeling.algorithms"
         )
-    require_done(paths, "preprocess", paths.spark_features.name)
+    require_complete(paths.root, "preprocess")
     if not paths.spark_features.is_dir() or not paths.summary.is_file():
         raise PipelineError(f"{paths.spark_features} not found: run the Spark preprocess job first")
     job = current_job()
