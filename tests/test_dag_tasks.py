@@ -42,11 +42,11 @@ def test_bad_conf_names_the_key(params, fragment):
 
 
 def test_choose_path_by_mode_and_rows():
-    assert dag_tasks.choose_path({"mode": "spark"}, 10)[0] == "spark"
-    assert dag_tasks.choose_path({"mode": "native"}, 10**9)[0] == "native"
-    path, why = dag_tasks.choose_path({"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, 100)
+    assert dag_tasks.choose_path({"mode": "spark"}, {"rows": 10})[0] == "spark"
+    assert dag_tasks.choose_path({"mode": "native"}, {"rows": 10**9})[0] == "native"
+    path, why = dag_tasks.choose_path({"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, {"rows": 100})
     assert path == "spark" and "100" in why
-    assert dag_tasks.choose_path({"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, 99)[0] == "native"
+    assert dag_tasks.choose_path({"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, {"rows": 99})[0] == "native"
 
 
 def test_resolve_writes_the_config_and_run_meta(tmp_path):

@@ -132,12 +132,10 @@ def ingest(params: Mapping[str, Any], run_id: str, *, credentials: CredentialRes
         return {**info, "flattened": str(paths.flattened), "raw_dir": str(paths.raw)}
 
 
-def choose_path(params: Mapping[str, Any], ingested: Mapping[str, Any] | int) -> tuple[str, str]:
-    """``("native" | "spark", why)`` from the configured mode and the ingest task's summary (or a row count)."""
+def choose_path(params: Mapping[str, Any], ingested: Mapping[str, Any]) -> tuple[str, str]:
+    """``("native" | "spark", why)`` from the configured mode and the ingest task's summary (its XCom)."""
     from .pipeline import choose_path as choose
 
-    if isinstance(ingested, int):
-        return choose(config_from_params(params), ingested)
     return choose(config_from_params(params), int(ingested["rows"]), routed=ingested.get("routed_to_spark"))
 
 
