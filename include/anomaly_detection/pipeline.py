@@ -102,10 +102,8 @@ def ingest_stage(
         if config.processing.mode != "auto":
             raise
         return _route_to_spark(config, paths, exc, credentials=credentials, session_factory=session_factory)
-    log.info(
-        "native path: about %s needed for %s (budget %s)",
-        memory.gib(guard.estimate().peak_bytes), guard.estimate().describe(), memory.gib(guard.budget),
-    )  # fmt: skip
+    estimate = guard.estimate()
+    log.info("native path: about %s needed for %s (budget %s)", memory.gib(estimate.peak_bytes), estimate.describe(), memory.gib(guard.budget))
     SECRET_MASK.add(*result.secrets)
     with atomic.replacing(paths.flattened) as tmp:
         _storable(result.frame).to_parquet(tmp, index=False)
