@@ -38,7 +38,9 @@ def airflow_env(overrides: dict[str, str]) -> dict[str, str]:
     base.update(overrides)
     out = subprocess.run(
         ["bash", "-c", 'source "$1" && env -0', "_", str(ROOT / "scripts" / "airflow_env.sh")],
-        env=base, capture_output=True, check=True,
+        env=base,
+        capture_output=True,
+        check=True,
     ).stdout
     return dict(item.decode().split("=", 1) for item in out.split(b"\0") if b"=" in item)
 
@@ -56,15 +58,26 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=5000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-airflow-") as tmp:
         home = Path(tmp) / "airflow"
         api_port = free_port()
         api = subprocess.Popen(
-            [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(api_port), "--rows", str(args.rows)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "anomaly_detection.demo_api",
+                "--port",
+                str(api_port),
+                "--rows",
+                str(args.rows),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         env = airflow_env(
             {
@@ -81,15 +94,33 @@ def main() -> int:
             records = f"http://127.0.0.1:{api_port}/records"
             started = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "anomaly_detection", "run", "--config", str(ROOT / "configs" / "demo.yaml"), "--quiet",
-                 "--set", f"source.url={records}", "--set", f"output.runs_dir={tmp}/cli-runs",
-                 "--set", f"output.reports_dir={tmp}/cli-reports"],
-                check=True, stdout=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "anomaly_detection",
+                    "run",
+                    "--config",
+                    str(ROOT / "configs" / "demo.yaml"),
+                    "--quiet",
+                    "--set",
+                    f"source.url={records}",
+                    "--set",
+                    f"output.runs_dir={tmp}/cli-runs",
+                    "--set",
+                    f"output.reports_dir={tmp}/cli-reports",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
             cli = time.perf_counter() - started
 
             up = time.perf_counter()
-            subprocess.run(["bash", str(ROOT / "scripts" / "airflow_up.sh")], env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["bash", str(ROOT / "scripts" / "airflow_up.sh")],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             startup = time.perf_counter() - up
             client = AirflowClient.from_credentials_file(env["AIRFLOW_URL"], env["AIRFLOW_CREDENTIALS_FILE"])
             client.wait_for_dag(DAG, 300)
@@ -100,7 +131,9 @@ def main() -> int:
             through_airflow = time.perf_counter() - started
             tasks = client.task_instance_list(DAG, run_id)
         finally:
-            subprocess.run(["bash", str(ROOT / "scripts" / "airflow_down.sh")], env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["bash", str(ROOT / "scripts" / "airflow_down.sh")], env=env, stdout=subprocess.DEVNULL
+            )
             api.terminate()
             api.wait(timeout=30)
     print(f"demo config, {args.rows} rows")
@@ -108,7 +141,7 @@ def main() -> int:
     print(f"  CLI, whole process:                          {cli:7.1f} s")
     print(f"  Airflow, trigger -> review gate waiting:     {through_airflow:7.1f} s")
     print(f"  Airflow overhead:                            {through_airflow - cli:7.1f} s")
-    durations = sorted(((t.get('duration') or 0.0, t['task_id']) for t in tasks), reverse=True)[:6]
+    durations = sorted(((t.get("duration") or 0.0, t["task_id"]) for t in tasks), reverse=True)[:6]
     print("  slowest tasks: " + ", ".join(f"{task} {sec:.1f}s" for sec, task in durations))
     return 0
 

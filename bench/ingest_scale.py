@@ -47,9 +47,22 @@ def free_port() -> int:
 
 def start_api(records: int, features: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "include"), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "include"), os.environ.get("PYTHONPATH")])),
+    }
     api = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", str(records), "--features", str(features)],
+        [
+            sys.executable,
+            "-m",
+            "anomaly_detection.demo_api",
+            "--port",
+            str(port),
+            "--rows",
+            str(records),
+            "--features",
+            str(features),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -82,7 +95,9 @@ def probe_api(base: str, *, records: int, page_size: int, concurrency: int) -> f
                     offset = next(offsets, None)
                 if offset is None:
                     return
-                session.get(f"{base}/records", params={"offset": offset, "limit": page_size}, timeout=60).raise_for_status()
+                session.get(
+                    f"{base}/records", params={"offset": offset, "limit": page_size}, timeout=60
+                ).raise_for_status()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
@@ -105,22 +120,34 @@ def parts_rows(parts_dir: Path) -> tuple[int, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--page-size", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--features", type=int, default=12, help="metrics per record (default 12)")
-    parser.add_argument("--workdir", type=Path, help="keep the snapshot and parts here (default: a temporary directory)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the snapshot and parts here (default: a temporary directory)"
+    )
     parser.add_argument("--verbose", action="store_true", help="show the ingestion's progress log")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
-    print(f"{os.cpu_count()} CPU(s), load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} before the run", flush=True)
+    print(
+        f"{os.cpu_count()} CPU(s), load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} before the run",
+        flush=True,
+    )
     started = time.perf_counter()
     api, base = start_api(args.records, args.features)
     print(f"demo API with {args.records:,} records up in {time.perf_counter() - started:.1f}s", flush=True)
     try:
-        api_alone = probe_api(base, records=args.records, page_size=args.page_size, concurrency=args.concurrency)
+        api_alone = probe_api(
+            base, records=args.records, page_size=args.page_size, concurrency=args.concurrency
+        )
         config = build_config(
             {
                 "source": {
@@ -149,22 +176,34 @@ def main() -> int:
     if rows != args.records or result.records != args.records:
         raise SystemExit(f"expected {args.records} records, ingested {result.records}, parts hold {rows}")
     wall = result.seconds
-    print(f"records            {result.records:,} ({len(result.columns)} columns, {files} part files, {parts_mib:.0f} MiB parquet)")
-    print(f"pages              {result.pages:,} of {args.page_size:,} records ({result.requests:,} requests, concurrency {args.concurrency})")
+    print(
+        f"records            {result.records:,} ({len(result.columns)} columns, {files} part files, {parts_mib:.0f} MiB parquet)"
+    )
+    print(
+        f"pages              {result.pages:,} of {args.page_size:,} records ({result.requests:,} requests, concurrency {args.concurrency})"
+    )
     print(f"raw snapshot       {raw_mib:.0f} MiB gzip")
     print(f"wall time          {wall:.1f} s")
     print(f"records/s          {result.records / wall:,.0f}   (target > 20,000)")
     print(f"peak RSS           {peak_mib:,.0f} MiB   (target < 1,024; ingesting process, imports included)")
-    print(f"demo API alone     {api_alone:,.0f} records/s to {args.concurrency} download-only clients ({api_rss_mib:,.0f} MiB RSS)")
-    print(f"CPU during ingest  ingester {my_cpu:.1f} s ({my_cpu / wall:.0%} of one core), demo API {api_cpu:.1f} s ({api_cpu / wall:.0%} of one core)")
+    print(
+        f"demo API alone     {api_alone:,.0f} records/s to {args.concurrency} download-only clients ({api_rss_mib:,.0f} MiB RSS)"
+    )
+    print(
+        f"CPU during ingest  ingester {my_cpu:.1f} s ({my_cpu / wall:.0%} of one core), demo API {api_cpu:.1f} s ({api_cpu / wall:.0%} of one core)"
+    )
     print(
         f"CPU per record     ingester {my_cpu / result.records * 1e6:.0f} us, demo API {api_cpu / result.records * 1e6:.0f} us "
         f"(one core's worth of ingester CPU = {result.records / my_cpu:,.0f} records/s)"
     )
     if api_cpu / wall > 0.85:
-        print("bottleneck         the demo API: its single Python process (one GIL) was busy almost the whole time")
+        print(
+            "bottleneck         the demo API: its single Python process (one GIL) was busy almost the whole time"
+        )
     elif my_cpu / wall > 0.85:
-        print("bottleneck         the ingester's CPU (JSON parsing, flattening, gzip and Parquet encoding under one GIL)")
+        print(
+            "bottleneck         the ingester's CPU (JSON parsing, flattening, gzip and Parquet encoding under one GIL)"
+        )
     else:
         print("bottleneck         neither process saturated a core: the machine (other load) or I/O")
     print(f"load average       {' '.join(f'{x:.1f}' for x in os.getloadavg())} after the run")

@@ -33,7 +33,17 @@ def free_port() -> int:
 
 def start_api(rows: int, features: int, port: int) -> subprocess.Popen:
     api = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", str(rows), "--features", str(features)],
+        [
+            sys.executable,
+            "-m",
+            "anomaly_detection.demo_api",
+            "--port",
+            str(port),
+            "--rows",
+            str(rows),
+            "--features",
+            str(features),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -53,7 +63,11 @@ def start_api(rows: int, features: int, port: int) -> subprocess.Popen:
 
 def run_cli(args: list[str]) -> tuple[float, float, int, str]:
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "anomaly_detection", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_detection", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     out = proc.stdout.read().decode()
@@ -68,13 +82,21 @@ def bench(rows: int, features: int, mode: str, workdir: Path) -> dict:
     try:
         wall, rss_mib, code, text = run_cli(
             [
-                "--config", str(ROOT / "configs" / "demo.yaml"), "--quiet",
-                "--set", f"source.url=http://127.0.0.1:{port}/records",
-                "--set", "source.pagination.page_size=10000",
-                "--set", f"modeling.hyperparameters={mode}",
-                "--set", f"output.runs_dir={workdir / 'runs'}",
-                "--set", f"output.reports_dir={workdir / 'reports'}",
-                "--run-id", f"bench-{rows}",
+                "--config",
+                str(ROOT / "configs" / "demo.yaml"),
+                "--quiet",
+                "--set",
+                f"source.url=http://127.0.0.1:{port}/records",
+                "--set",
+                "source.pagination.page_size=10000",
+                "--set",
+                f"modeling.hyperparameters={mode}",
+                "--set",
+                f"output.runs_dir={workdir / 'runs'}",
+                "--set",
+                f"output.reports_dir={workdir / 'reports'}",
+                "--run-id",
+                f"bench-{rows}",
             ]
         )
     finally:
@@ -122,20 +144,35 @@ def _stage_seconds(log_text: str) -> float:
     if len(stamps) < 2:
         return float("nan")
     fmt = "%Y-%m-%d %H:%M:%S,%f"
-    return round((datetime.strptime(stamps["report"], fmt) - datetime.strptime(stamps["select"], fmt)).total_seconds(), 1)
+    return round(
+        (datetime.strptime(stamps["report"], fmt) - datetime.strptime(stamps["select"], fmt)).total_seconds(),
+        1,
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, action="append", help="row count (repeatable); default 10k, 100k, 1M")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", type=int, action="append", help="row count (repeatable); default 10k, 100k, 1M"
+    )
     parser.add_argument("--features", type=int, default=12, help="numeric metrics per record (default 12)")
     parser.add_argument("--mode", choices=["simple", "complex"], default="simple")
     args = parser.parse_args()
     sizes = args.rows or [10_000, 100_000, 1_000_000]
-    print("wall s: the CLI process from start to exit; pipeline s: the same run without interpreter start-up and imports")
-    print("report MB: size of report.html; report s: from the best-model line to the report written (explanations, time view, history, figures)")
-    print("guard MiB: the memory guard's peak estimates while ingesting / before preprocessing (memory.py), beside the measured peak")
-    print(f"{'rows':>9} {'features':>8} {'wall s':>8} {'pipeline s':>10} {'peak RSS MiB':>13} {'guard MiB':>12} {'configs':>7} {'anomalies':>9} {'report MB':>9} {'report s':>8}  best")
+    print(
+        "wall s: the CLI process from start to exit; pipeline s: the same run without interpreter start-up and imports"
+    )
+    print(
+        "report MB: size of report.html; report s: from the best-model line to the report written (explanations, time view, history, figures)"
+    )
+    print(
+        "guard MiB: the memory guard's peak estimates while ingesting / before preprocessing (memory.py), beside the measured peak"
+    )
+    print(
+        f"{'rows':>9} {'features':>8} {'wall s':>8} {'pipeline s':>10} {'peak RSS MiB':>13} {'guard MiB':>12} {'configs':>7} {'anomalies':>9} {'report MB':>9} {'report s':>8}  best"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
         for rows in sizes:
             r = bench(rows, args.features, args.mode, Path(tmp))

@@ -49,7 +49,9 @@ def load(path: Path, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, 
     return X, y, False
 
 
-def run_dataset(path: Path, workdir: Path, *, max_rows: int, seed: int, hyperparameters: str, metric: str, selection: str) -> dict:
+def run_dataset(
+    path: Path, workdir: Path, *, max_rows: int, seed: int, hyperparameters: str, metric: str, selection: str
+) -> dict:
     from anomaly_detection.config import build_config
     from anomaly_detection.pipeline import detect_stage, preprocess_stage, select_stage
     from anomaly_detection.runs import RunPaths, run_logging
@@ -105,20 +107,33 @@ def run_dataset(path: Path, workdir: Path, *, max_rows: int, seed: int, hyperpar
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="*", type=Path, help=f"folders of .npz files (default {DEFAULT_FOLDER})")
-    parser.add_argument("--max-rows", type=int, default=20_000, help="rows kept per dataset (uniform subsample above)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "folders", nargs="*", type=Path, help=f"folders of .npz files (default {DEFAULT_FOLDER})"
+    )
+    parser.add_argument(
+        "--max-rows", type=int, default=20_000, help="rows kept per dataset (uniform subsample above)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hyperparameters", choices=["simple", "complex"], default="simple")
     parser.add_argument("--metric", default="silhouette", help="evaluation.metric")
-    parser.add_argument("--selection", choices=["metric", "ensemble"], default="ensemble", help="evaluation.selection (default: the project's default)")
+    parser.add_argument(
+        "--selection",
+        choices=["metric", "ensemble"],
+        default="ensemble",
+        help="evaluation.selection (default: the project's default)",
+    )
     args = parser.parse_args()
     folders = args.folders or [DEFAULT_FOLDER]
     files = sorted(f for folder in folders for f in Path(folder).glob("*.npz"))
     if not files:
         print(f"no .npz datasets in {', '.join(map(str, folders))}", file=sys.stderr)
         return 2
-    print(f"selection: {args.selection} (metric {args.metric}); grids: {args.hyperparameters}; row cap {args.max_rows:,} (uniform subsample above); seed {args.seed}")
+    print(
+        f"selection: {args.selection} (metric {args.metric}); grids: {args.hyperparameters}; row cap {args.max_rows:,} (uniform subsample above); seed {args.seed}"
+    )
     header = f"{'dataset':<16} {'rows':>7} {'feat':>5} {'rate':>6}  {'selected':<44} {'ROC':>6} {'PR':>6}  {'IF ROC':>6} {'IF PR':>6}  {'oracle':>6}  {'s':>6}"
     print(header)
     print("-" * len(header))
@@ -126,7 +141,15 @@ def main() -> int:
     total = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         for path in files:
-            r = run_dataset(path, Path(tmp), max_rows=args.max_rows, seed=args.seed, hyperparameters=args.hyperparameters, metric=args.metric, selection=args.selection)
+            r = run_dataset(
+                path,
+                Path(tmp),
+                max_rows=args.max_rows,
+                seed=args.seed,
+                hyperparameters=args.hyperparameters,
+                metric=args.metric,
+                selection=args.selection,
+            )
             rows.append(r)
             print(
                 f"{r['dataset'][:16]:<16} {r['rows']:>7,} {r['features']:>5} {r['rate']:>6.1%}  {r['selected'][:44]:<44} "
@@ -141,7 +164,9 @@ def main() -> int:
         f"{mean('if_roc'):>6.3f} {mean('if_pr'):>6.3f}  {mean('oracle'):>6.3f}  {sum(r['seconds'] for r in rows):>6.1f}"
     )
     wins = sum(r["roc"] >= r["if_roc"] for r in rows)
-    print(f"selected >= default IF (ROC-AUC) on {wins} of {len(rows)} datasets; total {time.perf_counter() - total:.0f} s")
+    print(
+        f"selected >= default IF (ROC-AUC) on {wins} of {len(rows)} datasets; total {time.perf_counter() - total:.0f} s"
+    )
     return 0
 
 

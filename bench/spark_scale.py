@@ -84,7 +84,14 @@ def write_config(root: Path, master: str) -> Path:
 
 def child(engine: str, run_dir: Path, config_path: Path) -> None:
     from anomaly_detection.config import load_config
-    from anomaly_detection.pipeline import detect_stage, preprocess_stage, report_stage, resolve_stage, select_stage, spark_stage
+    from anomaly_detection.pipeline import (
+        detect_stage,
+        preprocess_stage,
+        report_stage,
+        resolve_stage,
+        select_stage,
+        spark_stage,
+    )
     from anomaly_detection.runs import RunPaths, run_logging
 
     config = load_config(config_path)
@@ -119,7 +126,9 @@ def classify(proc: psutil.Process) -> str:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
     if name == "java":
-        return "jvm" if "SparkSubmit" in cmdline else "other"  # the launcher's short-lived JVM is not the driver
+        return (
+            "jvm" if "SparkSubmit" in cmdline else "other"
+        )  # the launcher's short-lived JVM is not the driver
     if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline or "pyspark/daemon" in cmdline:
         return "workers"
     if "spark_jobs/" in cmdline:
@@ -230,12 +239,19 @@ def fmt_gib(value: int) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--no-native", action="store_true", help="skip the native path")
     parser.add_argument("--no-spark", action="store_true", help="skip the Spark path")
-    parser.add_argument("--native-timeout", type=float, default=1200, help="seconds before a native run counts as not finishing")
+    parser.add_argument(
+        "--native-timeout",
+        type=float,
+        default=1200,
+        help="seconds before a native run counts as not finishing",
+    )
     parser.add_argument("--spark-timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--child", nargs=3, metavar=("ENGINE", "RUN_DIR", "CONFIG"), help=argparse.SUPPRESS)
@@ -246,8 +262,12 @@ def main() -> int:
     subprocess.run([str(ROOT / "scripts" / "check_java.sh")], check=True)
     root = Path(tempfile.mkdtemp(prefix="spark-scale-"))
     config_path = write_config(root, args.master)
-    print(f"Spark path at scale: {COLUMNS} numeric columns, simple mode, {', '.join(ALGORITHMS)}, master {args.master}")
-    print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / GiB:.0f} GiB; work dir {root}\n")
+    print(
+        f"Spark path at scale: {COLUMNS} numeric columns, simple mode, {', '.join(ALGORITHMS)}, master {args.master}"
+    )
+    print(
+        f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / GiB:.0f} GiB; work dir {root}\n"
+    )
     header = f"{'rows':>11} {'engine':<7} {'wall s':>8} {'rows/s':>10} {'driver peak':>12} {'(JVM)':>10} {'py workers':>11} {'stages':>10}  stages s (pre/detect/select+report), best, anomalies"
     print(header)
     print("-" * len(header))
@@ -273,7 +293,11 @@ def main() -> int:
                     f" (report {got['report_bytes'] / 1e6:.1f} MB)",
                     flush=True,
                 )
-                print("             largest processes: " + ", ".join(f"{label} {fmt_gib(rss)}" for rss, label in got["processes"]), flush=True)
+                print(
+                    "             largest processes: "
+                    + ", ".join(f"{label} {fmt_gib(rss)}" for rss, label in got["processes"]),
+                    flush=True,
+                )
             if not args.keep:
                 shutil.rmtree(table, ignore_errors=True)
                 shutil.rmtree(root / "runs", ignore_errors=True)

@@ -30,11 +30,11 @@ from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import BaseHook, Param, dag, task
 from airflow.sdk.log import mask_secret
+from review_gate import ReviewGateOperator  # plugins/
 
 from anomaly_detection import dag_tasks, review
 from anomaly_detection.config import ALGORITHMS
 from anomaly_detection.runs import SECRET_MASK
-from review_gate import ReviewGateOperator  # plugins/
 
 SECRET_MASK.forward_to(mask_secret)  # secrets the pipeline learns are masked in Airflow's task logs too
 
@@ -70,7 +70,12 @@ PARAMS = {
         description="A YAML file in configs/ (defaults < this file < the fields below).",
         examples=sorted(p.name for p in dag_tasks.configs_dir().glob("*.yaml")),
     ),
-    "url": Param(None, **_nullable("string"), title="API URL", description="Any http(s) URL returning JSON; empty keeps the config file's."),
+    "url": Param(
+        None,
+        **_nullable("string"),
+        title="API URL",
+        description="Any http(s) URL returning JSON; empty keeps the config file's.",
+    ),
     "mode": Param(
         None,
         **_nullable("string", enum=[None, "native", "spark", "auto"]),
@@ -107,21 +112,48 @@ PARAMS = {
         title="Label column",
         description="A 0/1 ground-truth column: adds ROC-AUC, PR-AUC, precision, recall, F1.",
     ),
-    "overrides": Param({}, type="object", title="Other config overrides", description='Any config key, e.g. {"source.retries": 5}.'),
-    "rerun_of": Param(None, **_nullable("string"), title="Rerun of", description="Set by the review gate on reruns."),
+    "overrides": Param(
+        {},
+        type="object",
+        title="Other config overrides",
+        description='Any config key, e.g. {"source.retries": 5}.',
+    ),
+    "rerun_of": Param(
+        None, **_nullable("string"), title="Rerun of", description="Set by the review gate on reruns."
+    ),
 }
 
 REVIEW_FORM = {
-    "contamination": Param(None, **_nullable("number", exclusiveMinimum=0, maximum=0.5), title="Contamination", description="For a rerun."),
+    "contamination": Param(
+        None,
+        **_nullable("number", exclusiveMinimum=0, maximum=0.5),
+        title="Contamination",
+        description="For a rerun.",
+    ),
     "algorithms": Param(
         None,
         **_nullable("array", items={"type": "string", "enum": list(ALGORITHMS)}),
         title="Algorithms",
         description="For a rerun.",
     ),
-    "hyperparameters": Param(None, **_nullable("string", enum=[None, "simple", "complex"]), title="Hyperparameters", description="For a rerun."),
-    "mode": Param(None, **_nullable("string", enum=[None, "native", "spark", "auto"]), title="Mode", description="For a rerun."),
-    "comment": Param(None, **_nullable("string"), title="Comment", description="Optional: why you decided so; kept in decision.json and the report."),
+    "hyperparameters": Param(
+        None,
+        **_nullable("string", enum=[None, "simple", "complex"]),
+        title="Hyperparameters",
+        description="For a rerun.",
+    ),
+    "mode": Param(
+        None,
+        **_nullable("string", enum=[None, "native", "spark", "auto"]),
+        title="Mode",
+        description="For a rerun.",
+    ),
+    "comment": Param(
+        None,
+        **_nullable("string"),
+        title="Comment",
+        description="Optional: why you decided so; kept in decision.json and the report.",
+    ),
 }
 
 
@@ -203,14 +235,19 @@ def anomaly_detection():
             task_id=f"spark_{job}",
             application=str(SPARK_JOBS_DIR / f"{job}.py"),
             application_args=[
-                "--run-dir", "{{ ti.xcom_pull(task_ids='resolve_config')['run_dir'] }}",
-                "--config", "{{ ti.xcom_pull(task_ids='resolve_config')['config_path'] }}",
+                "--run-dir",
+                "{{ ti.xcom_pull(task_ids='resolve_config')['run_dir'] }}",
+                "--config",
+                "{{ ti.xcom_pull(task_ids='resolve_config')['config_path'] }}",
             ],  # fmt: skip
             conn_id="spark_default",
             conf={
                 **SPARK_CONF,
                 # the run's config (spark.driver_memory / executor_memory), rendered per run
-                **{key: f"{{{{ ti.xcom_pull(task_ids='resolve_config')['spark_conf']['{key}'] }}}}" for key in SPARK_RUN_CONF},
+                **{
+                    key: f"{{{{ ti.xcom_pull(task_ids='resolve_config')['spark_conf']['{key}'] }}}}"
+                    for key in SPARK_RUN_CONF
+                },
             },
             name=f"anomaly-{job}-{{{{ run_id }}}}",
             **COMPUTE_RETRIES,  # a job starts by clearing its stale outputs; only a finished one is marked done

@@ -29,15 +29,15 @@ could never act with the viewer's Airflow session).
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
+from airflow.plugins_manager import AirflowPlugin
+from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from airflow.plugins_manager import AirflowPlugin
-from airflow.sdk import BaseOperatorLink
 
 from anomaly_detection import report_index
 from anomaly_detection.report_index import ReportNotFound, UnsafeReportPath
@@ -68,9 +68,8 @@ COMMON_HEADERS = {
 
 async def _current_user(request: Request) -> Any:
     """The logged-in Airflow user: Bearer token first, else the UI's ``_token`` cookie (401/403 otherwise)."""
-    from fastapi.security import HTTPBearer
-
     from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.security import HTTPBearer
 
     credentials = await HTTPBearer(auto_error=False)(request)
     return await get_user(request, None, credentials)
@@ -114,19 +113,21 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         redirect = _login_redirect(request)
         if redirect is not None:
             return redirect
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers={**COMMON_HEADERS, **(exc.headers or {})})
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers={**COMMON_HEADERS, **(exc.headers or {})}
+    )
 
 
 def _when(value: Any) -> str:
     """An ISO timestamp as ``2026-11-27 10:00 UTC`` (anything else as it is)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return str(value)
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -226,7 +227,7 @@ def report(requested: str, user: Any = Depends(_can_read_dag)) -> Response:
 
 
 class OpenReportLink(BaseOperatorLink):
-    """"Open report" on ``anomaly_detection.build_report``: the plugin URL of the run's published report.
+    """ "Open report" on ``anomaly_detection.build_report``: the plugin URL of the run's published report.
 
     Registered as a global link (the API server asks it for every task): it returns a URL only for the
     report task and only once the report exists; an empty link is not shown by the UI.
@@ -238,7 +239,9 @@ class OpenReportLink(BaseOperatorLink):
         if getattr(ti_key, "dag_id", None) != DAG_ID or getattr(ti_key, "task_id", None) != REPORT_TASK_ID:
             return ""
         try:
-            report_index.resolve_report(report_index.reports_dir(), report_index.report_file_name(ti_key.run_id))
+            report_index.resolve_report(
+                report_index.reports_dir(), report_index.report_file_name(ti_key.run_id)
+            )
         except (ValueError, LookupError):
             return ""
         return report_index.report_url(ti_key.run_id, base_path=_base_path())

@@ -33,7 +33,9 @@ def main() -> int:
     conf = {"config": "demo.yaml", "url": args.api_url, **json.loads(args.conf)}
     started = time.monotonic()
     run_id = client.trigger(DAG, conf)
-    print(f"triggered {DAG} run {run_id}; waiting for the review gate (task logs: {url}/dags/{DAG})", flush=True)
+    print(
+        f"triggered {DAG} run {run_id}; waiting for the review gate (task logs: {url}/dags/{DAG})", flush=True
+    )
     try:
         client.wait_for_task_state(DAG, run_id, "review", ["awaiting_input"], args.timeout)
     except Exception as exc:  # noqa: BLE001 - show the cause and where to look
@@ -48,8 +50,8 @@ The demo run is waiting for your review ({time.monotonic() - started:.0f} s afte
 
   Airflow UI   {url}/dags/{DAG}/runs/{run_id}   (log in as {user}; password in {creds})
   Report       {url}{report_url(run_id)}   (inside Airflow: "Anomaly reports" in the navigation)
-               {report['report']}
-  Best model   {best['algorithm']} {best['params']}: {best['anomaly_count']} anomalies ({100 * best['anomaly_share']:.2f}%)
+               {report["report"]}
+  Best model   {best["algorithm"]} {best["params"]}: {best["anomaly_count"]} anomalies ({100 * best["anomaly_share"]:.2f}%)
 
 Approve, reject or rerun in the UI (task 'review' -> Required actions), or over REST:
 
@@ -63,7 +65,7 @@ Approve, reject or rerun in the UI (task 'review' -> Required actions), or over 
 Run `make demo` again for a second run: its report shows the trend and the drift (the demo API
 moves m01 and m02 by half a standard deviation per run) and links this one.
 
-An approved report is copied to {os.environ.get('ANOMALY_REPORTS_DIR', 'reports')}/approved/. Stop everything with: make stop
+An approved report is copied to {os.environ.get("ANOMALY_REPORTS_DIR", "reports")}/approved/. Stop everything with: make stop
 """,
         flush=True,
     )

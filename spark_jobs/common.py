@@ -20,8 +20,8 @@ and the cause.
 from __future__ import annotations
 
 import argparse
-import itertools
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -29,9 +29,10 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -69,11 +70,16 @@ def quiet_pandas_warning() -> None:
     warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
 
 
-def parse_args(prog: str, description: str, argv: list[str] | None, *, algorithm: bool = False) -> argparse.Namespace:
+def parse_args(
+    prog: str, description: str, argv: list[str] | None, *, algorithm: bool = False
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (runs/<run_id>)")
     parser.add_argument(
-        "--config", type=Path, default=None, help="the resolved config (default: <run-dir>/config.resolved.yaml)"
+        "--config",
+        type=Path,
+        default=None,
+        help="the resolved config (default: <run-dir>/config.resolved.yaml)",
     )
     if algorithm:
         parser.add_argument(
@@ -107,7 +113,9 @@ def short_cause(exc: BaseException) -> str:
     if java is not None:  # Py4JJavaError: the Java exception's own message, not the call site
         with contextlib.suppress(Exception):
             text = str(java.toString())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("at ")]
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("at ")
+    ]
     cause = " ".join(lines[:3]) or type(exc).__name__
     if len(cause) > MAX_CAUSE_CHARS:
         cause = cause[: MAX_CAUSE_CHARS - 3] + "..."
@@ -121,7 +129,7 @@ def _explicit_master_in_submit_args() -> bool:
     return "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
 
 
-def build_session(app_name: str, extra_conf: dict[str, str] | None = None) -> "SparkSession":
+def build_session(app_name: str, extra_conf: dict[str, str] | None = None) -> SparkSession:
     """The job's SparkSession.
 
     The master (and the app name) come from spark-submit or ``PYSPARK_SUBMIT_ARGS``; a plain
@@ -178,7 +186,7 @@ def quoted(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "DataFrame":
+def read_positioned(spark: SparkSession, path: Path, names: list[str]) -> DataFrame:
     """Read a parquet file, or a directory of part files, as columns ``_pos, c0, c1, ...``.
 
     ``c<i>`` is ``names[i]``. ``_pos`` is the row's index in the whole dataset, files taken in name
@@ -187,10 +195,10 @@ def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "Dat
     partitioning or the order Spark's tasks run in. The per-file offsets come from the Parquet
     footers and join as a broadcast table.
     """
+    import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
     from anomaly_detection.scored import parquet_files
-    import pyarrow.parquet as pq
 
     files = parquet_files(path)
     if not files:
@@ -206,7 +214,9 @@ def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "Dat
         return frame.select(metadata.getField("row_index").alias(POS), *columns)
     counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
     starts = itertools.accumulate(counts[:-1], initial=0)
-    offsets = spark.createDataFrame([(f.name, int(o)) for f, o in zip(files, starts)], "_file string, _offset long")
+    offsets = spark.createDataFrame(
+        [(f.name, int(o)) for f, o in zip(files, starts)], "_file string, _offset long"
+    )
     located = frame.select(
         metadata.getField("file_name").alias("_file"), metadata.getField("row_index").alias("_row"), *columns
     )
@@ -215,7 +225,7 @@ def read_positioned(spark: "SparkSession", path: Path, names: list[str]) -> "Dat
     )
 
 
-def write_parts(frame: "DataFrame", target: Path) -> None:
+def write_parts(frame: DataFrame, target: Path) -> None:
     """Write ``frame`` as Spark part files into ``target`` (a staged path, see :class:`Outputs`)."""
     frame.write.mode("overwrite").parquet(str(target))
 
@@ -284,7 +294,7 @@ class Outputs:
         self.staging = self.root / f".spark-{job.name}.{job.attempt}.staging"
         self.finals: list[Path] = []
 
-    def __enter__(self) -> "Outputs":
+    def __enter__(self) -> Outputs:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -316,7 +326,11 @@ class Outputs:
 
     def commit(self, **details: Any) -> Path:
         """Rename every staged output into place, then write the completion marker (last)."""
-        missing = [str(f.relative_to(self.root)) for f in self.finals if not (self.staging / f.relative_to(self.root)).exists()]
+        missing = [
+            str(f.relative_to(self.root))
+            for f in self.finals
+            if not (self.staging / f.relative_to(self.root)).exists()
+        ]
         if missing:
             raise PipelineError(f"outputs not written: {', '.join(missing)}")
         for final in self.finals:
@@ -389,7 +403,9 @@ def fail(exc: BaseException) -> int:
     return EXIT_PIPELINE_ERROR
 
 
-def run_job(name: str, args: argparse.Namespace, body: Body, *, extra_conf: dict[str, str] | None = None) -> int:
+def run_job(
+    name: str, args: argparse.Namespace, body: Body, *, extra_conf: dict[str, str] | None = None
+) -> int:
     """Load the config, start Spark, run ``body``.
 
     Exit status 0 on success, 2 on a :class:`PipelineError` (bad config, unusable data), 1 on any
@@ -431,7 +447,7 @@ def is_numeric_dtype(dtype: Any) -> bool:
     return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
 
 
-def missing_expr(column: "Column", floating: bool) -> "Column":
+def missing_expr(column: Column, floating: bool) -> Column:
     """``pandas.isna`` in Spark: null, and NaN for floating columns."""
     from pyspark.sql import functions as F
 

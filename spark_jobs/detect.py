@@ -82,7 +82,9 @@ QUANTILE_ERROR = 1e-4
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("spark_jobs/detect.py", "Spark anomaly detection over a run directory.", argv, algorithm=True)
+    args = parse_args(
+        "spark_jobs/detect.py", "Spark anomaly detection over a run directory.", argv, algorithm=True
+    )
     name = f"{NAME}-{args.algorithm}" if args.algorithm else NAME
     return run_job(name, args, functools.partial(detect_job, algorithm=args.algorithm))
 
@@ -95,7 +97,11 @@ def detect_job(
     algorithms = [algorithm] if algorithm else [a for a in configured if a in SPARK_ALGORITHMS]
     skipped = [a for a in configured if a not in SPARK_ALGORITHMS and not algorithm]
     if skipped:
-        log.warning("not available on the Spark path, skipped: %s (Spark runs %s)", ", ".join(skipped), ", ".join(SPARK_ALGORITHMS))
+        log.warning(
+            "not available on the Spark path, skipped: %s (Spark runs %s)",
+            ", ".join(skipped),
+            ", ".join(SPARK_ALGORITHMS),
+        )
     if not algorithms:
         raise PipelineError(
             f"none of the configured algorithms ({', '.join(configured)}) runs on Spark; "
@@ -117,7 +123,14 @@ def detect_job(
         outputs.commit(algorithms=list(algorithms))
 
 
-def _detect(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, algorithms: list[str], outputs: Outputs) -> None:
+def _detect(
+    spark: Any,
+    config: PipelineConfig,
+    paths: RunPaths,
+    log: logging.Logger,
+    algorithms: list[str],
+    outputs: Outputs,
+) -> None:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from sklearn.model_selection import ParameterGrid
@@ -129,12 +142,22 @@ def _detect(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Lo
     stored = spark.read.parquet(str(paths.spark_features))
     with_labels = "_label" in stored.columns
     frame = stored.select(
-        POS, *(F.col(feature_column(j)).alias(c) for j, c in enumerate(ccols)), *([F.col("_label").alias("_y")] if with_labels else [])
+        POS,
+        *(F.col(feature_column(j)).alias(c) for j, c in enumerate(ccols)),
+        *([F.col("_label").alias("_y")] if with_labels else []),
     )
     data = frame.persist(StorageLevel.MEMORY_AND_DISK)
     n = data.count()
-    sample = FitSample(data, ccols, n, size=config.modeling.fit_sample_size, seed=config.modeling.random_state)
-    log.info("read %s: %d rows x %d features%s", paths.spark_features.name, n, len(names), ", with labels" if with_labels else "")
+    sample = FitSample(
+        data, ccols, n, size=config.modeling.fit_sample_size, seed=config.modeling.random_state
+    )
+    log.info(
+        "read %s: %d rows x %d features%s",
+        paths.spark_features.name,
+        n,
+        len(names),
+        ", with labels" if with_labels else "",
+    )
     modeling = config.modeling
     results_of: dict[str, list[ModelResult]] = {}
     for name in algorithms:
@@ -174,7 +197,12 @@ def _detect(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Lo
         results_of[name] = results
         log.info(
             "%s: best %s with %s=%s (%d configuration(s) in %.1fs)",
-            name, best.params, best.metric, best.score, len(results), time.perf_counter() - clock,
+            name,
+            best.params,
+            best.metric,
+            best.score,
+            len(results),
+            time.perf_counter() - clock,
         )
     sample.unpersist()
     data.unpersist()
@@ -194,8 +222,14 @@ class FitSample:
 
         rows = data.select(*ccols)
         if n > size:
-            rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.05 * size / n), seed=seed).limit(size)
-        self.frame = VectorAssembler(inputCols=ccols, outputCol="_v").transform(rows).persist(StorageLevel.MEMORY_AND_DISK)
+            rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.05 * size / n), seed=seed).limit(
+                size
+            )
+        self.frame = (
+            VectorAssembler(inputCols=ccols, outputCol="_v")
+            .transform(rows)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
         self.rows = self.frame.count()
         self.ccols = ccols
 
@@ -207,7 +241,9 @@ class FitSample:
         self.frame.unpersist()
 
 
-def fit_centroids(sample: FitSample, algorithm: str, params: dict[str, Any], *, random_state: int) -> tuple[list[list[float]], dict[str, Any]]:
+def fit_centroids(
+    sample: FitSample, algorithm: str, params: dict[str, Any], *, random_state: int
+) -> tuple[list[list[float]], dict[str, Any]]:
     """Fit ``algorithm`` (pyspark.ml) on the job's fit sample; return its centres."""
     from pyspark.ml.clustering import BisectingKMeans, KMeans
 
@@ -217,20 +253,31 @@ def fit_centroids(sample: FitSample, algorithm: str, params: dict[str, Any], *, 
     if algorithm == "kmeans":
         init = params.get("init", "k-means++")
         if init not in INIT_MODES:
-            raise PipelineError(f"kmeans init {init!r} is not available in Spark; use one of {sorted(INIT_MODES)}")
+            raise PipelineError(
+                f"kmeans init {init!r} is not available in Spark; use one of {sorted(INIT_MODES)}"
+            )
         n_init = params.get("n_init", "auto")
         runs = 1 if n_init == "auto" else max(1, int(n_init))
         model = None
         for run in range(runs):  # n_init: keep the lowest within-cluster cost, as sklearn does
             candidate = KMeans(
-                k=k, seed=random_state + run, maxIter=max_iter, initMode=INIT_MODES[init], featuresCol="_v", predictionCol="_c"
+                k=k,
+                seed=random_state + run,
+                maxIter=max_iter,
+                initMode=INIT_MODES[init],
+                featuresCol="_v",
+                predictionCol="_c",
             ).fit(fit)
             if model is None or candidate.summary.trainingCost < model.summary.trainingCost:
                 model = candidate
     elif algorithm == "bisecting_kmeans":
         if params.get("bisecting_strategy", "biggest_inertia") != "biggest_inertia":
-            raise PipelineError("bisecting_kmeans on Spark splits the cluster with the largest cost: use bisecting_strategy biggest_inertia")
-        model = BisectingKMeans(k=k, seed=random_state, maxIter=max_iter, featuresCol="_v", predictionCol="_c").fit(fit)
+            raise PipelineError(
+                "bisecting_kmeans on Spark splits the cluster with the largest cost: use bisecting_strategy biggest_inertia"
+            )
+        model = BisectingKMeans(
+            k=k, seed=random_state, maxIter=max_iter, featuresCol="_v", predictionCol="_c"
+        ).fit(fit)
     else:
         raise PipelineError(f"{algorithm!r} does not run on Spark; use one of {', '.join(SPARK_ALGORITHMS)}")
     centers = [[float(v) for v in center] for center in model.clusterCenters()]
@@ -245,7 +292,9 @@ def centroid_scores(data: Any, keep: list[str], ccols: list[str], centers: list[
 
     dcols = [f"_d{i}" for i in range(1, len(centers) + 1)]
     squared = [
-        functools.reduce(lambda a, b: a + b, [(F.col(c) - F.lit(center[j])) ** 2 for j, c in enumerate(ccols)]).alias(d)
+        functools.reduce(
+            lambda a, b: a + b, [(F.col(c) - F.lit(center[j])) ** 2 for j, c in enumerate(ccols)]
+        ).alias(d)
         for d, center in zip(dcols, centers)
     ]
     least = F.least(*map(F.col, dcols)) if len(dcols) > 1 else F.col(dcols[0])
@@ -257,7 +306,17 @@ def centroid_scores(data: Any, keep: list[str], ccols: list[str], centers: list[
     )
 
 
-def tune_one(data: Any, sample: FitSample, ccols: list[str], n: int, algorithm: str, params: dict[str, Any], *, config: PipelineConfig, with_labels: bool) -> tuple[Any, ModelResult]:
+def tune_one(
+    data: Any,
+    sample: FitSample,
+    ccols: list[str],
+    n: int,
+    algorithm: str,
+    params: dict[str, Any],
+    *,
+    config: PipelineConfig,
+    with_labels: bool,
+) -> tuple[Any, ModelResult]:
     """Fit, score and evaluate one configuration. Returns the scored rows (``_score``) and the result.
 
     Centroid scores are a JVM expression recomputed by each pass (cheaper than caching a copy of
@@ -289,7 +348,10 @@ def tune_one(data: Any, sample: FitSample, ccols: list[str], n: int, algorithm: 
     info["metrics_seconds"] = round(time.perf_counter() - clock, 3)
     if centers:
         info["n_clusters"] = stats["clusters"]  # clusters that hold rows
-    info.update(engine="spark", silhouette_method="closed-form squared Euclidean, all rows (ClusteringEvaluator's definition)")
+    info.update(
+        engine="spark",
+        silhouette_method="closed-form squared Euclidean, all rows (ClusteringEvaluator's definition)",
+    )
     count = int(stats["anomalies"])
     flags = []
     if count == 0:
@@ -326,7 +388,15 @@ def tune_one(data: Any, sample: FitSample, ccols: list[str], n: int, algorithm: 
     return scored, result
 
 
-def isolation_forest_scores(data: Any, sample: FitSample, ccols: list[str], keep: list[str], params: dict[str, Any], *, config: PipelineConfig) -> tuple[Any, dict[str, Any]]:
+def isolation_forest_scores(
+    data: Any,
+    sample: FitSample,
+    ccols: list[str],
+    keep: list[str],
+    params: dict[str, Any],
+    *,
+    config: PipelineConfig,
+) -> tuple[Any, dict[str, Any]]:
     """scikit-learn's IsolationForest fitted on a bounded random sample at the driver, then scoring
     every row on the executors with ``mapInPandas`` (score = ``-score_samples``, as the native path).
 
@@ -354,7 +424,9 @@ def isolation_forest_scores(data: Any, sample: FitSample, ccols: list[str], keep
     return rows.mapInPandas(score, schema=schema), {"fit_rows": len(X), "n_clusters": 1}
 
 
-def split_metrics(flagged: Any, ccols: list[str], n: int, *, centers: int, with_labels: bool) -> tuple[dict[str, float | None], dict[str, Any]]:
+def split_metrics(
+    flagged: Any, ccols: list[str], n: int, *, centers: int, with_labels: bool
+) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Internal metrics of the anomaly/normal split ``_a`` (and label metrics), from two aggregate passes.
 
     Pass 1 sums each group's rows, feature vectors and squared norms (and counts the clusters that
@@ -401,11 +473,16 @@ def split_metrics(flagged: Any, ccols: list[str], n: int, *, centers: int, with_
             return F.when(a == 1, F.lit(float(values[0]))).otherwise(F.lit(float(values[1])))
 
         to_centroid = F.sqrt(
-            functools.reduce(lambda x, y: x + y, [(F.col(c) - per_group(centroids[:, j])) ** 2 for j, c in enumerate(ccols)])
+            functools.reduce(
+                lambda x, y: x + y,
+                [(F.col(c) - per_group(centroids[:, j])) ** 2 for j, c in enumerate(ccols)],
+            )
         )
 
         def mean_squared_distance(which: Any) -> Any:
-            dot = functools.reduce(lambda x, y: x + y, [F.col(c) * which(centroids[:, j]) for j, c in enumerate(ccols)])
+            dot = functools.reduce(
+                lambda x, y: x + y, [F.col(c) * which(centroids[:, j]) for j, c in enumerate(ccols)]
+            )
             return squared_norm - 2 * dot + which(squared / counts)
 
         own_size = per_group(counts)
@@ -421,14 +498,20 @@ def split_metrics(flagged: Any, ccols: list[str], n: int, *, centers: int, with_
             *(F.avg(F.when(a == g, to_centroid)).alias(f"m{g}") for g in (0, 1)),
             F.avg(silhouette_row).alias("silhouette"),
         ).first()
-        metrics.update(split_metrics_from_aggregates(counts, sums, squared, np.array([second["m0"], second["m1"]])))
+        metrics.update(
+            split_metrics_from_aggregates(counts, sums, squared, np.array([second["m0"], second["m1"]]))
+        )
         silhouette = second["silhouette"]
-        metrics["silhouette"] = float(silhouette) if silhouette is not None and math.isfinite(silhouette) else None
+        metrics["silhouette"] = (
+            float(silhouette) if silhouette is not None and math.isfinite(silhouette) else None
+        )
     if with_labels:
         positives = int(row["positives"] or 0)
         hits = int(row["hits"] or 0)
         if 0 < positives < n:
-            labelled = flagged.select(F.col("_score").alias("rawPrediction"), F.col("_y").cast("double").alias("label"))
+            labelled = flagged.select(
+                F.col("_score").alias("rawPrediction"), F.col("_y").cast("double").alias("label")
+            )
             evaluator = BinaryClassificationEvaluator(rawPredictionCol="rawPrediction", labelCol="label")
             metrics["roc_auc"] = float(evaluator.setMetricName("areaUnderROC").evaluate(labelled))
             metrics["pr_auc"] = float(evaluator.setMetricName("areaUnderPR").evaluate(labelled))
@@ -457,11 +540,21 @@ def spark_threshold(scored: Any, n: int, contamination: float | str, info: dict[
         info["threshold_rule"] = f"auto: {above} rows above the fence, top {AUTO_FALLBACK_SHARE:.0%} used"
         contamination = AUTO_FALLBACK_SHARE
     top = min(n, max(1, math.ceil(float(contamination) * n)))
-    return float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
+    return (
+        float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
+    )
 
 
 def save_best(
-    scored: Any, threshold: float, n: int, ccols: list[str], outputs: Outputs, models: Path, algorithm: str, *, config: PipelineConfig
+    scored: Any,
+    threshold: float,
+    n: int,
+    ccols: list[str],
+    outputs: Outputs,
+    models: Path,
+    algorithm: str,
+    *,
+    config: PipelineConfig,
 ) -> None:
     """Stage the best configuration's flagged rows (Spark part files) and its report sample
     (published to ``models`` when the job is done).
@@ -472,7 +565,8 @@ def save_best(
     from pyspark.sql import functions as F
 
     flagged = scored.where(F.col("_score") > F.lit(threshold)).select(
-        F.col(POS).cast("long").alias("position"), F.col("_score").cast("double").alias("score"),
+        F.col(POS).cast("long").alias("position"),
+        F.col("_score").cast("double").alias("score"),
         *(F.col(c).alias(feature_column(j)) for j, c in enumerate(ccols)),
     )
     write_parts(flagged, outputs.path(flagged_path(models, algorithm)))
@@ -482,12 +576,22 @@ def save_best(
     random_rows = scored
     if n > report.plot_sample_size:
         fraction = min(1.0, 1.1 * report.plot_sample_size / n)
-        random_rows = scored.sample(withReplacement=False, fraction=fraction, seed=config.modeling.random_state)
+        random_rows = scored.sample(
+            withReplacement=False, fraction=fraction, seed=config.modeling.random_state
+        )
     random_rows = random_rows.select(*columns).limit(report.plot_sample_size).toPandas()
-    top = scored.where(F.col("_score") > F.lit(threshold)).select(*columns).orderBy(F.col("_score").desc(), F.col(POS)).limit(report.top_anomalies).toPandas()
+    top = (
+        scored.where(F.col("_score") > F.lit(threshold))
+        .select(*columns)
+        .orderBy(F.col("_score").desc(), F.col(POS))
+        .limit(report.top_anomalies)
+        .toPandas()
+    )
     random_rows["sampled"] = True
     top["sampled"] = False
-    sample = pd.concat([random_rows, top[~top["position"].isin(random_rows["position"])]], ignore_index=True).sort_values("position")
+    sample = pd.concat(
+        [random_rows, top[~top["position"].isin(random_rows["position"])]], ignore_index=True
+    ).sort_values("position")
     write_table(
         sample_table(
             sample["position"].to_numpy(),

@@ -38,7 +38,6 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make ``spark_j
 from anomaly_detection.config import PipelineConfig
 from anomaly_detection.errors import DataError, PipelineError
 from anomaly_detection.preprocess import (
-    log_feature_choice,
     _CAMEL_ID,
     _FALSE,
     _ID_NAME,
@@ -46,6 +45,7 @@ from anomaly_detection.preprocess import (
     IMPUTATION_FIT_SAMPLE,
     MIN_COMPLETE_ROWS_FOR_KMEANS,
     MIN_ROWS,
+    log_feature_choice,
 )
 from anomaly_detection.runs import RunPaths
 from spark_jobs.common import (
@@ -86,7 +86,9 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     stage("check inputs")
     if not paths.flattened.exists():
         raise PipelineError(f"{paths.flattened} not found: run the ingest stage first")
-    detect_markers = sorted(p.name[len("spark_") : -len(".done.json")] for p in paths.root.glob("spark_detect*.done.json"))
+    detect_markers = sorted(
+        p.name[len("spark_") : -len(".done.json")] for p in paths.root.glob("spark_detect*.done.json")
+    )
     with Outputs(paths, current_job()) as outputs:
         outputs.start([paths.spark_features, paths.summary], invalidate=["detect", *detect_markers])
         _preprocess(spark, config, paths, log, outputs)
@@ -94,7 +96,9 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
         outputs.commit()
 
 
-def _preprocess(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, outputs: Outputs) -> None:
+def _preprocess(
+    spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, outputs: Outputs
+) -> None:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, FloatType
@@ -148,7 +152,9 @@ def _preprocess(spark: Any, config: PipelineConfig, paths: RunPaths, log: loggin
 
     # -- feature selection (one pass of aggregates, which also checks the label column)
     stage("select features")
-    features, dropped, stats = _select_features(kept, processing, names, col, dtypes, floating, rows_after, labels)
+    features, dropped, stats = _select_features(
+        kept, processing, names, col, dtypes, floating, rows_after, labels
+    )
     log_feature_choice(features, dropped, summary["dtypes"])
 
     # -- +-inf to missing, MinMax scaling (min/max of the finite values, as numpy's nanmin/nanmax)
@@ -183,7 +189,9 @@ def _preprocess(spark: Any, config: PipelineConfig, paths: RunPaths, log: loggin
         )
     if n_missing:
         log.info("imputed %d missing value(s): %s", n_missing, method)
-    out = scaled.select(POS, *(c.alias(name) for c, name in zip(filled_cols, fcols)), *(["_label"] if extra else []))
+    out = scaled.select(
+        POS, *(c.alias(name) for c, name in zip(filled_cols, fcols)), *(["_label"] if extra else [])
+    )
 
     # -- write: Spark's part files, nothing through the driver (staged until the job is done)
     stage(f"write {paths.spark_features.name}")
@@ -195,7 +203,11 @@ def _preprocess(spark: Any, config: PipelineConfig, paths: RunPaths, log: loggin
         imputed_values=int(n_missing),
         imputation=method,
         infinite_values=int(n_infinite),
-        scaling={"method": "minmax", "min": dict(zip(features, minimum)), "max": dict(zip(features, maximum))},
+        scaling={
+            "method": "minmax",
+            "min": dict(zip(features, minimum)),
+            "max": dict(zip(features, maximum)),
+        },
     )
     write_json(outputs.path(paths.summary), summary)
     log.info(
@@ -230,7 +242,9 @@ class _Label:
         else:
             text = F.lower(F.regexp_replace(self.value.cast("string"), r"(?U)^\s+|\s+$", ""))
             self.bad = ~text.isin(*sorted(_TRUE | _FALSE))
-            self.message = "label column {name!r} must hold 0/1, true/false or normal/anomaly; row {row} has {value!r}"
+            self.message = (
+                "label column {name!r} must hold 0/1, true/false or normal/anomaly; row {row} has {value!r}"
+            )
             self.expression = text.isin(*sorted(_TRUE)).cast("byte")
 
     def aggregates(self) -> list[Any]:
@@ -277,7 +291,10 @@ def _select_features(
     numeric = [
         n
         for n in names
-        if n != label and n in candidates and n not in processing.exclude_features and is_numeric_dtype(dtypes[n])
+        if n != label
+        and n in candidates
+        and n not in processing.exclude_features
+        and is_numeric_dtype(dtypes[n])
     ]
     sequence_check = [
         n
@@ -418,7 +435,9 @@ def _kmeans_fill(
     complete = scaled.where(functools.reduce(lambda a, b: a & b, (F.col(c).isNotNull() for c in fcols)))
     # each KMeans iteration runs one task per partition: a handful of partitions for the fit rows
     fit = VectorAssembler(inputCols=fcols, outputCol="_v").transform(complete).select("_v")
-    fit = fit.coalesce(max(1, scaled.sparkSession.sparkContext.defaultParallelism)).persist(StorageLevel.MEMORY_AND_DISK)
+    fit = fit.coalesce(max(1, scaled.sparkSession.sparkContext.defaultParallelism)).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     n_complete = n_fit = fit.count()
     if n_complete < MIN_COMPLETE_ROWS_FOR_KMEANS:
         fit.unpersist()
@@ -444,7 +463,10 @@ def _kmeans_fill(
     distances = [
         functools.reduce(
             lambda a, b: a + b,
-            (F.when(F.col(c).isNotNull(), (F.col(c) - F.lit(center[j])) ** 2).otherwise(F.lit(0.0)) for j, c in enumerate(fcols)),
+            (
+                F.when(F.col(c).isNotNull(), (F.col(c) - F.lit(center[j])) ** 2).otherwise(F.lit(0.0))
+                for j, c in enumerate(fcols)
+            ),
         )
         for center in centroids
     ]
@@ -455,7 +477,9 @@ def _kmeans_fill(
     # filled feature (which also grows the generated code past the JVM's 64 KB method limit)
     with_nearest = scaled.select("*", nearest.alias("_nearest"))
     filled = [
-        F.coalesce(F.col(c), F.element_at(F.array(*(F.lit(center[j]) for center in centroids)), F.col("_nearest")))
+        F.coalesce(
+            F.col(c), F.element_at(F.array(*(F.lit(center[j]) for center in centroids)), F.col("_nearest"))
+        )
         for j, c in enumerate(fcols)
     ]
     return with_nearest, filled, f"kmeans ({len(centroids)} clusters on {n_fit} complete rows)"

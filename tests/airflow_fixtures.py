@@ -33,9 +33,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import pytest
 
@@ -133,7 +133,7 @@ class AirflowStandalone:
         except OSError:
             return "(no log)"
 
-    def start(self) -> "AirflowStandalone":
+    def start(self) -> AirflowStandalone:
         began = time.monotonic()
         env = dict(self.env, AIRFLOW_UP_TIMEOUT=str(UP_TIMEOUT))
         if not self._atexit:
@@ -161,7 +161,9 @@ class AirflowStandalone:
             )
         self.startup_seconds = time.monotonic() - began
         self.client = AirflowClient.from_credentials_file(
-            self.url, self.env["AIRFLOW_CREDENTIALS_FILE"], timeout=120  # a loaded 2-core machine answers slowly
+            self.url,
+            self.env["AIRFLOW_CREDENTIALS_FILE"],
+            timeout=120,  # a loaded 2-core machine answers slowly
         )
         return self
 
@@ -173,7 +175,7 @@ class AirflowStandalone:
             return None
         return sid if sid > 1 else None
 
-    def restart(self) -> "AirflowStandalone":
+    def restart(self) -> AirflowStandalone:
         """Stop every process of the standalone, then start it again on the same home, database and ports.
 
         Runs, task instances and human-in-the-loop requests live in the database and survive; the client
@@ -214,7 +216,7 @@ class AirflowStandalone:
         except OSError:
             pass
 
-    def __enter__(self) -> "AirflowStandalone":
+    def __enter__(self) -> AirflowStandalone:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -243,8 +245,10 @@ class BudgetedWaits:
         lines = text.splitlines()
         errors = [ln for ln in lines if "[error" in ln or "exited with status" in ln or "Error:" in ln]
         return (
-            f"\n---- {len(errors)} error lines in {self.airflow.log_file} (last 15) ----\n" + "\n".join(errors[-15:])
-            + "\n---- last 15 log lines ----\n" + "\n".join(lines[-15:])
+            f"\n---- {len(errors)} error lines in {self.airflow.log_file} (last 15) ----\n"
+            + "\n".join(errors[-15:])
+            + "\n---- last 15 log lines ----\n"
+            + "\n".join(lines[-15:])
         )
 
     def _call(self, fn, *args, **kwargs):
@@ -257,7 +261,9 @@ class BudgetedWaits:
         return self._call(self.client.wait_for_run, self.dag_id, run_id)
 
     def task(self, run_id: str, task_id: str, states: list[str], map_index: int = -1) -> str:
-        return self._call(self.client.wait_for_task_state, self.dag_id, run_id, task_id, states, map_index=map_index)
+        return self._call(
+            self.client.wait_for_task_state, self.dag_id, run_id, task_id, states, map_index=map_index
+        )
 
     def gate(self, run_id: str) -> None:
         """Wait until the run's review gate waits for an answer."""

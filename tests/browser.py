@@ -45,8 +45,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -109,7 +110,9 @@ class Browser:
     Build it with :meth:`launch` and use it as a context manager.
     """
 
-    def __init__(self, binary: str, *, viewport: tuple[int, int] = VIEWPORT, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, binary: str, *, viewport: tuple[int, int] = VIEWPORT, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.binary = binary
         self.viewport = viewport
         self.timeout = timeout
@@ -131,7 +134,7 @@ class Browser:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def launch(cls, binary: str | None = None, **kwargs: Any) -> "Browser":
+    def launch(cls, binary: str | None = None, **kwargs: Any) -> Browser:
         """Start Chromium (skipping the test when there is none, see :func:`require_chromium`)."""
         browser = cls(binary or require_chromium(), **kwargs)
         try:
@@ -160,7 +163,11 @@ class Browser:
         from websockets.sync.client import connect
 
         self._proc = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr, start_new_session=True
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            start_new_session=True,
         )
         port_file = Path(self._profile) / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout
@@ -169,21 +176,32 @@ class Browser:
             if len(lines) >= 2:
                 break
             if self._proc.poll() is not None:
-                raise BrowserError(f"Chromium exited with {self._proc.returncode} before it listened: {self._stderr_text()}")
+                raise BrowserError(
+                    f"Chromium exited with {self._proc.returncode} before it listened: {self._stderr_text()}"
+                )
             if time.monotonic() > deadline:
-                raise BrowserError(f"Chromium did not open its DevTools port in {self.timeout:.0f}s: {self._stderr_text()}")
+                raise BrowserError(
+                    f"Chromium did not open its DevTools port in {self.timeout:.0f}s: {self._stderr_text()}"
+                )
             time.sleep(0.05)
         url = f"ws://127.0.0.1:{int(lines[0])}{lines[1]}"
-        self._ws = connect(url, max_size=None, proxy=None, ping_interval=None, open_timeout=self.timeout, compression=None)
+        self._ws = connect(
+            url, max_size=None, proxy=None, ping_interval=None, open_timeout=self.timeout, compression=None
+        )
         self._reader = threading.Thread(target=self._read_loop, name="cdp-reader", daemon=True)
         self._reader.start()
 
         target = self._send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self._session = self._send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)["sessionId"]
+        self._session = self._send(
+            "Target.attachToTarget", {"targetId": target, "flatten": True}, session=False
+        )["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
         width, height = self.viewport
-        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def close(self) -> None:
         """Close the browser, end its processes and remove its profile; safe to call twice."""
@@ -216,7 +234,7 @@ class Browser:
         os.unlink(self._stderr.name)
         shutil.rmtree(self._profile, ignore_errors=True)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -260,9 +278,17 @@ class Browser:
             self.console_errors.append(f"uncaught exception: {description}")
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             entry = params["entry"]
-            self.console_errors.append(f"log {entry.get('source')}: {entry.get('text')} {entry.get('url', '')}".strip())
+            self.console_errors.append(
+                f"log {entry.get('source')}: {entry.get('text')} {entry.get('url', '')}".strip()
+            )
         elif method == "Page.javascriptDialogOpening":
-            self.dialogs.append({"type": params.get("type", ""), "message": params.get("message", ""), "url": params.get("url", "")})
+            self.dialogs.append(
+                {
+                    "type": params.get("type", ""),
+                    "message": params.get("message", ""),
+                    "url": params.get("url", ""),
+                }
+            )
             # Dismiss at once (without waiting for the reply: this is the reader thread).
             self._ws.send(json.dumps({"id": next(self._ids), "method": "Page.handleJavaScriptDialog",
                                       "params": {"accept": False}, "sessionId": event.get("sessionId")}))  # fmt: skip
@@ -270,7 +296,14 @@ class Browser:
             self._events.append(event)
             self._lock.notify_all()
 
-    def _send(self, method: str, params: dict[str, Any] | None = None, *, session: bool = True, timeout: float | None = None) -> dict[str, Any]:
+    def _send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         if self._closed or self._ws is None:
             raise BrowserError(f"{method}: the browser is closed")
         msg_id = next(self._ids)
@@ -289,14 +322,24 @@ class Browser:
                 self._lock.wait(left)
             reply = self._replies.pop(msg_id)
         if "error" in reply:
-            raise BrowserError(f"{method}: {reply['error'].get('message')} {reply['error'].get('data', '')}".strip())
+            raise BrowserError(
+                f"{method}: {reply['error'].get('message')} {reply['error'].get('data', '')}".strip()
+            )
         return reply.get("result", {})
 
-    def send(self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         """Send any CDP command to the page; return its result (raises :class:`BrowserError`)."""
         return self._send(method, params, timeout=timeout)
 
-    def _wait_event(self, method: str, since: int, predicate: Callable[[dict], bool] = lambda p: True, timeout: float | None = None) -> dict:
+    def _wait_event(
+        self,
+        method: str,
+        since: int,
+        predicate: Callable[[dict], bool] = lambda p: True,
+        timeout: float | None = None,
+    ) -> dict:
         deadline = time.monotonic() + (timeout or self.timeout)
         with self._lock:
             while True:
@@ -329,7 +372,9 @@ class Browser:
         )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
-            raise BrowserError(f"JS error in {expression!r}: {details.get('exception', {}).get('description') or details.get('text')}")
+            raise BrowserError(
+                f"JS error in {expression!r}: {details.get('exception', {}).get('description') or details.get('text')}"
+            )
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, *, timeout: float | None = None, interval: float = 0.1) -> Any:
@@ -383,7 +428,15 @@ class Browser:
         """Press and release a key in the focused element: Enter, Tab, Delete, Backspace or Escape."""
         spec = dict(self._KEYS[key])
         text = spec.pop("text", None)
-        self.send("Input.dispatchKeyEvent", {"type": "keyDown" if text else "rawKeyDown", "key": key, **spec, **({"text": text} if text else {})})
+        self.send(
+            "Input.dispatchKeyEvent",
+            {
+                "type": "keyDown" if text else "rawKeyDown",
+                "key": key,
+                **spec,
+                **({"text": text} if text else {}),
+            },
+        )
         self.send("Input.dispatchKeyEvent", {"type": "keyUp", "key": key, **spec})
 
     def set_cookie(self, name: str, value: str, url: str, **extra: Any) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -29,8 +29,21 @@ def running_demo_api(
     """
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_detection.demo_api", "--port", str(port), "--rows", str(rows), "--seed", str(seed),
-         "--drift-per-run", str(drift_per_run), "--page-delay", str(page_delay)],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "anomaly_detection.demo_api",
+            "--port",
+            str(port),
+            "--rows",
+            str(rows),
+            "--seed",
+            str(seed),
+            "--drift-per-run",
+            str(drift_per_run),
+            "--page-delay",
+            str(page_delay),
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -43,7 +56,9 @@ def running_demo_api(
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"demo API did not start: {proc.stdout.read() if proc.poll() is not None else 'timeout'}")
+                    raise RuntimeError(
+                        f"demo API did not start: {proc.stdout.read() if proc.poll() is not None else 'timeout'}"
+                    )
                 time.sleep(0.1)
         yield base
     finally:

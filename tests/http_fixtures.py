@@ -27,16 +27,17 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator, Self, Union
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 Response = tuple[int, dict[str, str], Any]
 Handler = Callable[["RecordedRequest"], Response]
-RouteSpec = Union[Handler, Response, list]
+RouteSpec = Handler | Response | list
 
 
 @dataclass
@@ -89,7 +90,9 @@ class LoopbackHttpServer:
         self._server = _Server((host, 0), self._handler_class())
         self.port = self._server.server_address[1]
         self.base_url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def start(self) -> Self:
         self._thread.start()
@@ -121,7 +124,7 @@ class ApiServer(LoopbackHttpServer):
     def url(self, path: str = "/") -> str:
         return self.base_url + (path if path.startswith("/") else "/" + path)
 
-    def route(self, path: str, spec: RouteSpec) -> "ApiServer":
+    def route(self, path: str, spec: RouteSpec) -> ApiServer:
         """Answer requests to ``path`` (query string ignored) with ``spec``."""
         with self._lock:
             if isinstance(spec, list):
@@ -132,7 +135,9 @@ class ApiServer(LoopbackHttpServer):
                 self._sequences.pop(path, None)
         return self
 
-    def json(self, path: str, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> "ApiServer":
+    def json(
+        self, path: str, value: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> ApiServer:
         return self.route(path, json_body(value, status, headers))
 
     def sleep(self, seconds: float) -> None:
@@ -161,7 +166,11 @@ class ApiServer(LoopbackHttpServer):
     def _respond(self, request: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
         spec = self._pick(request.path)
         if spec is None:
-            return 404, {"Content-Type": "application/json"}, json.dumps({"error": f"no route for {request.path}"}).encode()
+            return (
+                404,
+                {"Content-Type": "application/json"},
+                json.dumps({"error": f"no route for {request.path}"}).encode(),
+            )
         status, headers, body = spec(request) if callable(spec) else spec
         headers = dict(headers or {})
         if isinstance(body, str):
@@ -199,7 +208,11 @@ class ApiServer(LoopbackHttpServer):
                 try:
                     status, headers, payload = api._respond(request)
                 except Exception as exc:  # a broken handler shows up as a 599 with its message
-                    status, headers, payload = 599, {"Content-Type": "text/plain"}, f"handler failed: {exc!r}".encode()
+                    status, headers, payload = (
+                        599,
+                        {"Content-Type": "text/plain"},
+                        f"handler failed: {exc!r}".encode(),
+                    )
                 if api._stopping.is_set():
                     return
                 try:
@@ -280,8 +293,16 @@ def install_fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
         if isinstance(host, str) and host in names:
-            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
-                     (a, int(port)) if ":" not in a else (a, int(port), 0, 0)) for a in names[host]]
+            return [
+                (
+                    socket.AF_INET6 if ":" in a else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    6,
+                    "",
+                    (a, int(port)) if ":" not in a else (a, int(port), 0, 0),
+                )
+                for a in names[host]
+            ]
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)

@@ -33,9 +33,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -99,7 +100,10 @@ class SparkStandalone:
             }
         )
         self.env = env
-        self.worker_webui_ports = {1: self.worker_webui_port, **{i: free_port() for i in range(2, self.workers + 1)}}
+        self.worker_webui_ports = {
+            1: self.worker_webui_port,
+            **{i: free_port() for i in range(2, self.workers + 1)},
+        }
 
     # ------------------------------------------------------------------ addresses and logs
 
@@ -222,7 +226,9 @@ class SparkStandalone:
         _signal_group(process, signal.SIGKILL)  # anything in its group that was not found above
         process.wait(timeout=10)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and (any(_alive(pid) for pid in victims[1:]) or self.worker_webui_ports[i] in self.alive_worker_ports()):
+        while time.monotonic() < deadline and (
+            any(_alive(pid) for pid in victims[1:]) or self.worker_webui_ports[i] in self.alive_worker_ports()
+        ):
             time.sleep(0.2)
         return victims
 
@@ -238,12 +244,14 @@ class SparkStandalone:
         if not wait:
             return time.monotonic() - began
         try:
-            self._wait_until(lambda: self.worker_webui_ports[i] in self.alive_worker_ports(), f"worker {i} not ALIVE")
+            self._wait_until(
+                lambda: self.worker_webui_ports[i] in self.alive_worker_ports(), f"worker {i} not ALIVE"
+            )
         except RuntimeError as exc:
             pytest.fail(f"{exc}\n{self.log_tails()}", pytrace=False)
         return time.monotonic() - began
 
-    def start(self) -> "SparkStandalone":
+    def start(self) -> SparkStandalone:
         began = time.monotonic()
         for directory in (self.log_dir, self.work_dir, self.local_dir):
             directory.mkdir(parents=True, exist_ok=True)
@@ -251,12 +259,22 @@ class SparkStandalone:
         try:
             self._spawn(
                 "master",
-                [MASTER_CLASS, "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.webui_port)],
+                [
+                    MASTER_CLASS,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--webui-port",
+                    str(self.webui_port),
+                ],
                 self.master_log,
             )
             for i in range(1, self.workers + 1):
                 self._spawn_worker(i)
-            self._wait_until(lambda: self._alive_workers() >= self.workers, f"fewer than {self.workers} ALIVE worker(s)")
+            self._wait_until(
+                lambda: self._alive_workers() >= self.workers, f"fewer than {self.workers} ALIVE worker(s)"
+            )
         except BaseException as exc:
             tails = self.log_tails()
             self.stop()
@@ -287,7 +305,7 @@ class SparkStandalone:
             except subprocess.TimeoutExpired:
                 pass
 
-    def __enter__(self) -> "SparkStandalone":
+    def __enter__(self) -> SparkStandalone:
         return self.start()
 
     def __exit__(self, *exc) -> None:

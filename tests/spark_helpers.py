@@ -60,7 +60,8 @@ def make_table(n: int = N_ROWS, seed: int = 7) -> tuple[pd.DataFrame, np.ndarray
             "const": 3.0,
             "city": rng.choice(["Lyon", "Oslo", "Lima"], n),
             "meta.note": rng.choice(["a b", "c.d", None], n),
-            "seen_at": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10**6, n), unit="s"),
+            "seen_at": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 10**6, n), unit="s"),
             "empty": np.nan,
             "is_anomaly": np.isin(np.arange(n), outliers).astype(np.int64),
         }
@@ -87,8 +88,6 @@ def write_run(root: Path, table: pd.DataFrame, overrides: dict) -> tuple[RunPath
     config = build_config({"name": "spark-test", "output": output}, overrides)
     paths.config.write_text(yaml.safe_dump(config.redacted(), sort_keys=False), encoding="utf-8")
     return paths, paths.config
-
-
 
 
 # --------------------------------------------------------------------------- reading the outputs

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from airflow_fixtures import BudgetedWaits, airflow_standalone  # noqa: F401  (fixture)
-from anomaly_detection.report_index import report_url
 from demo_process import running_demo_api
+
+from anomaly_detection.report_index import report_url
 
 DAG = "anomaly_detection"
 SECRET = "s3cr3t-Token-4e2b9c"
@@ -89,7 +89,9 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
     # the reports plugin (plugins/anomaly_reports.py): "Open report" on build_report and in the gate's body
     url = report_url(run_id, base_path="")
     assert f"[Open report]({url})" in detail["body"]
-    assert client.get_json(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/build_report/links")["extra_links"] == {"Open report": url}
+    assert client.get_json(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/build_report/links")[
+        "extra_links"
+    ] == {"Open report": url}
     assert client.request("GET", url).headers["content-type"] == "text/html; charset=utf-8"
     ingest_log = client.task_log(DAG, run_id, "ingest")
     assert "ingested 2000 records" in ingest_log and "page 1:" in ingest_log
@@ -97,7 +99,11 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
     client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "checked the top rows"})
     assert wait.run(run_id) == "success"
     states = client.task_instances(DAG, run_id)
-    assert states["publish"] == "success" and states["rejected"] == "skipped" and states["trigger_rerun"] == "skipped"
+    assert (
+        states["publish"] == "success"
+        and states["rejected"] == "skipped"
+        and states["trigger_rerun"] == "skipped"
+    )
 
     run_dir = airflow_standalone.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
@@ -134,7 +140,10 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
     run_id = runs["rerun"]
     wait.gate(run_id)
     client.answer_hitl(
-        DAG, run_id, "review", "Rerun with adjustments",
+        DAG,
+        run_id,
+        "review",
+        "Rerun with adjustments",
         {"contamination": 0.1, "algorithms": ["kmeans"], "comment": "wider net"},
     )
     assert wait.run(run_id) == "success"
@@ -154,7 +163,10 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
     assert run_id in report
     # the rerun's report says what changed: the parameters and the rows
     changes = report[report.index('id="rerun"') :]
-    assert "<code>modeling.contamination</code></td><td class=\"mono\">0.05</td><td class=\"mono\">0.1</td>" in changes
+    assert (
+        '<code>modeling.contamination</code></td><td class="mono">0.05</td><td class="mono">0.1</td>'
+        in changes
+    )
     assert re.search(r"<strong>[1-9][0-9,]* newly flagged</strong>", changes)
     first = json.loads((airflow_standalone.run_dir(run_id) / "decision.json").read_text())
     assert first["decision"] == "rerun" and first["adjustments"]["modeling.contamination"] == 0.1

@@ -15,8 +15,8 @@ import uuid
 import psutil
 import pytest
 import requests
-
 from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
+
 from anomaly_detection.airflow_client import AirflowApiError, AirflowClient, DagImportError
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 DAG_ID = "harness_probe"
 
 PROBE_DAG = textwrap.dedent(
-    '''
+    """
     from __future__ import annotations
 
     import os
@@ -65,7 +65,7 @@ PROBE_DAG = textwrap.dedent(
             return answer["params_input"].get("note")
 
         [hello(), square.expand(x=[2, 3])] >> gate >> after()
-    '''
+    """
 )
 
 # (It must mention "airflow" and "dag": DAG discovery safe mode skips files that do not.)
@@ -125,7 +125,9 @@ def test_a_scheduler_that_dies_is_started_again(airflow_standalone):  # noqa: F8
     first.wait(30)
 
     deadline = time.monotonic() + 120
-    while "airflow_up.sh: scheduler exited with status" not in airflow_standalone.log_file.read_text(errors="replace"):
+    while "airflow_up.sh: scheduler exited with status" not in airflow_standalone.log_file.read_text(
+        errors="replace"
+    ):
         assert time.monotonic() < deadline, airflow_standalone.log_tail()
         time.sleep(1)
 
@@ -135,7 +137,11 @@ def test_a_scheduler_that_dies_is_started_again(airflow_standalone):  # noqa: F8
         from datetime import datetime
 
         fresh = beat is not None and datetime.fromisoformat(beat).timestamp() > killed_at
-        return fresh and health["scheduler"]["status"] == "healthy", health, f"scheduler {health.get('scheduler')}"
+        return (
+            fresh and health["scheduler"]["status"] == "healthy",
+            health,
+            f"scheduler {health.get('scheduler')}",
+        )
 
     client._poll("a heartbeat of the restarted scheduler", 150, beat_after_kill)
     assert _real_scheduler(airflow_standalone).pid != first.pid
@@ -165,7 +171,9 @@ def test_trigger_gate_answer_and_logs(airflow_standalone):  # noqa: F811
     assert run_id in [r["dag_run_id"] for r in client.list_runs(DAG_ID)]
 
     t0 = time.monotonic()
-    assert client.wait_for_task_state(DAG_ID, run_id, "gate", "awaiting_input", timeout=150) == "awaiting_input"
+    assert (
+        client.wait_for_task_state(DAG_ID, run_id, "gate", "awaiting_input", timeout=150) == "awaiting_input"
+    )
     print(f"gate awaiting input {time.monotonic() - t0:.1f}s after trigger")
 
     states = client.task_instances(DAG_ID, run_id)
@@ -202,4 +210,3 @@ def test_trigger_gate_answer_and_logs(airflow_standalone):  # noqa: F811
     assert client.xcom(DAG_ID, run_id, "after") == "looks fine"
     assert "HARNESS-AFTER chosen=['Approve'] note=looks fine" in client.task_log(DAG_ID, run_id, "after")
     assert client.hitl_detail(DAG_ID, run_id, "gate")["response_received"] is True
-

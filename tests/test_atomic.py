@@ -37,19 +37,29 @@ def test_a_directory_replaces_a_directory_or_a_file(tmp_path):
 
 
 def test_temporary_names_keep_the_suffix_and_differ(tmp_path):
-    a, b = atomic.temporary_sibling(tmp_path / "kept_rows.npy"), atomic.temporary_sibling(tmp_path / "kept_rows.npy")
+    a, b = (
+        atomic.temporary_sibling(tmp_path / "kept_rows.npy"),
+        atomic.temporary_sibling(tmp_path / "kept_rows.npy"),
+    )
     assert a != b and a.suffix == ".npy" and a.name.startswith(".")
 
 
 def test_a_process_killed_mid_write_never_exposes_a_partial_file(tmp_path):
     target = tmp_path / "big.bin"
     child = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time; from anomaly_detection import atomic\n"
-            "with atomic.replacing(sys.argv[1]) as tmp:\n"
-            "    f = open(tmp, 'wb'); f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n"
-        ), str(target)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ},
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from anomaly_detection import atomic\n"
+                "with atomic.replacing(sys.argv[1]) as tmp:\n"
+                "    f = open(tmp, 'wb'); f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+            ),
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
     )
     assert child.stdout.readline().strip() == "writing"
     child.send_signal(signal.SIGKILL)

@@ -43,7 +43,12 @@ def bulk(url: str, tmp_path: Path, *, sleep=None, batch_records: int = 1, **sour
     """Bulk ingestion with a part file per page unless ``batch_records`` says otherwise."""
     cfg = config(url, **source)
     return ingest_to_parquet(
-        cfg.source, cfg.processing, tmp_path / "raw", tmp_path / "parts", sleep=sleep if sleep is not None else Sleeps(), batch_records=batch_records
+        cfg.source,
+        cfg.processing,
+        tmp_path / "raw",
+        tmp_path / "parts",
+        sleep=sleep if sleep is not None else Sleeps(),
+        batch_records=batch_records,
     )
 
 
@@ -99,15 +104,23 @@ def assert_same_records(bulk_frame: pd.DataFrame, native: pd.DataFrame) -> None:
 
 def test_offset_pages_fetched_concurrently_match_the_sequential_ingest(api_server, tmp_path):
     api_server.route("/items", offset_handler(95))
-    result = bulk(api_server.url("/items"), tmp_path, concurrency=4, pagination={"type": "offset", "page_size": 10})
+    result = bulk(
+        api_server.url("/items"), tmp_path, concurrency=4, pagination={"type": "offset", "page_size": 10}
+    )
     assert (result.records, result.pages, result.truncated) == (95, 10, False)
     assert parts(tmp_path) == [f"part-{i:06d}.parquet" for i in range(10)]
     # the window ahead is bounded: at most 2 x concurrency requests past the last page
     assert 10 <= api_server.count() <= 10 + 2 * 4 and result.requests == api_server.count()
     frame = pd.read_parquet(tmp_path / "parts")
     assert frame["id"].tolist() == list(range(95))
-    assert_same_records(frame, sequential(api_server.url("/items"), tmp_path, pagination={"type": "offset", "page_size": 10}))
-    assert result.columns["id"] == "double" and result.columns["ok"] == "bool" and result.columns["tags"] == "string"
+    assert_same_records(
+        frame, sequential(api_server.url("/items"), tmp_path, pagination={"type": "offset", "page_size": 10})
+    )
+    assert (
+        result.columns["id"] == "double"
+        and result.columns["ok"] == "bool"
+        and result.columns["tags"] == "string"
+    )
     assert len({pq.read_schema(tmp_path / "parts" / name) for name in parts(tmp_path)}) == 1
 
 
@@ -118,6 +131,7 @@ def test_consecutive_pages_are_written_together_in_batches(api_server, tmp_path,
         api_server.route("/items", offset_handler(95))
         pagination = {"type": "offset", "page_size": 10}
     else:
+
         def handler(req):
             start = int(req.query.get("from", 0))
             body = {"items": [record(i) for i in range(start, min(start + 10, 95))]}
@@ -130,7 +144,12 @@ def test_consecutive_pages_are_written_together_in_batches(api_server, tmp_path,
     options = {"pagination": pagination, **({"records_path": "items"} if kind == "next_url" else {})}
     result = bulk(api_server.url("/items"), tmp_path, batch_records=25, concurrency=3, **options)
     assert (result.records, result.pages) == (95, 10)
-    assert parts(tmp_path) == ["part-000000.parquet", "part-000003.parquet", "part-000006.parquet", "part-000009.parquet"]
+    assert parts(tmp_path) == [
+        "part-000000.parquet",
+        "part-000003.parquet",
+        "part-000006.parquet",
+        "part-000009.parquet",
+    ]
     frame = pd.read_parquet(tmp_path / "parts")
     assert frame["id"].tolist() == list(range(95))
     assert_same_records(frame, sequential(api_server.url("/items"), tmp_path, **options))
@@ -143,7 +162,10 @@ def test_page_numbers_fetched_concurrently_match_the_sequential_ingest(api_serve
         return json_body({"results": [record(i) for i in range((page - 1) * size, min(page * size, 23))]})
 
     api_server.route("/p", handler)
-    options = {"records_path": "results", "pagination": {"type": "page", "page_size": 5, "limit_param": "per_page", "start_page": 1}}
+    options = {
+        "records_path": "results",
+        "pagination": {"type": "page", "page_size": 5, "limit_param": "per_page", "start_page": 1},
+    }
     result = bulk(api_server.url("/p"), tmp_path, concurrency=3, **options)
     assert (result.records, result.pages) == (23, 5)
     frame = pd.read_parquet(tmp_path / "parts")
@@ -156,7 +178,12 @@ def test_next_links_are_followed_one_page_at_a_time(api_server, tmp_path, kind):
         n = int(req.query.get("cursor", 0))
         more = n < 3
         if kind == "next_url":
-            return json_body({"data": [record(i) for i in range(n * 4, n * 4 + 4)], "next": f"/items?cursor={n + 1}" if more else None})
+            return json_body(
+                {
+                    "data": [record(i) for i in range(n * 4, n * 4 + 4)],
+                    "next": f"/items?cursor={n + 1}" if more else None,
+                }
+            )
         links = {"Link": f'</items?cursor={n + 1}>; rel="next"'} if more else {}
         return json_body([record(i) for i in range(n * 4, n * 4 + 4)], headers=links)
 
@@ -166,7 +193,10 @@ def test_next_links_are_followed_one_page_at_a_time(api_server, tmp_path, kind):
     assert [r.query.get("cursor") for r in api_server.requests] == [None, "1", "2", "3"]
     assert (result.records, result.pages) == (16, 4)
     assert parts(tmp_path) == [f"part-{i:06d}.parquet" for i in range(4)]
-    assert_same_records(pd.read_parquet(tmp_path / "parts"), sequential(api_server.url("/items"), tmp_path, pagination={"type": kind}, **options))
+    assert_same_records(
+        pd.read_parquet(tmp_path / "parts"),
+        sequential(api_server.url("/items"), tmp_path, pagination={"type": kind}, **options),
+    )
 
 
 def test_pages_are_fetched_at_most_two_windows_ahead(api_server, tmp_path):
@@ -184,14 +214,22 @@ def test_pages_are_fetched_at_most_two_windows_ahead(api_server, tmp_path):
         return serve(req)
 
     api_server.route("/items", handler)
-    result = bulk(api_server.url("/items"), tmp_path, concurrency=2, pagination={"type": "offset", "page_size": 10})
+    result = bulk(
+        api_server.url("/items"), tmp_path, concurrency=2, pagination={"type": "offset", "page_size": 10}
+    )
     assert released.is_set() and result.records == 200
     assert 0 in early and set(early) <= {0, 10, 20, 30}  # the window: pages 1-4, nothing further
 
 
 def test_max_records_plans_only_the_pages_needed(api_server, tmp_path):
     api_server.route("/items", offset_handler(1000))
-    result = bulk(api_server.url("/items"), tmp_path, concurrency=4, max_records=25, pagination={"type": "offset", "page_size": 10})
+    result = bulk(
+        api_server.url("/items"),
+        tmp_path,
+        concurrency=4,
+        max_records=25,
+        pagination={"type": "offset", "page_size": 10},
+    )
     assert api_server.count() == 3
     assert result.truncated and result.records == 25
     assert pd.read_parquet(tmp_path / "parts")["id"].tolist() == list(range(25))
@@ -200,7 +238,9 @@ def test_max_records_plans_only_the_pages_needed(api_server, tmp_path):
 def test_an_api_that_ignores_the_page_parameter_stops(api_server, tmp_path, caplog):
     api_server.json("/same", [record(i) for i in range(10)])
     with caplog.at_level(logging.WARNING, logger="anomaly_detection"):
-        result = bulk(api_server.url("/same"), tmp_path, concurrency=2, pagination={"type": "page", "page_size": 10})
+        result = bulk(
+            api_server.url("/same"), tmp_path, concurrency=2, pagination={"type": "page", "page_size": 10}
+        )
     assert result.records == 10 and parts(tmp_path) == ["part-000000.parquet"]
     assert api_server.count() <= 1 + 2 * 2
     assert "identical to the page before" in caplog.text
@@ -230,7 +270,13 @@ def test_500_and_429_are_retried_then_succeed(api_server, tmp_path):
 
     api_server.route("/items", handler)
     sleeps = Sleeps()
-    result = bulk(api_server.url("/items"), tmp_path, sleep=sleeps, concurrency=4, pagination={"type": "offset", "page_size": 10})
+    result = bulk(
+        api_server.url("/items"),
+        tmp_path,
+        sleep=sleeps,
+        concurrency=4,
+        pagination={"type": "offset", "page_size": 10},
+    )
     assert result.records == 35
     assert pd.read_parquet(tmp_path / "parts")["id"].tolist() == list(range(35))
     assert sorted(sleeps) == [0.0, 0.01]  # Retry-After: 0, and the backoff after the 500
@@ -240,9 +286,16 @@ def test_500_and_429_are_retried_then_succeed(api_server, tmp_path):
 
 def test_a_failing_page_is_named_and_earlier_pages_stay(api_server, tmp_path):
     serve = offset_handler(100)
-    api_server.route("/items", lambda req: (404, {"Content-Type": "text/plain"}, b"gone") if req.query["offset"] == "30" else serve(req))
+    api_server.route(
+        "/items",
+        lambda req: (
+            (404, {"Content-Type": "text/plain"}, b"gone") if req.query["offset"] == "30" else serve(req)
+        ),
+    )
     with pytest.raises(IngestionError) as info:
-        bulk(api_server.url("/items"), tmp_path, concurrency=2, pagination={"type": "offset", "page_size": 10})
+        bulk(
+            api_server.url("/items"), tmp_path, concurrency=2, pagination={"type": "offset", "page_size": 10}
+        )
     message = str(info.value)
     assert message.startswith("page 4:") and "HTTP 404" in message and "gone" in message
     assert api_server.url("/items?offset=30&limit=10") in message
@@ -260,9 +313,18 @@ def test_a_failing_page_is_named_and_earlier_pages_stay(api_server, tmp_path):
 
 def test_bad_json_names_the_url_and_the_saved_file(api_server, tmp_path):
     serve = offset_handler(100)
-    api_server.route("/items", lambda req: (200, {"Content-Type": "application/json"}, b'[{"id": 1') if req.query["offset"] == "10" else serve(req))
+    api_server.route(
+        "/items",
+        lambda req: (
+            (200, {"Content-Type": "application/json"}, b'[{"id": 1')
+            if req.query["offset"] == "10"
+            else serve(req)
+        ),
+    )
     with pytest.raises(IngestionError) as info:
-        bulk(api_server.url("/items"), tmp_path, concurrency=3, pagination={"type": "offset", "page_size": 10})
+        bulk(
+            api_server.url("/items"), tmp_path, concurrency=3, pagination={"type": "offset", "page_size": 10}
+        )
     message = str(info.value)
     assert message.startswith("page 2:") and "not valid JSON" in message and "page-000002.json.gz" in message
     assert api_server.url("/items?offset=10&limit=10") in message
@@ -282,11 +344,17 @@ def test_a_cut_off_page_is_fetched_again_and_the_good_body_is_the_snapshot(api_s
         return (status, headers, body[:-20]) if first and offset == 10 else (status, headers, body)
 
     api_server.route("/items", handler)
-    result = bulk(api_server.url("/items"), tmp_path, concurrency=3, pagination={"type": "offset", "page_size": 10})
+    result = bulk(
+        api_server.url("/items"), tmp_path, concurrency=3, pagination={"type": "offset", "page_size": 10}
+    )
     assert result.records == 35
     assert pd.read_parquet(tmp_path / "parts")["id"].tolist() == list(range(35))
     entry = {e["page"]: e for e in manifest(tmp_path)}[2]
-    assert entry["set_aside"] == ["page-000002.attempt1.json.gz"] and entry["attempts"] == 2 and entry["records"] == 10
+    assert (
+        entry["set_aside"] == ["page-000002.attempt1.json.gz"]
+        and entry["attempts"] == 2
+        and entry["records"] == 10
+    )
     raw = tmp_path / "raw"
     good = gzip.decompress((raw / "page-000002.json.gz").read_bytes())
     assert json.loads(good) == [record(i) for i in range(10, 20)]
@@ -304,7 +372,14 @@ def test_every_session_comes_from_the_session_factory(api_server, tmp_path):
 
     api_server.route("/items", offset_handler(45))
     cfg = config(api_server.url("/items"), concurrency=3, pagination={"type": "offset", "page_size": 10})
-    result = ingest_to_parquet(cfg.source, cfg.processing, tmp_path / "raw", tmp_path / "parts", sleep=Sleeps(), session_factory=factory)
+    result = ingest_to_parquet(
+        cfg.source,
+        cfg.processing,
+        tmp_path / "raw",
+        tmp_path / "parts",
+        sleep=Sleeps(),
+        session_factory=factory,
+    )
     assert result.records == 45 and len(made) >= 2
     assert all("x-from-factory" in r.headers for r in api_server.requests)
 
@@ -314,13 +389,32 @@ def test_every_session_comes_from_the_session_factory(api_server, tmp_path):
 
 def test_type_drift_across_pages_reads_back_as_one_table(api_server, tmp_path):
     pages = [
-        [{"id": 1, "x": 1.5, "flag": True, "late": None, "n": 2}, {"id": 2, "x": 2.0, "flag": False, "late": None, "n": 3}],
-        [{"id": 3, "x": "n/a", "flag": 1, "late": 7, "n": 4.5}, {"id": 4, "x": None, "flag": None, "late": 8, "n": None}],
+        [
+            {"id": 1, "x": 1.5, "flag": True, "late": None, "n": 2},
+            {"id": 2, "x": 2.0, "flag": False, "late": None, "n": 3},
+        ],
+        [
+            {"id": 3, "x": "n/a", "flag": 1, "late": 7, "n": 4.5},
+            {"id": 4, "x": None, "flag": None, "late": 8, "n": None},
+        ],
         [{"id": 5, "x": 3, "flag": True, "late": 9, "n": 5, "extra": "e", "big": 2**60 + 1}],
     ]
-    api_server.route("/items", lambda req: json_body(pages[int(req.query["page"]) - 1] if int(req.query["page"]) <= 3 else []))
-    result = bulk(api_server.url("/items"), tmp_path, concurrency=3, pagination={"type": "page", "page_size": 2})
-    assert result.columns == {"id": "double", "x": "string", "flag": "string", "late": "double", "n": "double", "extra": "string", "big": "string"}
+    api_server.route(
+        "/items",
+        lambda req: json_body(pages[int(req.query["page"]) - 1] if int(req.query["page"]) <= 3 else []),
+    )
+    result = bulk(
+        api_server.url("/items"), tmp_path, concurrency=3, pagination={"type": "page", "page_size": 2}
+    )
+    assert result.columns == {
+        "id": "double",
+        "x": "string",
+        "flag": "string",
+        "late": "double",
+        "n": "double",
+        "extra": "string",
+        "big": "string",
+    }
     schemas = {pq.read_schema(tmp_path / "parts" / name) for name in parts(tmp_path)}
     assert len(schemas) == 1  # the earlier parts were rewritten to the final schema
     frame = pd.read_parquet(tmp_path / "parts")
@@ -370,7 +464,9 @@ def test_gzip_snapshot_and_manifest_without_secrets(api_server, tmp_path, monkey
         assert body == bodies[offset]
         assert entry["bytes"] == len(body) and entry["sha256"] == hashlib.sha256(body).hexdigest()
         assert entry["status"] == 200 and entry["file"].endswith(".json.gz")
-        assert entry["url"] == api_server.url(f"/items?offset={offset}&limit=10")  # the credential is added per request only
+        assert entry["url"] == api_server.url(
+            f"/items?offset={offset}&limit=10"
+        )  # the credential is added per request only
     assert SECRET not in result.manifest_path.read_text()
     assert SECRET not in caplog.text
 
@@ -387,7 +483,11 @@ def test_the_rate_limit_is_honoured(api_server, tmp_path):
         return serve(req)
 
     api_server.route("/items", handler)
-    source = {"concurrency": 4, "max_requests_per_second": 20, "pagination": {"type": "offset", "page_size": 10}}
+    source = {
+        "concurrency": 4,
+        "max_requests_per_second": 20,
+        "pagination": {"type": "offset", "page_size": 10},
+    }
     result = bulk(api_server.url("/items"), tmp_path, **source)
     assert result.records == 195
     arrivals.sort()

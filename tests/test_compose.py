@@ -30,8 +30,14 @@ AIRFLOW_SERVICES = [
     "airflow-init",
 ]
 SPARK_SERVICES = ["spark-master", "spark-worker"]
-LONG_RUNNING = ["postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer", *SPARK_SERVICES]
+LONG_RUNNING = [
+    "postgres",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    *SPARK_SERVICES,
+]
 PROJECT_DIRS = ["dags", "plugins", "include", "spark_jobs", "configs"]
 DATA_VOLUME = "anomaly-data"
 MASTER_URL = "spark://spark-master:7077"
@@ -79,10 +85,18 @@ def mounts_of(service: dict) -> list[dict]:
             source, target = parts[0], parts[1]
             mode = parts[2] if len(parts) > 2 else "rw"
             kind = "bind" if source.startswith((".", "/", "~")) else "volume"
-            result.append({"type": kind, "source": source, "target": target, "read_only": "ro" in mode.split(",")})
+            result.append(
+                {"type": kind, "source": source, "target": target, "read_only": "ro" in mode.split(",")}
+            )
         else:
-            result.append({"type": entry.get("type", "volume"), "source": entry.get("source"),
-                           "target": entry["target"], "read_only": bool(entry.get("read_only"))})
+            result.append(
+                {
+                    "type": entry.get("type", "volume"),
+                    "source": entry.get("source"),
+                    "target": entry["target"],
+                    "read_only": bool(entry.get("read_only")),
+                }
+            )
     return result
 
 
@@ -91,6 +105,7 @@ def full_command(service: dict) -> list[str]:
         if value is None:
             return []
         return value.split() if isinstance(value, str) else [str(v) for v in value]
+
     return as_list(service.get("entrypoint")) + as_list(service.get("command"))
 
 
@@ -100,7 +115,7 @@ def published_host_ips(port_entry) -> str | None:
         return port_entry.get("host_ip")
     text = interpolate(str(port_entry))
     if text.startswith("["):  # [::1]:8080:8080
-        return text[1:text.index("]")]
+        return text[1 : text.index("]")]
     parts = text.split(":")
     return parts[0] if len(parts) == 3 else None
 
@@ -142,8 +157,11 @@ def test_api_server_command_and_port(services):
     api = services["airflow-apiserver"]
     assert full_command(api) == ["api-server"]
     assert any(interpolate(str(p)).endswith(":8080") for p in api["ports"]), api["ports"]
-    for name, cmd in {"airflow-scheduler": "scheduler", "airflow-dag-processor": "dag-processor",
-                      "airflow-triggerer": "triggerer"}.items():
+    for name, cmd in {
+        "airflow-scheduler": "scheduler",
+        "airflow-dag-processor": "dag-processor",
+        "airflow-triggerer": "triggerer",
+    }.items():
         assert full_command(services[name]) == [cmd], name
 
 
@@ -184,8 +202,11 @@ def test_common_env_values(compose, services):
     for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
         assert _VAR.fullmatch(env[key]), f"{key} should be ${{VAR:-default}}: {env[key]!r}"
     # The DAGs folder and PYTHONPATH point at the mounted project directories.
-    targets = {m["source"].lstrip("./"): m["target"] for m in mounts_of(services["airflow-scheduler"])
-               if m["type"] == "bind"}
+    targets = {
+        m["source"].lstrip("./"): m["target"]
+        for m in mounts_of(services["airflow-scheduler"])
+        if m["type"] == "bind"
+    }
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == targets["dags"]
     assert targets["include"] in env["PYTHONPATH"].split(":")
 
@@ -202,8 +223,11 @@ def test_spark_connection_is_json_for_the_standalone_master(compose):
 def test_pinned_spark_provider_resolves_the_connection(compose, tmp_path):
     """The real hook turns the env connection into the master URL given to spark-submit."""
     pytest.importorskip("airflow.providers.apache.spark")
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path),
-           "AIRFLOW_CONN_SPARK_DEFAULT": env_of(compose["x-airflow-common"])["AIRFLOW_CONN_SPARK_DEFAULT"]}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW_CONN_SPARK_DEFAULT": env_of(compose["x-airflow-common"])["AIRFLOW_CONN_SPARK_DEFAULT"],
+    }
     code = (
         "import json\n"
         "from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook\n"
@@ -212,7 +236,7 @@ def test_pinned_spark_provider_resolves_the_connection(compose, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("CONN="))
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("CONN="))
     assert json.loads(line[5:]) == {"master": MASTER_URL, "deploy_mode": "client"}
 
 
@@ -235,7 +259,9 @@ def test_one_shared_data_volume_at_the_same_path_everywhere(compose, services):
 def test_project_code_is_mounted_read_only_at_the_same_paths(compose, services):
     seen = {}
     for name in [*airflow_services(compose), *SPARK_SERVICES]:
-        binds = {m["source"].lstrip("./").rstrip("/"): m for m in mounts_of(services[name]) if m["type"] == "bind"}
+        binds = {
+            m["source"].lstrip("./").rstrip("/"): m for m in mounts_of(services[name]) if m["type"] == "bind"
+        }
         for directory in PROJECT_DIRS:
             assert directory in binds, f"{name} does not mount ./{directory}"
             assert binds[directory]["read_only"], f"{name}: ./{directory} is writable"
@@ -244,8 +270,12 @@ def test_project_code_is_mounted_read_only_at_the_same_paths(compose, services):
 
 
 def test_bind_mount_sources_exist_in_the_repo(services):
-    missing = [(name, m["source"]) for name, s in services.items() for m in mounts_of(s)
-               if m["type"] == "bind" and not (ROOT / m["source"]).exists()]
+    missing = [
+        (name, m["source"])
+        for name, s in services.items()
+        for m in mounts_of(s)
+        if m["type"] == "bind" and not (ROOT / m["source"]).exists()
+    ]
     assert not missing, missing
 
 
@@ -261,7 +291,7 @@ def test_spark_master_command(services):
     cmd = full_command(services["spark-master"])
     i = cmd.index("spark-class")
     assert cmd[i + 1] == "org.apache.spark.deploy.master.Master"
-    args = cmd[i + 2:]
+    args = cmd[i + 2 :]
     assert args[args.index("--host") + 1] == "spark-master"
     assert args[args.index("--port") + 1] == "7077"
     assert args[args.index("--webui-port") + 1] == "8081"
@@ -272,7 +302,7 @@ def test_spark_worker_command_and_sizing(services):
     worker = services["spark-worker"]
     cmd = full_command(worker)
     i = cmd.index("spark-class")
-    assert cmd[i + 1:] == ["org.apache.spark.deploy.worker.Worker", MASTER_URL]
+    assert cmd[i + 1 :] == ["org.apache.spark.deploy.worker.Worker", MASTER_URL]
     assert "airflow" not in cmd
     env = env_of(worker)
     assert re.fullmatch(r"\d+[mg]", interpolate(env["SPARK_WORKER_MEMORY"]))
@@ -290,7 +320,9 @@ def test_every_published_port_is_bound_to_loopback(services):
     assert any(interpolate(str(p)).endswith(":8081") for _, p in published), "Spark master UI"
 
 
-@pytest.mark.parametrize("entry", ["8080:8080", "0.0.0.0:8080:8080", "8080", {"target": 8080, "published": 8080}])
+@pytest.mark.parametrize(
+    "entry", ["8080:8080", "0.0.0.0:8080:8080", "8080", {"target": 8080, "published": 8080}]
+)
 def test_port_check_rejects_entries_open_to_the_network(entry):
     assert published_host_ips(entry) != "127.0.0.1"
 
@@ -298,6 +330,7 @@ def test_port_check_rejects_entries_open_to_the_network(entry):
 def test_healthchecks(services):
     def test_of(name):
         return " ".join(services[name]["healthcheck"]["test"])
+
     assert "/api/v2/monitor/health" in test_of("airflow-apiserver")
     assert "8974/health" in test_of("airflow-scheduler")
     assert "pg_isready" in test_of("postgres")
@@ -364,17 +397,22 @@ def test_dockerfile_installs_requirements_like_install_sh():
     assert any("-r /tmp/requirements/requirements.txt" in c for c in requirement_installs)
     assert "COPY requirements.txt" in DOCKERFILE.read_text()
     last = installs[-1]
-    assert "--no-deps" in last and "--reinstall-package pyspark" in last, f"pyspark is not reinstalled last: {last}"
+    assert "--no-deps" in last and "--reinstall-package pyspark" in last, (
+        f"pyspark is not reinstalled last: {last}"
+    )
     uv_pin = re.search(r'"uv==([\d.]+)"', (ROOT / "scripts" / "install.sh").read_text()).group(1)
     assert f"UV_VERSION={uv_pin}" in DOCKERFILE.read_text(), "uv pin differs from scripts/install.sh"
     extra = ROOT / "docker" / "requirements-postgres.txt"
-    pins = [l for l in extra.read_text().splitlines() if l.strip() and not l.startswith("#")]
-    assert pins and all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+_-]+", l) for l in pins), pins
+    pins = [ln for ln in extra.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+_-]+", ln) for ln in pins), pins
 
 
 def test_dockerfile_copies_exist_and_are_not_ignored():
-    ignored = {l.strip().rstrip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()
-               if l.strip() and not l.startswith("#")}
+    ignored = {
+        ln.strip().rstrip("/")
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
     for line in (".venv", "runs", "reports", "var", ".git"):
         assert line in ignored, line
     assert any("__pycache__" in line for line in ignored)
@@ -403,6 +441,12 @@ def test_docker_compose_config_validates():
     if cli is None:
         pytest.skip("no working `docker compose` (docker binary or its compose plugin is missing)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    out = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr

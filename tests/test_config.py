@@ -46,7 +46,10 @@ def test_nested_and_dotted_overrides_merge():
     "override, fragments",
     [
         ({"modeling.algoritms": ["kmeans"]}, ["modeling.algoritms", "unknown key", "algorithms"]),
-        ({"modeling.hyperparameters": "medium"}, ["modeling.hyperparameters", "'simple' or 'complex'", "medium"]),
+        (
+            {"modeling.hyperparameters": "medium"},
+            ["modeling.hyperparameters", "'simple' or 'complex'", "medium"],
+        ),
         ({"modeling.algorithms": ["svm"]}, ["modeling.algorithms.0", "isolation_forest", "svm"]),
         ({"modeling.contamination": 0.9}, ["modeling.contamination", "0.5"]),
         ({"evaluation.metric": "accuracy"}, ["evaluation.metric", "silhouette", "davies_bouldin"]),
@@ -73,7 +76,10 @@ def test_partial_grid_override_keeps_other_levels():
 
 def test_set_option_values_are_read_as_yaml():
     assert parse_set_option("modeling.contamination=0.1") == ("modeling.contamination", 0.1)
-    assert parse_set_option("modeling.algorithms=[kmeans, dbscan]") == ("modeling.algorithms", ["kmeans", "dbscan"])
+    assert parse_set_option("modeling.algorithms=[kmeans, dbscan]") == (
+        "modeling.algorithms",
+        ["kmeans", "dbscan"],
+    )
     assert parse_set_option("source.url=http://x/?a=b") == ("source.url", "http://x/?a=b")
     with pytest.raises(ConfigError, match="key=value"):
         parse_set_option("no-equals-sign")

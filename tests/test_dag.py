@@ -1,6 +1,7 @@
 """DAG integrity: it imports cleanly and is wired as documented (no Airflow services needed)."""
 
 import os
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,16 @@ def test_dag_is_manual_tagged_and_documented(dag):
 
 
 def test_params_make_a_documented_trigger_form(dag):
-    expected = {"config", "url", "mode", "algorithms", "hyperparameters", "metric", "contamination", "label_column"}
+    expected = {
+        "config",
+        "url",
+        "mode",
+        "algorithms",
+        "hyperparameters",
+        "metric",
+        "contamination",
+        "label_column",
+    }
     assert expected <= set(dag.params.keys())
     for name in expected:
         param = dag.params.get_param(name)
@@ -62,13 +72,13 @@ def test_dag_file_is_thin_wiring():
 
 
 def test_review_gate_accepts_an_answer_naming_only_some_fields(dag):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     gate = dag.get_task("review")
     event = {
         "chosen_options": ["Approve"],
         "params_input": {"comment": "ok"},
-        "responded_at": datetime.now(timezone.utc),
+        "responded_at": datetime.now(UTC),
         "responded_by_user": {"id": "1", "name": "ana"},
     }
     out = gate.execute_complete({}, event)

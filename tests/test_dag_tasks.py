@@ -11,15 +11,24 @@ def _dirs(tmp_path, monkeypatch):
 
 
 def test_params_override_the_config_file_and_empty_fields_keep_it():
-    cfg = dag_tasks.config_from_params({"config": "demo.yaml", "contamination": 0.1, "mode": None, "algorithms": []})
+    cfg = dag_tasks.config_from_params(
+        {"config": "demo.yaml", "contamination": 0.1, "mode": None, "algorithms": []}
+    )
     assert cfg.modeling.contamination == 0.1
     assert cfg.processing.mode == "native"  # from demo.yaml
-    assert cfg.modeling.algorithms == ["ensemble", "isolation_forest", "kmeans", "dbscan"]  # the default: an empty list keeps it
+    assert cfg.modeling.algorithms == [
+        "ensemble",
+        "isolation_forest",
+        "kmeans",
+        "dbscan",
+    ]  # the default: an empty list keeps it
     assert cfg.output.runs_dir.endswith("runs")
 
 
 def test_form_fields_beat_free_overrides():
-    cfg = dag_tasks.config_from_params({"overrides": {"modeling.contamination": 0.2, "source.retries": 7}, "contamination": 0.3})
+    cfg = dag_tasks.config_from_params(
+        {"overrides": {"modeling.contamination": 0.2, "source.retries": 7}, "contamination": 0.3}
+    )
     assert cfg.modeling.contamination == 0.3 and cfg.source.retries == 7
 
 
@@ -44,14 +53,26 @@ def test_bad_conf_names_the_key(params, fragment):
 def test_choose_path_by_mode_and_rows():
     assert dag_tasks.choose_path({"mode": "spark"}, {"rows": 10})[0] == "spark"
     assert dag_tasks.choose_path({"mode": "native"}, {"rows": 10**9})[0] == "native"
-    path, why = dag_tasks.choose_path({"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, {"rows": 100})
+    path, why = dag_tasks.choose_path(
+        {"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, {"rows": 100}
+    )
     assert path == "spark" and "100" in why
-    assert dag_tasks.choose_path({"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, {"rows": 99})[0] == "native"
+    assert (
+        dag_tasks.choose_path(
+            {"mode": "auto", "overrides": {"processing.auto_threshold_rows": 100}}, {"rows": 99}
+        )[0]
+        == "native"
+    )
 
 
 def test_resolve_writes_the_config_and_run_meta(tmp_path):
-    out = dag_tasks.resolve({"config": "demo.yaml", "rerun_of": "manual__first"}, "rerun__manual__2026-11-27T06:00:00+00:00")
-    assert out["run_dir"].endswith("rerun__manual__2026-11-27T06-00-00_00-00") or "rerun__manual__2026" in out["run_dir"]
+    out = dag_tasks.resolve(
+        {"config": "demo.yaml", "rerun_of": "manual__first"}, "rerun__manual__2026-11-27T06:00:00+00:00"
+    )
+    assert (
+        out["run_dir"].endswith("rerun__manual__2026-11-27T06-00-00_00-00")
+        or "rerun__manual__2026" in out["run_dir"]
+    )
     run_dir = tmp_path / "runs" / out["run_dir"].rsplit("/", 1)[1]
     assert (run_dir / "config.resolved.yaml").exists()
     assert '"rerun_of": "manual__first"' in (run_dir / "run_meta.json").read_text()
@@ -72,4 +93,6 @@ def test_a_config_symlinked_out_of_the_configs_folder_is_refused(tmp_path, monke
 
 def test_the_deployment_decides_where_outputs_go(tmp_path):
     cfg = dag_tasks.config_from_params({"config": "demo.yaml"})
-    assert cfg.output.runs_dir == str(tmp_path / "runs") and cfg.output.reports_dir == str(tmp_path / "reports")
+    assert cfg.output.runs_dir == str(tmp_path / "runs") and cfg.output.reports_dir == str(
+        tmp_path / "reports"
+    )

@@ -12,7 +12,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC
+from typing import Any
 
 import numpy as np
 import orjson
@@ -55,7 +57,9 @@ def get_json(url: str) -> tuple[int, Any]:
 def metric_matrix(dataset: DemoDataset, rows: list[dict[str, Any]]) -> np.ndarray:
     """Metric values as a float matrix, NaN for null or absent cells."""
     names = dataset.metric_names
-    return np.array([[r["metrics"].get(n) if r["metrics"].get(n) is not None else np.nan for n in names] for r in rows])
+    return np.array(
+        [[r["metrics"].get(n) if r["metrics"].get(n) is not None else np.nan for n in names] for r in rows]
+    )
 
 
 # --------------------------------------------------------------------------- generator
@@ -81,7 +85,10 @@ def test_record_shape(dataset: DemoDataset, records: list[dict[str, Any]]) -> No
     assert isinstance(first["sensor"]["location"]["lon"], float)
     assert 1 <= len({r["sensor"]["site"] for r in records}) <= 6
     assert all(r["status"] == "ok" for r in records)
-    assert all(isinstance(r["tags"], list) and r["tags"] and all(isinstance(t, str) for t in r["tags"]) for r in records)
+    assert all(
+        isinstance(r["tags"], list) and r["tags"] and all(isinstance(t, str) for t in r["tags"])
+        for r in records
+    )
     assert len({len(r["tags"]) for r in records}) > 1
     assert dataset.metric_names == [f"m{i:02d}" for i in range(1, 13)]
     assert all(set(r["metrics"]) <= set(dataset.metric_names) for r in records)
@@ -89,11 +96,11 @@ def test_record_shape(dataset: DemoDataset, records: list[dict[str, Any]]) -> No
 
 
 def test_timestamp_is_epoch_plus_id_minutes(records: list[dict[str, Any]]) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    epoch = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(2026, 1, 1, tzinfo=UTC)
     for r in records[:: len(records) // 20]:
-        stamp = datetime.strptime(r["timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        stamp = datetime.strptime(r["timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         assert stamp == epoch + timedelta(minutes=r["id"])
 
 
@@ -155,7 +162,9 @@ def test_planted_rows_are_far_from_normal_rows(dataset: DemoDataset, records: li
     assert (extreme[~is_planted] >= 2).mean() < 0.005
 
 
-def test_distance_score_ranks_planted_rows_on_top(dataset: DemoDataset, records: list[dict[str, Any]]) -> None:
+def test_distance_score_ranks_planted_rows_on_top(
+    dataset: DemoDataset, records: list[dict[str, Any]]
+) -> None:
     """Like the pipeline: median-impute, min-max scale, score by distance to the 10th nearest neighbour."""
     values = metric_matrix(dataset, records)
     values = np.where(np.isnan(values), np.nanmedian(values, axis=0), values)
@@ -254,7 +263,13 @@ def test_records_defaults_and_cap(api: str, records: list[dict[str, Any]]) -> No
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("limit=abc", "limit"), ("limit=0", "limit"), ("limit=-5", "limit"), ("offset=-1", "offset"), ("offset=1.5", "offset")],
+    [
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("limit=-5", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=1.5", "offset"),
+    ],
 )
 def test_bad_parameters_give_400(api: str, query: str, param: str) -> None:
     status, body = get_json(f"{api}/records?{query}")
@@ -272,7 +287,9 @@ def test_planted_and_health(api: str, dataset: DemoDataset) -> None:
     assert status == 200 and planted["ids"] == dataset.planted_ids
     assert sorted(map(int, planted["columns"])) == dataset.planted_ids
     status, health = get_json(f"{api}/health")
-    assert status == 200 and health["status"] == "ok" and health["rows"] == ROWS and health["drift_per_run"] == 0
+    assert (
+        status == 200 and health["status"] == "ok" and health["rows"] == ROWS and health["drift_per_run"] == 0
+    )
 
 
 def test_planted_columns_are_the_ones_pushed_away(dataset: DemoDataset) -> None:
@@ -290,8 +307,11 @@ def test_planted_columns_are_the_ones_pushed_away(dataset: DemoDataset) -> None:
 def test_drift_shifts_two_metrics_further_on_every_run(dataset: DemoDataset) -> None:
     server, url = serve_in_thread(dataset, drift_per_run=0.5)
     try:
+
         def run_means() -> np.ndarray:
-            pages = [get_json(f"{url}/records?offset={o}&limit=1000")[1]["data"] for o in range(0, ROWS, 1000)]
+            pages = [
+                get_json(f"{url}/records?offset={o}&limit=1000")[1]["data"] for o in range(0, ROWS, 1000)
+            ]
             return np.nanmean(metric_matrix(dataset, [r for page in pages for r in page]), axis=0)
 
         first, second, third = run_means(), run_means(), run_means()

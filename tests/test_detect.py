@@ -10,7 +10,9 @@ def blobs_with_outliers(n=600, d=4, outliers=12, seed=0):
     centers = rng.uniform(0.2, 0.8, size=(3, d))
     X = centers[rng.integers(0, 3, n)] + rng.normal(0, 0.02, size=(n, d))
     idx = rng.choice(n, outliers, replace=False)
-    X[idx] = rng.uniform(0, 1, size=(outliers, d)) * np.where(rng.random((outliers, d)) < 0.5, 0.05, 1.0) + 0.95 * (rng.random((outliers, d)) < 0.5)
+    X[idx] = rng.uniform(0, 1, size=(outliers, d)) * np.where(
+        rng.random((outliers, d)) < 0.5, 0.05, 1.0
+    ) + 0.95 * (rng.random((outliers, d)) < 0.5)
     y = np.zeros(n, dtype=np.int8)
     y[idx] = 1
     return np.clip(X, 0, 2), y

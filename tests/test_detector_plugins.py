@@ -71,5 +71,11 @@ def test_one_new_file_adds_a_detector_the_config_and_the_grid_runner_accept(tmp_
         print("ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path)},
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

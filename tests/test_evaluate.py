@@ -1,14 +1,27 @@
 import numpy as np
 import pytest
-
-from anomaly_detection.detect import Detection
 from sklearn.metrics import silhouette_score
 
-from anomaly_detection.evaluate import ModelResult, evaluate, internal_metrics, select_best, two_group_silhouette
+from anomaly_detection.detect import Detection
+from anomaly_detection.evaluate import (
+    ModelResult,
+    evaluate,
+    internal_metrics,
+    select_best,
+    two_group_silhouette,
+)
 
 
 def _detection(scores, labels, algorithm="kmeans", params=None, info=None):
-    return Detection(algorithm, params or {"n_clusters": 3}, np.asarray(scores, float), np.asarray(labels, np.int8), 0.5, 0.1, info or {"n_clusters": 3})
+    return Detection(
+        algorithm,
+        params or {"n_clusters": 3},
+        np.asarray(scores, float),
+        np.asarray(labels, np.int8),
+        0.5,
+        0.1,
+        info or {"n_clusters": 3},
+    )
 
 
 def _result(score, metric="silhouette", flags=(), algorithm="kmeans"):
@@ -80,7 +93,9 @@ def test_fast_silhouette_matches_scikit_learn(n, d, share):
     labels = (rng.random(n) < share).astype(np.int8)
     labels[:2] = [0, 1]
     X[labels == 1] += 0.3
-    assert two_group_silhouette(X, labels, chunk_rows=128) == pytest.approx(silhouette_score(X, labels), abs=1e-9)
+    assert two_group_silhouette(X, labels, chunk_rows=128) == pytest.approx(
+        silhouette_score(X, labels), abs=1e-9
+    )
 
 
 def test_fast_silhouette_single_member_group_scores_zero_for_it():

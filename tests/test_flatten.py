@@ -148,7 +148,7 @@ def test_deep_nesting_flattens_without_recursion(depth):
 
 
 def test_json_text_of_very_deep_values_is_valid_json():
-    value = nested(1_500, leaf=[1.5, None, True, "é\""])
+    value = nested(1_500, leaf=[1.5, None, True, 'é"'])
     text = _json_text(value)
     parsed = parse_json(text.encode(), source="test")
     assert depth_of(parsed) == 1_500
@@ -268,7 +268,10 @@ def test_parallel_arrays_are_zipped_into_rows():
     payload = {
         "latitude": 45.75,
         "hourly_units": {"time": "iso8601", "t": "°C"},
-        "hourly": {"time": ["2024-01-01T00:00", "2024-01-01T01:00", "2024-01-01T02:00"], "t": [1.5, None, 2.5]},
+        "hourly": {
+            "time": ["2024-01-01T00:00", "2024-01-01T01:00", "2024-01-01T02:00"],
+            "t": [1.5, None, 2.5],
+        },
     }
     expected = [
         {"time": "2024-01-01T00:00", "t": 1.5},
@@ -278,7 +281,11 @@ def test_parallel_arrays_are_zipped_into_rows():
     assert extract_records(payload, "hourly", source="s") == (expected, "hourly")
     assert extract_records(payload, None, source="s") == (expected, "hourly")
     frame, _, _ = table(expected)
-    assert pd.api.types.is_datetime64_any_dtype(frame["time"]) and frame["t"].isna().tolist() == [False, True, False]
+    assert pd.api.types.is_datetime64_any_dtype(frame["time"]) and frame["t"].isna().tolist() == [
+        False,
+        True,
+        False,
+    ]
 
 
 def test_wrong_path_names_missing_key_available_keys_and_url():
@@ -309,7 +316,9 @@ def test_no_list_of_records_names_keys_and_url():
     with pytest.raises(IngestionError) as info:
         extract_records({"status": "ok", "count": 3}, None, source="http://api.test/stats")
     message = str(info.value)
-    assert "no list of records" in message and "status, count" in message and "http://api.test/stats" in message
+    assert (
+        "no list of records" in message and "status, count" in message and "http://api.test/stats" in message
+    )
     assert "records_path" in message
 
 
@@ -338,7 +347,9 @@ def test_column_wise_flattening_matches_record_by_record():
     records = [{f"f{j}": value(0) for j in range(5) if rnd.random() < 0.9} | {"x.k0": 1} for _ in range(300)]
     for depth in (1, 2, 32):
         fast = flatten_records(records, max_depth=depth, stats=FlattenStats())
-        slow = pd.DataFrame.from_records([flatten_record(r, max_depth=depth, stats=FlattenStats()) for r in records])
+        slow = pd.DataFrame.from_records(
+            [flatten_record(r, max_depth=depth, stats=FlattenStats()) for r in records]
+        )
         slow = slow.loc[:, [c for c in slow.columns if slow[c].notna().any() or c in fast.columns]]
         assert set(fast.columns) == set(slow.columns), depth
         for column in fast.columns:
@@ -369,7 +380,10 @@ def test_the_column_cap_refuses_wide_records_before_building_a_frame(from_record
     from anomaly_detection.flatten import TooManyColumns
 
     wide = [{"id": 1}, {f"k{i}": i for i in range(50)}]
-    with pytest.raises(TooManyColumns, match=r"more than processing.max_columns=10 columns \(51 distinct keys at the top level\)"):
+    with pytest.raises(
+        TooManyColumns,
+        match=r"more than processing.max_columns=10 columns \(51 distinct keys at the top level\)",
+    ):
         flatten_records(wide, max_depth=32, stats=FlattenStats(), max_columns=10)
     assert from_records_calls == []
     nested = [{"id": 1, "obj": {f"k{i}": i for i in range(50)}}]
@@ -377,7 +391,9 @@ def test_the_column_cap_refuses_wide_records_before_building_a_frame(from_record
         flatten_records(nested, max_depth=32, stats=FlattenStats(), max_columns=10)
     assert from_records_calls == [2]  # the top level only, never the 50-column object
     with pytest.raises(TooManyColumns, match="max_columns=10"):
-        flatten_records([1, {f"k{i}": i for i in range(50)}], max_depth=32, stats=FlattenStats(), max_columns=10)
+        flatten_records(
+            [1, {f"k{i}": i for i in range(50)}], max_depth=32, stats=FlattenStats(), max_columns=10
+        )
 
 
 def test_the_column_cap_allows_exactly_the_limit():
@@ -386,7 +402,11 @@ def test_the_column_cap_allows_exactly_the_limit():
     assert list(frame.columns) == ["a", "b", "b.c", "b.d.e"]  # "b" stays: it is a number in one record
     with pytest.raises(IngestionError, match="max_columns=3"):
         flatten_records(records, max_depth=32, stats=FlattenStats(), max_columns=3)
-    assert list(flatten_records(records[:1], max_depth=32, stats=FlattenStats(), max_columns=3).columns) == ["a", "b.c", "b.d.e"]
+    assert list(flatten_records(records[:1], max_depth=32, stats=FlattenStats(), max_columns=3).columns) == [
+        "a",
+        "b.c",
+        "b.d.e",
+    ]
 
 
 def test_invalid_utf8_is_read_with_replacement_characters_and_a_warning(caplog):

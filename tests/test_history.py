@@ -29,7 +29,9 @@ def test_psi_and_ks_from_quantiles_match_the_raw_samples(shift):
     rng = np.random.default_rng(1)
     before, after = rng.normal(0, 1, 5000), rng.normal(shift, 1, 5000)
     a, b = profile(before), profile(after)
-    assert history.psi(a, b) == pytest.approx(exact_psi(before, after), abs=0.02 + 0.05 * exact_psi(before, after))
+    assert history.psi(a, b) == pytest.approx(
+        exact_psi(before, after), abs=0.02 + 0.05 * exact_psi(before, after)
+    )
     assert history.ks(a, b) == pytest.approx(stats.ks_2samp(before, after).statistic, abs=0.015)
 
 
@@ -57,7 +59,9 @@ def test_a_point_mass_feature_does_not_break_psi():
 
 def _append_many(path: str, worker: int) -> None:
     for i in range(50):
-        history.append(history.history_path(path), {"run_id": f"w{worker}-{i}", "source_key": "s", "pad": "x" * 5000})
+        history.append(
+            history.history_path(path), {"run_id": f"w{worker}-{i}", "source_key": "s", "pad": "x" * 5000}
+        )
 
 
 def test_concurrent_appends_never_interleave(tmp_path):
@@ -101,7 +105,9 @@ def test_source_key_depends_on_url_records_path_and_name():
 
 def test_nan_and_numpy_values_are_stored_as_valid_json(tmp_path):
     path = tmp_path / "history.jsonl"
-    history.append(path, {"run_id": "r", "score": float("nan"), "rows": np.int64(5), "share": np.float32(0.5)})
+    history.append(
+        path, {"run_id": "r", "score": float("nan"), "rows": np.int64(5), "share": np.float32(0.5)}
+    )
     (entry,) = history.read(path)
     assert entry["score"] is None and entry["rows"] == 5 and entry["share"] == 0.5
 

@@ -32,7 +32,9 @@ class Sleeps(list):
 
 
 def run(url: str, raw_dir: Path, *, sleep=None, processing: dict | None = None, **source):
-    config = build_config({"source": {"url": url, "backoff_seconds": 0.01, **source}, "processing": processing or {}})
+    config = build_config(
+        {"source": {"url": url, "backoff_seconds": 0.01, **source}, "processing": processing or {}}
+    )
     return ingest(config.source, config.processing, raw_dir, sleep=sleep if sleep is not None else Sleeps())
 
 
@@ -119,7 +121,12 @@ def test_next_url_in_the_body(api_server, tmp_path, style):
         return json_body({"data": rows(n * 2, n * 2 + 2), "links": {"next": link(n + 1) if n < 2 else None}})
 
     api_server.route("/items", handler)
-    result = run(api_server.url("/items"), tmp_path, records_path="data", pagination={"type": "next_url", "next_url_path": "links.next"})
+    result = run(
+        api_server.url("/items"),
+        tmp_path,
+        records_path="data",
+        pagination={"type": "next_url", "next_url_path": "links.next"},
+    )
     assert [r.raw_path for r in api_server.requests] == ["/items", "/items?cursor=1", "/items?cursor=2"]
     assert result.frame["id"].tolist() == list(range(6))
 
@@ -165,7 +172,9 @@ def test_a_self_link_stops(api_server, tmp_path):
 
 def test_max_records_truncates_exactly(api_server, tmp_path):
     api_server.route("/items", offset_handler(100))
-    result = run(api_server.url("/items"), tmp_path, max_records=15, pagination={"type": "offset", "page_size": 10})
+    result = run(
+        api_server.url("/items"), tmp_path, max_records=15, pagination={"type": "offset", "page_size": 10}
+    )
     assert api_server.count() == 2
     assert result.frame["id"].tolist() == list(range(15))
     assert result.truncated
@@ -183,7 +192,12 @@ def test_max_pages(api_server, tmp_path):
         return json_body({"data": rows(n, n + 1), "next": f"/endless?cursor={n + 1}"})
 
     api_server.route("/endless", handler)
-    result = run(api_server.url("/endless"), tmp_path, records_path="data", pagination={"type": "next_url", "max_pages": 3})
+    result = run(
+        api_server.url("/endless"),
+        tmp_path,
+        records_path="data",
+        pagination={"type": "next_url", "max_pages": 3},
+    )
     assert api_server.count() == 3 and len(result.pages) == 3
     assert result.frame["id"].tolist() == [0, 1, 2]
 
@@ -327,7 +341,9 @@ def test_bearer_token_from_env(api_server, tmp_path, monkeypatch, debug_logs):
 def test_bearer_token_never_in_errors(api_server, tmp_path, monkeypatch, debug_logs):
     monkeypatch.setenv("MY_API_TOKEN", SECRET)
     # a server that echoes the credential in its error body
-    api_server.route("/private", lambda req: (401, {"Content-Type": "text/plain"}, f"bad token {SECRET}".encode()))
+    api_server.route(
+        "/private", lambda req: (401, {"Content-Type": "text/plain"}, f"bad token {SECRET}".encode())
+    )
     with pytest.raises(IngestionError) as info:
         run(api_server.url("/private"), tmp_path, auth={"type": "bearer", "token_env": "MY_API_TOKEN"})
     assert "HTTP 401" in str(info.value)
@@ -337,8 +353,15 @@ def test_bearer_token_never_in_errors(api_server, tmp_path, monkeypatch, debug_l
 def test_basic_auth(api_server, tmp_path, monkeypatch, debug_logs):
     monkeypatch.setenv("API_USER", "alice")
     monkeypatch.setenv("API_PASS", "pa55-w0rd!")
-    api_server.route("/private", lambda req: (500, {}, b"") if req.headers.get("authorization") is None else json_body(rows(0, 1)))
-    result = run(api_server.url("/private"), tmp_path, auth={"type": "basic", "username_env": "API_USER", "password_env": "API_PASS"})
+    api_server.route(
+        "/private",
+        lambda req: (500, {}, b"") if req.headers.get("authorization") is None else json_body(rows(0, 1)),
+    )
+    result = run(
+        api_server.url("/private"),
+        tmp_path,
+        auth={"type": "basic", "username_env": "API_USER", "password_env": "API_PASS"},
+    )
     (req,) = api_server.requests
     scheme, _, token = req.headers["authorization"].partition(" ")
     assert scheme == "Basic" and base64.b64decode(token).decode() == "alice:pa55-w0rd!"
@@ -350,14 +373,23 @@ def test_basic_auth(api_server, tmp_path, monkeypatch, debug_logs):
 def test_custom_header_auth(api_server, tmp_path, monkeypatch):
     monkeypatch.setenv("KEY", SECRET)
     api_server.json("/k", rows(0, 1))
-    run(api_server.url("/k"), tmp_path, auth={"type": "header", "token_env": "KEY", "header_name": "X-Api-Key"})
+    run(
+        api_server.url("/k"),
+        tmp_path,
+        auth={"type": "header", "token_env": "KEY", "header_name": "X-Api-Key"},
+    )
     assert api_server.requests[0].headers["x-api-key"] == SECRET
 
 
 def test_query_param_auth(api_server, tmp_path, monkeypatch, debug_logs):
     monkeypatch.setenv("KEY", SECRET)
     api_server.route("/items", offset_handler(15))
-    run(api_server.url("/items"), tmp_path, auth={"type": "query", "token_env": "KEY"}, pagination={"type": "offset", "page_size": 10})
+    run(
+        api_server.url("/items"),
+        tmp_path,
+        auth={"type": "query", "token_env": "KEY"},
+        pagination={"type": "offset", "page_size": 10},
+    )
     assert [r.query["api_key"] for r in api_server.requests] == [SECRET, SECRET]
     assert_secret_hidden(SECRET, tmp_path, debug_logs.text)
 
@@ -390,7 +422,12 @@ def test_credentials_are_not_sent_to_another_host(api_server, tmp_path, monkeypa
     with ApiServer() as other:
         other.json("/stolen", rows(2, 3))
         api_server.json("/start", {"items": rows(0, 2), "next": other.url("/stolen")})
-        result = run(api_server.url("/start"), tmp_path, auth={"type": "bearer", "token_env": "MY_API_TOKEN"}, pagination={"type": "next_url"})
+        result = run(
+            api_server.url("/start"),
+            tmp_path,
+            auth={"type": "bearer", "token_env": "MY_API_TOKEN"},
+            pagination={"type": "next_url"},
+        )
         (theirs,) = other.requests
     assert api_server.requests[0].headers["authorization"] == f"Bearer {SECRET}"
     assert "authorization" not in theirs.headers
@@ -451,7 +488,11 @@ def test_object_without_a_list_of_records(api_server, tmp_path):
     with pytest.raises(IngestionError) as info:
         run(api_server.url("/obj"), tmp_path)
     message = str(info.value)
-    assert "no list of records" in message and "status, count, meta" in message and api_server.url("/obj") in message
+    assert (
+        "no list of records" in message
+        and "status, count, meta" in message
+        and api_server.url("/obj") in message
+    )
     assert (tmp_path / "page-00001.json").exists()
 
 
@@ -499,7 +540,9 @@ def test_bad_json_on_a_later_page_keeps_earlier_pages(api_server, tmp_path):
     with pytest.raises(IngestionError) as info:
         run(api_server.url("/p1"), tmp_path, records_path="items", pagination={"type": "next_url"})
     message = str(info.value)
-    assert api_server.url("/p2") in message and "not valid JSON" in message and "after 4 attempt(s)" in message
+    assert (
+        api_server.url("/p2") in message and "not valid JSON" in message and "after 4 attempt(s)" in message
+    )
     assert "page-00002.json" in message and "line 1 column" in message
     assert api_server.count("/p2") == 4  # a cut-off JSON body is retried like a transient fault
     attempts = [f"page-00002.attempt{n}.json" for n in (1, 2, 3)]
@@ -530,7 +573,13 @@ def test_records_of_mixed_types_are_typed(api_server, tmp_path):
 
 def test_a_cut_off_json_body_is_retried_and_the_good_body_is_the_snapshot(api_server, tmp_path):
     good = json.dumps(rows(0, 3)).encode()
-    api_server.route("/r", [(200, {"Content-Type": "application/json"}, good[:-9]), (200, {"Content-Type": "application/json"}, good)])
+    api_server.route(
+        "/r",
+        [
+            (200, {"Content-Type": "application/json"}, good[:-9]),
+            (200, {"Content-Type": "application/json"}, good),
+        ],
+    )
     sleeps = Sleeps()
     result = run(api_server.url("/r"), tmp_path, sleep=sleeps)
     assert result.frame["id"].tolist() == [0, 1, 2] and api_server.count() == 2 and sleeps == [0.01]
@@ -538,7 +587,11 @@ def test_a_cut_off_json_body_is_retried_and_the_good_body_is_the_snapshot(api_se
     assert (tmp_path / "page-00001.attempt1.json").read_bytes() == good[:-9]
     assert (tmp_path / "page-00001.json").read_bytes() == good
     (entry,) = json.loads((tmp_path / "manifest.json").read_text())
-    assert entry["set_aside"] == ["page-00001.attempt1.json"] and entry["attempts"] == 2 and entry["records"] == 3
+    assert (
+        entry["set_aside"] == ["page-00001.attempt1.json"]
+        and entry["attempts"] == 2
+        and entry["records"] == 3
+    )
 
 
 def test_a_200_that_is_plainly_not_json_is_not_retried(api_server, tmp_path):
@@ -558,7 +611,11 @@ def test_the_byte_cap_refuses_a_large_response_at_once(api_server, tmp_path):
     with pytest.raises(IngestionError) as info:
         ingest(source, config.processing, tmp_path, sleep=Sleeps())
     message = str(info.value)
-    assert api_server.url("/big") in message and "source.max_response_bytes=1000" in message and "Content-Length is" in message
+    assert (
+        api_server.url("/big") in message
+        and "source.max_response_bytes=1000" in message
+        and "Content-Length is" in message
+    )
     assert api_server.count() == 1
 
 
@@ -574,7 +631,11 @@ def test_a_redirect_to_another_origin_carries_no_credentials(api_server, tmp_pat
     assert result.record_count == 3
     first, hop = api_server.requests_to("/start")[0], api_server.requests_to("/data")[0]
     assert first.headers["authorization"] == "Bearer tok-93a1f0" and first.headers["x-api-key"] == "hdr-51c2"
-    assert "authorization" not in hop.headers and "x-api-key" not in hop.headers and hop.headers["x-team"] == "ops"
+    assert (
+        "authorization" not in hop.headers
+        and "x-api-key" not in hop.headers
+        and hop.headers["x-team"] == "ops"
+    )
 
 
 def test_a_redirect_to_a_blocked_address_fails_at_once(api_server, tmp_path, monkeypatch):

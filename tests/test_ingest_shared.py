@@ -41,9 +41,16 @@ def run(url: str, raw_dir: Path, **source):
 
 @pytest.mark.parametrize("records_path", ["features", None])
 def test_usgs_geojson(api_server, tmp_path, records_path):
-    body = serve_file(api_server, "/earthquakes/feed/v1.0/summary/all_week.geojson", "usgs_earthquakes_all_week_2019.geojson", "application/geo+json")
+    body = serve_file(
+        api_server,
+        "/earthquakes/feed/v1.0/summary/all_week.geojson",
+        "usgs_earthquakes_all_week_2019.geojson",
+        "application/geo+json",
+    )
     features = json.loads(body)["features"]
-    result = run(api_server.url("/earthquakes/feed/v1.0/summary/all_week.geojson"), tmp_path, records_path=records_path)
+    result = run(
+        api_server.url("/earthquakes/feed/v1.0/summary/all_week.geojson"), tmp_path, records_path=records_path
+    )
     frame = result.frame
     assert result.records_path == "features"
     assert len(frame) == len(features) == 2241
@@ -90,7 +97,10 @@ def test_socrata_offset_pages(api_server, tmp_path):
         tmp_path,
         pagination={"type": "offset", "offset_param": "$offset", "limit_param": "$limit", "page_size": 1000},
     )
-    assert [(r.query["$offset"], r.query["$limit"]) for r in api_server.requests] == [("0", "1000"), ("1000", "1000")]
+    assert [(r.query["$offset"], r.query["$limit"]) for r in api_server.requests] == [
+        ("0", "1000"),
+        ("1000", "1000"),
+    ]
     assert len(result.frame) == 1000 + 1
     assert [p.records for p in result.pages] == [1000, 1]
     assert pd.api.types.is_numeric_dtype(result.frame["counts"])
@@ -102,13 +112,21 @@ def test_socrata_offset_pages(api_server, tmp_path):
 def test_worldbank_meta_data_pair(api_server, tmp_path, records_path):
     body = serve_file(api_server, "/v2/country/all/indicator/GC.DOD.TOTL.GD.ZS", "worldbank_debt.json")
     meta, data = json.loads(body)
-    result = run(api_server.url("/v2/country/all/indicator/GC.DOD.TOTL.GD.ZS?format=json"), tmp_path, records_path=records_path)
+    result = run(
+        api_server.url("/v2/country/all/indicator/GC.DOD.TOTL.GD.ZS?format=json"),
+        tmp_path,
+        records_path=records_path,
+    )
     frame = result.frame
     assert result.records_path == "1"
     assert len(frame) == len(data) == meta["total"] == 53
-    assert {"indicator.id", "indicator.value", "country.id", "country.value", "value", "date"} <= set(frame.columns)
+    assert {"indicator.id", "indicator.value", "country.id", "country.value", "value", "date"} <= set(
+        frame.columns
+    )
     assert "page" not in frame.columns
-    assert pd.api.types.is_numeric_dtype(frame["value"]) and frame["value"].isna().sum() == sum(r["value"] is None for r in data)
+    assert pd.api.types.is_numeric_dtype(frame["value"]) and frame["value"].isna().sum() == sum(
+        r["value"] is None for r in data
+    )
     assert pd.api.types.is_numeric_dtype(frame["date"])
     assert api_server.requests[0].query["format"] == "json"
 
@@ -120,14 +138,20 @@ def test_github_issues_replayed_with_link_header(api_server, tmp_path, monkeypat
     for exchange in gets:
         raw = exchange["rawHeaders"]
         headers = dict(zip(raw[0::2], raw[1::2]))
-        keep = {k: v.replace("https://api.github.com", api_server.base_url) for k, v in headers.items() if k.lower() in ("link", "content-type")}
+        keep = {
+            k: v.replace("https://api.github.com", api_server.base_url)
+            for k, v in headers.items()
+            if k.lower() in ("link", "content-type")
+        }
         by_path[exchange["path"]] = (exchange["status"], keep, json.dumps(exchange["response"]).encode())
     expected_token = gets[0]["reqheaders"]["authorization"]
 
     def replay(req):
         if req.headers.get("authorization") != expected_token:
             return 401, {"Content-Type": "application/json"}, b'{"message": "Bad credentials"}'
-        return by_path.get(req.raw_path, (404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}'))
+        return by_path.get(
+            req.raw_path, (404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}')
+        )
 
     for path in by_path:
         api_server.route(path.split("?")[0], replay)
@@ -153,7 +177,9 @@ def test_github_issues_replayed_with_link_header(api_server, tmp_path, monkeypat
 def test_open_meteo_parallel_arrays(api_server, tmp_path):
     body = serve_file(api_server, "/v1/forecast", "open_meteo_hourly.json")
     hourly = json.loads(body)["hourly"]
-    result = run(api_server.url("/v1/forecast?latitude=45.75&longitude=12.75"), tmp_path, records_path="hourly")
+    result = run(
+        api_server.url("/v1/forecast?latitude=45.75&longitude=12.75"), tmp_path, records_path="hourly"
+    )
     frame = result.frame
     assert len(frame) == len(hourly["time"]) == 168
     assert list(frame.columns) == list(hourly)
@@ -163,7 +189,9 @@ def test_open_meteo_parallel_arrays(api_server, tmp_path):
     assert with_values and all(pd.api.types.is_numeric_dtype(frame[c]) for c in with_values)
     all_null = set(hourly) - set(with_values) - {"time"}  # models without data in the recording
     assert all(frame[c].isna().all() for c in all_null)
-    assert frame["temperature_2m_ecmwf_ifs025"].tolist()[:5] == pytest.approx(hourly["temperature_2m_ecmwf_ifs025"][:5], nan_ok=True)
+    assert frame["temperature_2m_ecmwf_ifs025"].tolist()[:5] == pytest.approx(
+        hourly["temperature_2m_ecmwf_ifs025"][:5], nan_ok=True
+    )
 
 
 def test_open_meteo_auto_detects_the_hourly_columns(api_server, tmp_path):

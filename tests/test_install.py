@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,8 +15,12 @@ def _pin(name: str) -> str:
 
 
 def test_every_requirement_is_pinned_exactly():
-    lines = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
-    assert lines and all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+_-]+", l) for l in lines), lines
+    lines = [
+        ln
+        for ln in (ROOT / "requirements.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert lines and all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+_-]+", ln) for ln in lines), lines
 
 
 def test_installed_pyspark_is_the_pinned_one_with_its_jars():

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from demo_process import running_demo_api
 
 from anomaly_detection import memory
 from anomaly_detection.config import ProcessingConfig
-from demo_process import running_demo_api
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_guard_counts_pages_and_stops_past_the_budget():
     processing = ProcessingConfig(native_memory_budget_mb=400)
     guard = memory.IngestMemoryGuard(processing)
-    page = pd.DataFrame({"a": np.arange(10_000, dtype=float), "b": np.ones(10_000), "name": ["x" * 20] * 10_000})
+    page = pd.DataFrame(
+        {"a": np.arange(10_000, dtype=float), "b": np.ones(10_000), "name": ["x" * 20] * 10_000}
+    )
     guard(page)
     assert guard.rows == 10_000 and guard.estimate().numeric_columns == 2 and guard.estimate().columns == 3
     with pytest.raises(memory.MemoryBudgetExceeded, match=r"processing.mode: spark") as caught:
@@ -32,7 +34,9 @@ def test_the_guard_counts_pages_and_stops_past_the_budget():
 
 
 def test_parquet_estimates_come_from_metadata(tmp_path):
-    frame = pd.DataFrame({"a": np.arange(50_000, dtype=float), "b": np.arange(50_000), "t": ["text"] * 50_000})
+    frame = pd.DataFrame(
+        {"a": np.arange(50_000, dtype=float), "b": np.arange(50_000), "t": ["text"] * 50_000}
+    )
     frame.to_parquet(tmp_path / "one.parquet")
     parts = tmp_path / "parts"
     parts.mkdir()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import requests
+from http_fixtures import api_server, fake_dns, second_server  # noqa: F401
 from requests.adapters import HTTPAdapter
 
 from anomaly_detection.errors import ConfigError
@@ -24,7 +25,6 @@ from anomaly_detection.outbound import (
     guard_session,
     normalise_address,
 )
-from http_fixtures import api_server, fake_dns, second_server  # noqa: F401
 
 
 def policy(deny: str = "", allow: str = "") -> OutboundPolicy:
@@ -64,17 +64,20 @@ def test_ipv4_mapped_entries_become_ipv4():
 
 
 @pytest.mark.parametrize("variable", [DENY_VAR, ALLOW_VAR])
-@pytest.mark.parametrize("entry, expected", [
-    ("10.0.0.1/8", "did you mean 10.0.0.0/8?"),
-    ("10.0.0.0/33", "not a valid CIDR network"),
-    ("http://api.example.com/x", "is a URL; give only its host name"),
-    ("api.example.com:443", "leave out any port"),
-    ("api example.com", "not a host name"),
-    ("*", "not a host name"),
-    ("foo*.example.com", "not a host name"),
-    ("*.*.example.com", "not a host name"),
-    ("0.0.0.0", "unspecified address"),
-])
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ("10.0.0.1/8", "did you mean 10.0.0.0/8?"),
+        ("10.0.0.0/33", "not a valid CIDR network"),
+        ("http://api.example.com/x", "is a URL; give only its host name"),
+        ("api.example.com:443", "leave out any port"),
+        ("api example.com", "not a host name"),
+        ("*", "not a host name"),
+        ("foo*.example.com", "not a host name"),
+        ("*.*.example.com", "not a host name"),
+        ("0.0.0.0", "unspecified address"),
+    ],
+)
 def test_bad_entries_name_the_variable_and_the_entry(variable, entry, expected):
     with pytest.raises(OutboundPolicyError) as info:
         OutboundPolicy.from_env({variable: f"good.example.com, {entry}"})
@@ -86,16 +89,27 @@ def test_bad_entries_name_the_variable_and_the_entry(variable, entry, expected):
 # ---------------------------------------------------------------------------- matching
 
 
-@pytest.mark.parametrize("address", [
-    "169.254.169.254", "169.254.0.1", "::ffff:169.254.169.254", "::ffff:a9fe:a9fe", "[::ffff:169.254.169.254]",
-    "fe80::1", "fe80::1%eth0", "fd00:ec2::254",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",
+        "169.254.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:a9fe:a9fe",
+        "[::ffff:169.254.169.254]",
+        "fe80::1",
+        "fe80::1%eth0",
+        "fd00:ec2::254",
+    ],
+)
 def test_builtin_deny_list(address):
     with pytest.raises(BlockedDestination, match="always denied"):
         policy().check_address(address)
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1", "0.0.0.0", "93.184.216.34", "10.1.2.3", "fd00:ec2::253"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "127.0.0.2", "::1", "0.0.0.0", "93.184.216.34", "10.1.2.3", "fd00:ec2::253"]
+)
 def test_loopback_and_the_rest_are_allowed_by_default(address):
     policy().check_address(address)
 
@@ -118,9 +132,15 @@ def test_denied_network_message_names_host_address_and_rule():
     with pytest.raises(BlockedDestination) as info:
         policy(deny="10.0.0.0/8").check_address("::ffff:10.9.8.7", host="api.internal")
     blocked = info.value
-    assert str(blocked) == ("outbound request refused: api.internal (10.9.8.7) is in the denied network 10.0.0.0/8 "
-                            f"({DENY_VAR}; edit that variable to change)")
-    assert (blocked.host, blocked.address, blocked.rule) == ("api.internal", "10.9.8.7", f"10.0.0.0/8 ({DENY_VAR})")
+    assert str(blocked) == (
+        "outbound request refused: api.internal (10.9.8.7) is in the denied network 10.0.0.0/8 "
+        f"({DENY_VAR}; edit that variable to change)"
+    )
+    assert (blocked.host, blocked.address, blocked.rule) == (
+        "api.internal",
+        "10.9.8.7",
+        f"10.0.0.0/8 ({DENY_VAR})",
+    )
 
 
 def test_blocked_destination_is_fatal_not_retryable():
@@ -128,10 +148,17 @@ def test_blocked_destination_is_fatal_not_retryable():
     assert not issubclass(BlockedDestination, (requests.ConnectionError, requests.Timeout))
 
 
-@pytest.mark.parametrize("host, denied", [
-    ("a.example.com", True), ("a.b.example.com", True), ("A.Example.COM.", True),
-    ("example.com", False), ("badexample.com", False), ("example.com.evil", False),
-])
+@pytest.mark.parametrize(
+    "host, denied",
+    [
+        ("a.example.com", True),
+        ("a.b.example.com", True),
+        ("A.Example.COM.", True),
+        ("example.com", False),
+        ("badexample.com", False),
+        ("example.com.evil", False),
+    ],
+)
 def test_suffix_patterns(host, denied):
     p = policy(deny="*.example.com")
     if denied:
@@ -146,7 +173,9 @@ def test_allow_list_by_name():
     p.check_host("api.example.com")
     p.check_host("x.trusted.example")
     p.check_address("10.1.2.3", host="api.example.com")  # an allowed name may resolve anywhere not denied
-    with pytest.raises(BlockedDestination, match=f"is not in {ALLOW_VAR} \\(api.example.com, \\*.trusted.example\\)"):
+    with pytest.raises(
+        BlockedDestination, match=f"is not in {ALLOW_VAR} \\(api.example.com, \\*.trusted.example\\)"
+    ):
         p.check_host("other.example.com")
     with pytest.raises(BlockedDestination, match=ALLOW_VAR):
         p.check_host("127.0.0.1")
@@ -186,7 +215,9 @@ def test_policy_is_read_from_the_environment(api_server, monkeypatch):
     s = requests.Session()
     s.trust_env = False
     guard_session(s)
-    with pytest.raises(BlockedDestination, match=f"127.0.0.1 is in the denied network 127.0.0.0/8 \\({DENY_VAR}"):
+    with pytest.raises(
+        BlockedDestination, match=f"127.0.0.1 is in the denied network 127.0.0.0/8 \\({DENY_VAR}"
+    ):
         s.get(api_server.url("/items"), timeout=5)
     assert api_server.count() == 0
 
@@ -227,7 +258,9 @@ def test_allow_list_by_name_admits_that_name_only(api_server):
 
 def test_name_is_checked_by_what_it_resolves_to(api_server):
     api_server.json("/items", [])
-    with pytest.raises(BlockedDestination, match=r"localhost \(127.0.0.1\) is in the denied network 127.0.0.0/8"):
+    with pytest.raises(
+        BlockedDestination, match=r"localhost \(127.0.0.1\) is in the denied network 127.0.0.0/8"
+    ):
         session(policy(deny="127.0.0.0/8")).get(f"http://localhost:{api_server.port}/items", timeout=5)
     assert api_server.count() == 0
 
@@ -248,13 +281,16 @@ def test_any_denied_address_of_a_name_refuses_it(api_server, fake_dns):
     assert api_server.count() == 0
 
 
-@pytest.mark.parametrize("url", [
-    "http://[::ffff:169.254.169.254]/latest/meta-data/",
-    "http://2852039166/latest/meta-data/",  # 169.254.169.254 as one number
-    "http://0xa9fea9fe/latest/meta-data/",
-    "https://169.254.169.254/latest/meta-data/",
-    "http://[fe80::1%25lo]/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://2852039166/latest/meta-data/",  # 169.254.169.254 as one number
+        "http://0xa9fea9fe/latest/meta-data/",
+        "https://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1%25lo]/",
+    ],
+)
 def test_disguised_metadata_addresses_are_refused(url):
     started = time.monotonic()
     with pytest.raises(BlockedDestination):
@@ -270,7 +306,9 @@ def test_ipv4_mapped_loopback_is_denied_with_127_8(api_server):
 def test_redirect_to_metadata_is_refused_fast(api_server):
     api_server.route("/start", (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""))
     started = time.monotonic()
-    with pytest.raises(BlockedDestination, match="169.254.169.254 is in the denied network 169.254.0.0/16") as info:
+    with pytest.raises(
+        BlockedDestination, match="169.254.169.254 is in the denied network 169.254.0.0/16"
+    ) as info:
         session().get(api_server.url("/start"), timeout=30)
     assert time.monotonic() - started < 2
     assert info.value.request.url == "http://169.254.169.254/latest/meta-data/"
@@ -302,7 +340,9 @@ def test_proxied_requests_are_checked_by_name_and_local_resolution(api_server):
             s.get(url, proxies=proxies, timeout=5)
     assert api_server.count() == 0
     # a name only the proxy can resolve is left to the proxy
-    assert s.get("http://only-the-proxy-knows.invalid/data", proxies=proxies, timeout=5).json() == {"via": "proxy"}
+    assert s.get("http://only-the-proxy-knows.invalid/data", proxies=proxies, timeout=5).json() == {
+        "via": "proxy"
+    }
 
 
 # ---------------------------------------------------------------------------- adapter settings

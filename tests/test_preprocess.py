@@ -147,4 +147,9 @@ def test_label_column_must_exist():
 
 
 def test_text_labels_are_mapped():
-    assert extract_labels(pd.DataFrame({"y": ["Anomaly", "normal", "TRUE", "0"]}), "y").tolist() == [1, 0, 1, 0]
+    assert extract_labels(pd.DataFrame({"y": ["Anomaly", "normal", "TRUE", "0"]}), "y").tolist() == [
+        1,
+        0,
+        1,
+        0,
+    ]

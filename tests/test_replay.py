@@ -11,17 +11,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+from demo_process import running_demo_api
 
 from anomaly_detection.errors import PipelineError
 from anomaly_detection.replay import Snapshot
-from demo_process import running_demo_api
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, timeout=900):
     return subprocess.run(
-        [sys.executable, "-m", "anomaly_detection", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=dict(os.environ)
+        [sys.executable, "-m", "anomaly_detection", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=dict(os.environ),
     )
 
 
@@ -48,9 +53,16 @@ def test_a_native_run_replays_identically_without_the_network(tmp_path):
     assert "identical: same scores, same selection, same anomalies" in out.stdout
     replayed = tmp_path / "runs" / "again"
     first, second = (json.loads((d / "results.json").read_text()) for d in (run_dir, replayed))
-    assert first["best"]["algorithm"] == second["best"]["algorithm"] and first["best"]["params"] == second["best"]["params"]
-    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "anomalies.csv"), pd.read_csv(replayed / "anomalies.csv"))
-    assert (replayed / "report.html").exists() and json.loads((replayed / "replay_of.json").read_text())["replay_of"] == str(run_dir)
+    assert (
+        first["best"]["algorithm"] == second["best"]["algorithm"]
+        and first["best"]["params"] == second["best"]["params"]
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(run_dir / "anomalies.csv"), pd.read_csv(replayed / "anomalies.csv")
+    )
+    assert (replayed / "report.html").exists() and json.loads((replayed / "replay_of.json").read_text())[
+        "replay_of"
+    ] == str(run_dir)
 
     # a replay notices when the data is not what the run saw: change one value in a saved page
     tampered = tmp_path / "runs" / "tampered"
@@ -58,7 +70,11 @@ def test_a_native_run_replays_identically_without_the_network(tmp_path):
     manifest = json.loads((tampered / "raw" / "manifest.json").read_text())
     page = tampered / "raw" / manifest[0]["file"]
     records = json.loads(page.read_text())
-    target = records if isinstance(records, list) else records[next(k for k, v in records.items() if isinstance(v, list))]
+    target = (
+        records
+        if isinstance(records, list)
+        else records[next(k for k, v in records.items() if isinstance(v, list))]
+    )
     target[0]["metrics"]["m01"] = 1e9
     page.write_text(json.dumps(records))
     out = replay(tampered, "of-tampered")
@@ -75,7 +91,9 @@ def test_the_snapshot_never_reaches_the_network(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "page-00001.json").write_text("[]")
-    (raw / "manifest.json").write_text(json.dumps([{"page": 1, "url": "http://127.0.0.1:9/records?api_key=***", "file": "page-00001.json"}]))
+    (raw / "manifest.json").write_text(
+        json.dumps([{"page": 1, "url": "http://127.0.0.1:9/records?api_key=***", "file": "page-00001.json"}])
+    )
     session = Snapshot(raw).session()
     assert session.get("http://127.0.0.1:9/records?api_key=REALSECRET").json() == []  # masked alike, so found
     with pytest.raises(requests.exceptions.InvalidURL, match="no response for"):

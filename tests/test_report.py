@@ -168,7 +168,10 @@ def test_report_contains_the_run_models_and_figures(hostile_html: str) -> None:
     assert "token: &#39;***&#39;" in html
     assert "1 min 05.4 s" in html
     # no review decision yet: the banner says the run waits for review
-    assert html.count('class="banner') == 1 and '<div class="banner pending" id="decision"><strong>Waiting for review</strong>' in html
+    assert (
+        html.count('class="banner') == 1
+        and '<div class="banner pending" id="decision"><strong>Waiting for review</strong>' in html
+    )
 
 
 def test_report_loads_nothing_from_outside(hostile_html: str) -> None:
@@ -208,7 +211,11 @@ def test_heatmap_off_draws_one_figure_fewer(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "title", "css"),
-    [("approved", "Approved", "approved"), ("rejected", "Rejected", "rejected"), ("rerun", "Rerun requested", "rerun")],
+    [
+        ("approved", "Approved", "approved"),
+        ("rejected", "Rejected", "rejected"),
+        ("rerun", "Rerun requested", "rerun"),
+    ],
 )
 def test_decision_banner(tmp_path: Path, fake_figures: None, kind: str, title: str, css: str) -> None:
     decision = {
@@ -303,7 +310,9 @@ def test_the_new_sections_escape_names_from_the_api(tmp_path: Path) -> None:
 
     inputs = make_inputs(hostile=True)
     n = 50
-    times = (np.datetime64("2026-01-01T00:00:00") + np.arange(n) * np.timedelta64(1, "h")).astype("datetime64[ns]")
+    times = (np.datetime64("2026-01-01T00:00:00") + np.arange(n) * np.timedelta64(1, "h")).astype(
+        "datetime64[ns]"
+    )
     inputs.explained_features = {HOSTILE: 3}
     inputs.explained_rows = 3
     inputs.time_view = TimeView(

@@ -14,13 +14,13 @@ import struct
 from pathlib import Path
 
 import pytest
+from browser import Browser, require_chromium
+from http_fixtures import ApiServer
 from PIL import Image
 
 from anomaly_detection.config import load_config
 from anomaly_detection.demo_api import DemoDataset, serve_in_thread
 from anomaly_detection.pipeline import run_pipeline
-from browser import Browser, require_chromium
-from http_fixtures import ApiServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "var" / "screenshots" / "report-first-screen.png"
@@ -32,7 +32,10 @@ HOSTILE_IMG = "<img src=x onerror=alert(2)>"
 
 
 def _run(config_path: Path | None, run_id: str, out: Path, **overrides: object) -> Path:
-    config = load_config(config_path, {"output.runs_dir": str(out / "runs"), "output.reports_dir": str(out / "reports"), **overrides})
+    config = load_config(
+        config_path,
+        {"output.runs_dir": str(out / "runs"), "output.reports_dir": str(out / "reports"), **overrides},
+    )
     outcome = run_pipeline(config, run_id=run_id)
     assert outcome.status == "succeeded", outcome.error
     assert outcome.paths.report.is_file()
@@ -54,7 +57,9 @@ def demo_report(chromium, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     try:
         _run(ROOT / "configs" / "demo.yaml", "browser-demo-1", out, **{"source.url": f"{base}/records"})
-        return _run(ROOT / "configs" / "demo.yaml", "browser-demo-2", out, **{"source.url": f"{base}/records"})
+        return _run(
+            ROOT / "configs" / "demo.yaml", "browser-demo-2", out, **{"source.url": f"{base}/records"}
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -93,7 +98,11 @@ def test_report_renders_its_sections_and_figures_offline(demo_report, browser):
               width: img.naturalWidth, height: img.naturalHeight, shown: img.getBoundingClientRect().width}))"""
     )
     assert images, "the report has no images"
-    broken = [img for img in images if not (img["complete"] and img["width"] > 0 and img["height"] > 0 and img["shown"] > 0)]
+    broken = [
+        img
+        for img in images
+        if not (img["complete"] and img["width"] > 0 and img["height"] > 0 and img["shown"] > 0)
+    ]
     assert not broken, f"images that did not load or render: {broken}"
     assert browser.evaluate("document.querySelectorAll('#figures img').length") >= 1
 
@@ -125,7 +134,14 @@ def test_the_first_screen_shows_the_verdict_and_the_review_banner(demo_report, b
     )
     assert in_view == [True, True], "the banner and the verdict must fit the first screen"
     verdict = browser.evaluate("document.getElementById('verdict').innerText")
-    for words in ("rows analysed", "anomalies", "best model", "Why this model", "Data quality", "Against the previous run"):
+    for words in (
+        "rows analysed",
+        "anomalies",
+        "best model",
+        "Why this model",
+        "Data quality",
+        "Against the previous run",
+    ):
         assert words in verdict
     assert "Waiting for review" in browser.evaluate("document.getElementById('decision').innerText")
 
@@ -137,7 +153,13 @@ def test_tables_sort_on_a_header_click(demo_report, browser):
     assert len(before) >= 3
     browser.click("#models thead th:nth-child(4)")
     ascending = browser.evaluate(column)
-    assert ascending == sorted(before) and browser.evaluate("document.querySelector('#models thead th:nth-child(4)').getAttribute('aria-sort')") == "ascending"
+    assert (
+        ascending == sorted(before)
+        and browser.evaluate(
+            "document.querySelector('#models thead th:nth-child(4)').getAttribute('aria-sort')"
+        )
+        == "ascending"
+    )
     browser.click("#models thead th:nth-child(4)")
     assert browser.evaluate(column) == sorted(before, reverse=True)
     assert browser.console_errors == []

@@ -31,7 +31,9 @@ def layout(tmp_path):
     (outside / "secret.html").write_text(SECRET)
     (outside / "secret.txt").write_text(SECRET)
     (reports / "escape.html").symlink_to(outside / "secret.html")  # absolute target outside
-    (reports / "escape-rel.html").symlink_to(Path("..") / "outside" / "secret.html")  # relative target outside
+    (reports / "escape-rel.html").symlink_to(
+        Path("..") / "outside" / "secret.html"
+    )  # relative target outside
     (reports / "inside-link.html").symlink_to("r1.html")  # a symlink that stays inside
     (reports / "txt-link.html").symlink_to("notes.txt")  # .html name, not an .html file
     (reports / "linked-dir").symlink_to(outside, target_is_directory=True)
@@ -144,7 +146,9 @@ def _run(runs: Path, run_id: str, results=None, decision=None, raw_results: str 
     elif results is not None:
         (run_dir / "results.json").write_text(json.dumps(results))
     if decision is not None:
-        (run_dir / "decision.json").write_text(decision if isinstance(decision, str) else json.dumps(decision))
+        (run_dir / "decision.json").write_text(
+            decision if isinstance(decision, str) else json.dumps(decision)
+        )
     return run_dir
 
 
@@ -157,7 +161,12 @@ def _results(run_id, finished, *, status="succeeded", name="demo", count=50, sha
         "started_at": finished.replace(":05", ":00"),
         "finished_at": finished,
         "rows": {"ingested": 1010, "after_duplicates": 1000},
-        "best": {"algorithm": algorithm, "params": {"n_clusters": 3}, "anomaly_count": count, "anomaly_share": share},
+        "best": {
+            "algorithm": algorithm,
+            "params": {"n_clusters": 3},
+            "anomaly_count": count,
+            "anomaly_share": share,
+        },
         "rerun_of": None,
     }
 
@@ -165,9 +174,23 @@ def _results(run_id, finished, *, status="succeeded", name="demo", count=50, sha
 def test_list_runs_newest_first_with_decisions(tmp_path):
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     reports.mkdir()
-    _run(runs, "old", _results("old", "2026-11-20T10:00:05+00:00"), {"decision": "approved", "by": "ana", "at": "2026-11-20T11:00:00+00:00", "comment": "ok"})
-    _run(runs, "new", _results("new", "2026-11-27T10:00:05+00:00", algorithm="isolation_forest", count=7, share=0.007))
-    _run(runs, "mid", _results("mid", "2026-11-25T10:00:05+00:00"), {"decision": "rejected", "by": "bo", "at": "2026-11-25T12:00:00+00:00"})
+    _run(
+        runs,
+        "old",
+        _results("old", "2026-11-20T10:00:05+00:00"),
+        {"decision": "approved", "by": "ana", "at": "2026-11-20T11:00:00+00:00", "comment": "ok"},
+    )
+    _run(
+        runs,
+        "new",
+        _results("new", "2026-11-27T10:00:05+00:00", algorithm="isolation_forest", count=7, share=0.007),
+    )
+    _run(
+        runs,
+        "mid",
+        _results("mid", "2026-11-25T10:00:05+00:00"),
+        {"decision": "rejected", "by": "bo", "at": "2026-11-25T12:00:00+00:00"},
+    )
     _run(runs, "broken", _results("broken", "2026-11-26T10:00:05+00:00", status="failed"))
     for run_id in ("old", "new", "mid"):
         (reports / f"{run_id}.html").write_text("<html></html>")
@@ -176,10 +199,25 @@ def test_list_runs_newest_first_with_decisions(tmp_path):
     records = list_runs(reports, runs)
     assert [r.run_id for r in records] == ["new", "broken", "mid", "old"]
     new, broken, mid, old = records
-    assert (new.name, new.rows, new.anomalies, new.share, new.best_model) == ("demo", 1000, 7, 0.007, "isolation_forest")
-    assert new.finished_at == "2026-11-27T10:00:05+00:00" and new.decision is None and new.review == report_index.WAITING
+    assert (new.name, new.rows, new.anomalies, new.share, new.best_model) == (
+        "demo",
+        1000,
+        7,
+        0.007,
+        "isolation_forest",
+    )
+    assert (
+        new.finished_at == "2026-11-27T10:00:05+00:00"
+        and new.decision is None
+        and new.review == report_index.WAITING
+    )
     assert new.report_exists and new.report_url == "report/new.html"
-    assert (old.decision, old.decided_by, old.decided_at, old.comment) == ("approved", "ana", "2026-11-20T11:00:00+00:00", "ok")
+    assert (old.decision, old.decided_by, old.decided_at, old.comment) == (
+        "approved",
+        "ana",
+        "2026-11-20T11:00:00+00:00",
+        "ok",
+    )
     assert mid.review == "rejected"
     assert broken.review == "run failed" and broken.report_url is None and not broken.report_exists
     assert all(r.problem is None for r in records)
@@ -196,7 +234,17 @@ def test_list_runs_survives_half_written_missing_and_corrupt_files(tmp_path):
     _run(runs, "binary", raw_results="")
     (runs / "binary" / "results.json").write_bytes(b"\xff\xfe\x00garbage")
     _run(runs, "running")  # no results.json yet
-    _run(runs, "odd-types", {"name": {"x": 1}, "status": 3, "rows": "many", "best": ["not", "a", "dict"], "finished_at": "yesterday"})
+    _run(
+        runs,
+        "odd-types",
+        {
+            "name": {"x": 1},
+            "status": 3,
+            "rows": "many",
+            "best": ["not", "a", "dict"],
+            "finished_at": "yesterday",
+        },
+    )
     _run(runs, "bad-decision", _results("bad-decision", "2026-11-26T10:00:05+00:00"), decision="{not json")
     _run(runs, "nan", _results("nan", "2026-11-26T09:00:05+00:00", share=float("nan")))
     unreadable = _run(runs, "unreadable", _results("unreadable", "2026-11-26T08:00:05+00:00"))
@@ -209,7 +257,20 @@ def test_list_runs_survives_half_written_missing_and_corrupt_files(tmp_path):
     (runs / ".hidden").mkdir()
 
     records = {r.run_id: r for r in list_runs(reports, runs)}
-    assert set(records) == {"good", "half", "empty", "array", "binary", "running", "odd-types", "bad-decision", "nan", "unreadable", "orphan", "linked"}
+    assert set(records) == {
+        "good",
+        "half",
+        "empty",
+        "array",
+        "binary",
+        "running",
+        "odd-types",
+        "bad-decision",
+        "nan",
+        "unreadable",
+        "orphan",
+        "linked",
+    }
     assert not records["linked"].report_exists and records["linked"].report_url is None
     assert records["good"].problem is None
     assert "not valid JSON" in records["half"].problem and records["half"].status is None
@@ -224,7 +285,11 @@ def test_list_runs_survives_half_written_missing_and_corrupt_files(tmp_path):
     if os.geteuid() != 0:  # root reads anything
         assert records["unreadable"].problem
     orphan = records["orphan"]
-    assert orphan.report_exists and orphan.report_url == "report/orphan.html" and orphan.problem == "run directory not found"
+    assert (
+        orphan.report_exists
+        and orphan.report_url == "report/orphan.html"
+        and orphan.problem == "run directory not found"
+    )
 
 
 def test_list_runs_with_missing_directories(tmp_path):

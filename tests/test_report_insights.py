@@ -10,11 +10,9 @@ import html as html_lib
 import json
 import re
 import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from demo_process import running_demo_api
 from test_cli import run_demo
 
@@ -75,7 +73,9 @@ def test_the_second_run_shows_the_drift_the_trend_and_links_the_first(drifting_r
     rows = re.findall(r"<tr><td>([^<]+)</td>.*?<span class=\"level (\w+)\">", history, re.S)
     levels = dict(rows)
     assert {name for name, level in levels.items() if level == "drifted"} == DRIFTED
-    assert len(levels) >= 12 and all(levels[n] == "stable" for n in levels if n.startswith("metrics.") and n not in DRIFTED)
+    assert len(levels) >= 12 and all(
+        levels[n] == "stable" for n in levels if n.startswith("metrics.") and n not in DRIFTED
+    )
     assert 'id="fig-trend"' in history and "(this run)" in history
     verdict = section(html, "verdict")
     assert "2 feature(s) drifted" in verdict
@@ -88,19 +88,34 @@ def test_a_rerun_shows_the_changed_parameters_and_rows(tmp_path):
         out = run_demo(api, tmp_path, "base", "modeling.contamination=0.02", "modeling.algorithms=[kmeans]")
         assert out.returncode == 0, out.stderr
         assert 'id="rerun"' not in (tmp_path / "reports" / "base.html").read_text()
-        out = run_demo(api, tmp_path, "rerun", "modeling.contamination=0.06", "modeling.algorithms=[kmeans]", rerun_of="base")
+        out = run_demo(
+            api,
+            tmp_path,
+            "rerun",
+            "modeling.contamination=0.06",
+            "modeling.algorithms=[kmeans]",
+            rerun_of="base",
+        )
         assert out.returncode == 0, out.stderr
     base = pd.read_csv(tmp_path / "runs" / "base" / "anomalies.csv")
     rerun = pd.read_csv(tmp_path / "runs" / "rerun" / "anomalies.csv")
     html = (tmp_path / "reports" / "rerun.html").read_text()
     diff = section(html, "rerun")
-    assert f"Rerun of <code>base</code>: {len(base)} → {len(rerun)} anomalies (+{len(rerun) - len(base)})" in diff
-    assert "<code>modeling.contamination</code></td><td class=\"mono\">0.02</td><td class=\"mono\">0.06</td>" in diff
+    assert (
+        f"Rerun of <code>base</code>: {len(base)} → {len(rerun)} anomalies (+{len(rerun) - len(base)})"
+        in diff
+    )
+    assert (
+        '<code>modeling.contamination</code></td><td class="mono">0.02</td><td class="mono">0.06</td>' in diff
+    )
     fields = [c for c in rerun.columns if c not in ("rank", "score", "explanation", "top_features")]
     key = lambda f: set(map(tuple, f[fields].astype(str).to_numpy()))  # noqa: E731
     new, gone = key(rerun) - key(base), key(base) - key(rerun)
     assert len(new) >= len(rerun) - len(base) > 0
-    assert f"<strong>{len(new)} newly flagged</strong>" in diff and f"<strong>{len(gone)} no longer flagged</strong>" in diff
+    assert (
+        f"<strong>{len(new)} newly flagged</strong>" in diff
+        and f"<strong>{len(gone)} no longer flagged</strong>" in diff
+    )
     newly = diff[diff.index("Newly flagged rows") : diff.index("No longer flagged")]
     first_new = next(r["id"] for _, r in rerun.iterrows() if tuple(r[fields].astype(str)) in new)
     assert re.search(rf"<td[^>]*>{first_new}</td>", newly)

@@ -18,8 +18,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-
 from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
+
 from anomaly_detection.report_index import report_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -59,7 +59,12 @@ def _results(run_id: str, finished: str, **extra) -> dict:
         "started_at": finished[:-9] + "00+00:00",
         "finished_at": finished,
         "rows": {"ingested": 1010, "after_duplicates": 1000},
-        "best": {"algorithm": "kmeans", "params": {"n_clusters": 3}, "anomaly_count": 50, "anomaly_share": 0.05},
+        "best": {
+            "algorithm": "kmeans",
+            "params": {"n_clusters": 3},
+            "anomaly_count": 50,
+            "anomaly_share": 0.05,
+        },
         "rerun_of": None,
         **extra,
     }
@@ -109,7 +114,9 @@ def token(airflow_standalone):  # noqa: F811
     return airflow_standalone.client.fetch_token()
 
 
-def _get(airflow_standalone, path: str, *, token: str | None = None, cookie: str | None = None, accept: str = "*/*"):  # noqa: F811
+def _get(
+    airflow_standalone, path: str, *, token: str | None = None, cookie: str | None = None, accept: str = "*/*"
+):  # noqa: F811
     """GET ``path`` exactly as written (no client-side normalisation of '..' or '%'): (status, headers, body)."""
     url = urlsplit(airflow_standalone.url)
     headers = {"Accept": accept}
@@ -121,7 +128,11 @@ def _get(airflow_standalone, path: str, *, token: str | None = None, cookie: str
     try:
         conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode("utf-8", "replace")
+        return (
+            resp.status,
+            {k.lower(): v for k, v in resp.getheaders()},
+            resp.read().decode("utf-8", "replace"),
+        )
     finally:
         conn.close()
 
@@ -132,7 +143,11 @@ def test_the_plugin_is_loaded(airflow_standalone):  # noqa: F811
     plugin = plugins["anomaly_reports"]
     assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == [PREFIX]
     [view] = plugin["external_views"]
-    assert view["name"] == "Anomaly reports" and view["destination"] == "nav" and view["url_route"] == "anomaly-reports"
+    assert (
+        view["name"] == "Anomaly reports"
+        and view["destination"] == "nav"
+        and view["url_route"] == "anomaly-reports"
+    )
     assert view["href"] == "anomaly-reports/"
     assert any("OpenReportLink" in link for link in plugin["global_operator_extra_links"])
     errors = client.get_json("/api/v2/plugins/importErrors")["import_errors"]
@@ -140,7 +155,11 @@ def test_the_plugin_is_loaded(airflow_standalone):  # noqa: F811
 
 
 def test_nothing_without_a_valid_airflow_login(airflow_standalone, planted):  # noqa: F811
-    paths = [f"{PREFIX}/", f"{PREFIX}/report/plugin_approved.html", f"{PREFIX}/report/..%2foutside%2fsecret.html"]
+    paths = [
+        f"{PREFIX}/",
+        f"{PREFIX}/report/plugin_approved.html",
+        f"{PREFIX}/report/..%2foutside%2fsecret.html",
+    ]
     for path in paths:
         status, _, body = _get(airflow_standalone, path)
         assert status == 401, (path, status, body)
@@ -150,9 +169,13 @@ def test_nothing_without_a_valid_airflow_login(airflow_standalone, planted):  # 
             assert status in (401, 403), (path, bad, status)
             assert "REPORT-OF" not in body and SECRET not in body
     # a browser asking for the page goes to Airflow's login page, and comes back afterwards
-    status, headers, _ = _get(airflow_standalone, f"{PREFIX}/report/plugin_approved.html", accept="text/html,*/*")
+    status, headers, _ = _get(
+        airflow_standalone, f"{PREFIX}/report/plugin_approved.html", accept="text/html,*/*"
+    )
     assert status == 303
-    assert headers["location"] == "/auth/login?next=" + quote(f"{PREFIX}/report/plugin_approved.html", safe="")
+    assert headers["location"] == "/auth/login?next=" + quote(
+        f"{PREFIX}/report/plugin_approved.html", safe=""
+    )
 
 
 def test_the_listing_shows_runs_decisions_and_links(airflow_standalone, planted, token):  # noqa: F811
@@ -160,10 +183,16 @@ def test_the_listing_shows_runs_decisions_and_links(airflow_standalone, planted,
     assert status == 200, page
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert headers["x-content-type-options"] == "nosniff"
-    assert "frame-ancestors 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "SAMEORIGIN"
+    assert (
+        "frame-ancestors 'self'" in headers["content-security-policy"]
+        and headers["x-frame-options"] == "SAMEORIGIN"
+    )
     assert headers["cache-control"] == "no-store"
     # newest first, each with its decision and a link to its report
-    order = [page.index(f'data-run-id="{run_id}"') for run_id in ("plugin_waiting", "plugin_rejected", "plugin_approved")]
+    order = [
+        page.index(f'data-run-id="{run_id}"')
+        for run_id in ("plugin_waiting", "plugin_rejected", "plugin_approved")
+    ]
     assert order == sorted(order)
     for run_id in ("plugin_waiting", "plugin_rejected", "plugin_approved"):
         assert f'href="report/{run_id}.html"' in page
@@ -321,7 +350,9 @@ def _sections_and_images(page) -> dict:
     )
 
 
-def test_in_the_airflow_ui_a_logged_in_user_opens_a_report(airflow_standalone, planted, real_report, chromium):  # noqa: F811
+def test_in_the_airflow_ui_a_logged_in_user_opens_a_report(
+    airflow_standalone, planted, real_report, chromium
+):  # noqa: F811
     from browser import Browser
 
     password = json.loads(Path(airflow_standalone.env["AIRFLOW_CREDENTIALS_FILE"]).read_text())["admin"]
@@ -329,12 +360,16 @@ def test_in_the_airflow_ui_a_logged_in_user_opens_a_report(airflow_standalone, p
     with Browser.launch(chromium) as page:
         # not logged in: the report URL sends the browser to Airflow's login form, which comes back to it
         page.open(airflow_standalone.url + report_path)
-        page.wait_for("location.pathname === '/auth/login' && !!document.querySelector('input[name=password]')")
+        page.wait_for(
+            "location.pathname === '/auth/login' && !!document.querySelector('input[name=password]')"
+        )
         assert BROWSER_RUN not in page.evaluate("document.body.innerText")
         page.type_text("input[name=username]", "admin")
         page.type_text("input[name=password]", password)
         page.click("button[type=submit]")
-        page.wait_for(f"location.pathname === {json.dumps(report_path)} && document.readyState === 'complete'")
+        page.wait_for(
+            f"location.pathname === {json.dumps(report_path)} && document.readyState === 'complete'"
+        )
         direct = _sections_and_images(page)
         assert {"run", "figures"} <= set(direct["sections"]), direct
         assert direct["images"] and all(img["ok"] for img in direct["images"]), direct["images"]
@@ -346,7 +381,9 @@ def test_in_the_airflow_ui_a_logged_in_user_opens_a_report(airflow_standalone, p
         page.wait_for(f"!!{listing}?.querySelector('tr[data-run-id={BROWSER_RUN}] a.open-report')")
         assert page.evaluate("location.pathname").startswith("/plugin/anomaly-reports")
         rows = page.evaluate(f"[...{listing}.querySelectorAll('tr[data-run-id]')].map(r => r.dataset.runId)")
-        assert rows[0] == BROWSER_RUN and {"plugin_approved", "plugin_rejected", "plugin_waiting"} <= set(rows)
+        assert rows[0] == BROWSER_RUN and {"plugin_approved", "plugin_rejected", "plugin_waiting"} <= set(
+            rows
+        )
         row_text = page.evaluate(f"{listing}.querySelector('tr[data-run-id={BROWSER_RUN}]').innerText")
         assert "waiting for review" in row_text and "demo" in row_text
 
@@ -361,7 +398,15 @@ def test_in_the_airflow_ui_a_logged_in_user_opens_a_report(airflow_standalone, p
             }})()"""
         )
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            page.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **({"button": "left", "clickCount": 1} if kind != "mouseMoved" else {})})
+            page.send(
+                "Input.dispatchMouseEvent",
+                {
+                    "type": kind,
+                    "x": x,
+                    "y": y,
+                    **({"button": "left", "clickCount": 1} if kind != "mouseMoved" else {}),
+                },
+            )
         # the report is sandboxed (CSP): once it is in the frame, the UI can no longer look into the frame
         page.wait_for("document.querySelector('iframe[title=\"Anomaly reports\"]').contentDocument === null")
         assert airflow_standalone.url + report_path in page.requests

@@ -8,8 +8,16 @@ from anomaly_detection.rerun_diff import compare, config_changes, flatten
 
 
 def test_flatten_and_config_changes_ignore_output_dirs_and_name():
-    before = {"name": "a", "modeling": {"contamination": 0.05, "algorithms": ["kmeans"]}, "output": {"runs_dir": "/x"}}
-    after = {"name": "b", "modeling": {"contamination": 0.1, "algorithms": ["kmeans"], "new": 1}, "output": {"runs_dir": "/y"}}
+    before = {
+        "name": "a",
+        "modeling": {"contamination": 0.05, "algorithms": ["kmeans"]},
+        "output": {"runs_dir": "/x"},
+    }
+    after = {
+        "name": "b",
+        "modeling": {"contamination": 0.1, "algorithms": ["kmeans"], "new": 1},
+        "output": {"runs_dir": "/y"},
+    }
     assert flatten(before)["modeling.contamination"] == 0.05
     assert config_changes(before, after) == [("modeling.contamination", 0.05, 0.1), ("modeling.new", None, 1)]
 
@@ -39,7 +47,13 @@ def test_rows_are_matched_by_their_fields_not_their_rank_or_order(tmp_path):
     )
     diff = compare("run-1", before, after, previous_config={"modeling": {"contamination": 0.05}},
                    current_config={"modeling": {"contamination": 0.08}})  # fmt: skip
-    assert (diff.previous_count, diff.current_count, diff.kept, diff.new_count, diff.gone_count) == (3, 4, 2, 2, 1)
+    assert (diff.previous_count, diff.current_count, diff.kept, diff.new_count, diff.gone_count) == (
+        3,
+        4,
+        2,
+        2,
+        1,
+    )
     assert diff.new["id"].tolist() == ["4", "5"] and diff.new["rank"].tolist() == ["3", "4"]
     assert diff.gone["id"].tolist() == ["2"]
     assert diff.changes == [("modeling.contamination", 0.05, 0.08)]

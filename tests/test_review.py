@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -7,7 +7,7 @@ from anomaly_detection import review
 from anomaly_detection.errors import ConfigError, PipelineError
 from anomaly_detection.runs import RunPaths
 
-NOW = datetime(2026, 11, 27, 6, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 
 
 def _answer(option, **form):
@@ -21,9 +21,18 @@ def _answer(option, **form):
 
 def test_form_answers_map_to_decisions():
     approve = review.decide("success", _answer("Approve", comment="looks right"), now=NOW)
-    assert (approve.decision, approve.by, approve.comment, approve.via) == ("approved", "ana", "looks right", "form")
+    assert (approve.decision, approve.by, approve.comment, approve.via) == (
+        "approved",
+        "ana",
+        "looks right",
+        "form",
+    )
     assert review.decide("success", _answer("Reject"), now=NOW).decision == "rejected"
-    rerun = review.decide("success", _answer("Rerun with adjustments", contamination=0.1, algorithms=["kmeans"], mode=None), now=NOW)
+    rerun = review.decide(
+        "success",
+        _answer("Rerun with adjustments", contamination=0.1, algorithms=["kmeans"], mode=None),
+        now=NOW,
+    )
     assert rerun.decision == "rerun"
     assert rerun.adjustments == {"modeling.contamination": 0.1, "modeling.algorithms": ["kmeans"]}
 
@@ -74,11 +83,22 @@ def test_only_approved_runs_are_published(tmp_path):
 
 
 def test_rerun_conf_keeps_the_original_and_links_back():
-    original = {"config": "demo.yaml", "contamination": 0.05, "overrides": {"source.retries": 5}, "rerun_of": "older"}
-    conf = review.rerun_conf(original, {"modeling.contamination": 0.1, "processing.mode": "spark"}, rerun_of="run-1")
+    original = {
+        "config": "demo.yaml",
+        "contamination": 0.05,
+        "overrides": {"source.retries": 5},
+        "rerun_of": "older",
+    }
+    conf = review.rerun_conf(
+        original, {"modeling.contamination": 0.1, "processing.mode": "spark"}, rerun_of="run-1"
+    )
     assert conf["rerun_of"] == "run-1"
     assert conf["config"] == "demo.yaml" and conf["contamination"] == 0.1
-    assert conf["overrides"] == {"source.retries": 5, "modeling.contamination": 0.1, "processing.mode": "spark"}
+    assert conf["overrides"] == {
+        "source.retries": 5,
+        "modeling.contamination": 0.1,
+        "processing.mode": "spark",
+    }
     assert original["contamination"] == 0.05  # not mutated
 
 
@@ -89,15 +109,26 @@ def test_gate_body_names_report_model_and_counts():
         "run_dir": "/runs/manual__2026-11-27T06_44_18.710293_00_00",
         "rows": 1000,
         "warnings": ["best model: anomaly share is 0%"],
-        "best": {"algorithm": "kmeans", "params": {"n_clusters": 3}, "metric": "silhouette", "score": 0.4, "anomaly_count": 50, "anomaly_share": 0.05},
+        "best": {
+            "algorithm": "kmeans",
+            "params": {"n_clusters": 3},
+            "metric": "silhouette",
+            "score": 0.4,
+            "anomaly_count": 50,
+            "anomaly_share": 0.05,
+        },
     }
     body = review.gate_body(summary, base_path="")
-    assert summary["report"] in body and "kmeans" in body and "50 of 1000 rows (5.00%)" in body and "0%" in body
+    assert (
+        summary["report"] in body and "kmeans" in body and "50 of 1000 rows (5.00%)" in body and "0%" in body
+    )
     # a markdown link to the report served by the plugin (plugins/anomaly_reports.py), below Airflow's base path
     assert "[Open report](/anomaly-reports/report/manual__2026-11-27T06_44_18.710293_00_00.html)" in body
     assert "[Open report](/airflow/anomaly-reports/report/" in review.gate_body(summary, base_path="/airflow")
     # without the run directory the published report's name gives the run id; without either, no link
     only_published = {k: v for k, v in summary.items() if k != "run_dir"}
-    assert "(/anomaly-reports/report/manual__2026-11-27T06_44_18.710293_00_00.html)" in review.gate_body(only_published, base_path="")
+    assert "(/anomaly-reports/report/manual__2026-11-27T06_44_18.710293_00_00.html)" in review.gate_body(
+        only_published, base_path=""
+    )
     bare = review.gate_body({"report": "/r/report.html", "rows": 1, "best": {}}, base_path="")
     assert "Open report" not in bare and "/r/report.html" in bare

@@ -22,8 +22,16 @@ def planted(n=800, d=4, k=16, seed=0):
 
 def evaluated(X, y, algorithms, seed=0):
     settings = DetectorSettings(contamination=0.02, random_state=seed)
-    grids = {"ensemble": {"n_neighbors": [10]}, "isolation_forest": {"n_estimators": [100]}, "kmeans": {"n_clusters": [2, 3, 6]}}
-    return [evaluate(X, det, metric="silhouette", y_true=y, random_state=seed) for a in algorithms for det in run_grid(a, grids[a], X, settings)]
+    grids = {
+        "ensemble": {"n_neighbors": [10]},
+        "isolation_forest": {"n_estimators": [100]},
+        "kmeans": {"n_clusters": [2, 3, 6]},
+    }
+    return [
+        evaluate(X, det, metric="silhouette", y_true=y, random_state=seed)
+        for a in algorithms
+        for det in run_grid(a, grids[a], X, settings)
+    ]
 
 
 def test_the_default_picks_the_ensemble_and_it_finds_the_planted_rows():
@@ -47,7 +55,11 @@ def result(algorithm, score, flags=(), **extra):
 
 
 def test_a_degenerate_ensemble_loses_to_a_sound_model_and_the_reason_is_given():
-    results = [result("ensemble", 0.9, ["degenerate: every row has the same score"]), result("kmeans", 0.4), result("dbscan", 0.6)]
+    results = [
+        result("ensemble", 0.9, ["degenerate: every row has the same score"]),
+        result("kmeans", 0.4),
+        result("dbscan", 0.6),
+    ]
     best, why = choose(results, selection="ensemble")
     assert best.algorithm == "dbscan" and "unusable" in why and "degenerate" in why
 

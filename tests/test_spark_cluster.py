@@ -20,22 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-
-import anomaly_detection.spark_submit as spark_submit
-from anomaly_detection.errors import PipelineError
-from anomaly_detection.spark_submit import (
-    build_py_files,
-    check_master_reachable,
-    default_conf,
-    master_addresses,
-    run_spark_job,
-    spark_env,
-    spark_submit_command,
-)
 from spark_cluster import spark_standalone  # noqa: F401  (the fixture)
-from anomaly_detection.scored import read_sample, sample_path
 from spark_helpers import (
     JOB_TIMEOUT,
     QUICK_JVM,
@@ -45,6 +31,19 @@ from spark_helpers import (
     requires_spark,
     spark_features,
     write_run,
+)
+
+import anomaly_detection.spark_submit as spark_submit
+from anomaly_detection.errors import PipelineError
+from anomaly_detection.scored import read_sample, sample_path
+from anomaly_detection.spark_submit import (
+    build_py_files,
+    check_master_reachable,
+    default_conf,
+    master_addresses,
+    run_spark_job,
+    spark_env,
+    spark_submit_command,
 )
 
 pytestmark = pytest.mark.slow
@@ -74,7 +73,9 @@ def run_pipeline(paths, config_path: Path, master: str) -> dict[str, float]:
     timings = {}
     for job, extra in JOBS:
         started = time.perf_counter()
-        run_spark_job(job, paths.root, config_path, master=master, extra_args=extra, conf=RUN_CONF, timeout=JOB_TIMEOUT)
+        run_spark_job(
+            job, paths.root, config_path, master=master, extra_args=extra, conf=RUN_CONF, timeout=JOB_TIMEOUT
+        )
         timings[job] = round(time.perf_counter() - started, 1)
     return timings
 
@@ -130,13 +131,20 @@ def runs(inputs, local_reference, spark_standalone):  # noqa: F811 - the fixture
 
 def test_standalone_master_command_line(tmp_path):
     master = "spark://127.0.0.1:7077"
-    command = spark_submit_command("detect", tmp_path, tmp_path / "c.yaml", master=master, py_files_dir=tmp_path / "zips")
+    command = spark_submit_command(
+        "detect", tmp_path, tmp_path / "c.yaml", master=master, py_files_dir=tmp_path / "zips"
+    )
     assert command[1:5] == ["--master", master, "--deploy-mode", "client"]
     py_files = Path(command[command.index("--py-files") + 1])
     assert py_files.parent == tmp_path / "zips" and py_files.suffix == ".zip"
     names = zipfile.ZipFile(py_files).namelist()
     assert {"anomaly_detection/__init__.py", "anomaly_detection/spark_submit.py"} <= set(names)
-    assert {"spark_jobs/__init__.py", "spark_jobs/common.py", "spark_jobs/detect.py", "spark_jobs/preprocess.py"} <= set(names)
+    assert {
+        "spark_jobs/__init__.py",
+        "spark_jobs/common.py",
+        "spark_jobs/detect.py",
+        "spark_jobs/preprocess.py",
+    } <= set(names)
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
     assert build_py_files(tmp_path / "zips") == py_files  # same sources, same file
     # what an executor does with it: the zip first on the path, both packages (and the modules the
@@ -207,7 +215,9 @@ def test_jobs_ran_on_the_cluster(runs, spark_standalone):  # noqa: F811
         assert executor_dirs, f"{name}: no executor directory in {spark_standalone.work_dir}"
         stderr = "".join((d / "stderr").read_text(errors="replace") for d in executor_dirs)
         assert "Finished task" in stderr, f"{name}: no task ran on the executor"
-        assert any(d.glob("anomaly-detection-pyfiles-*.zip") for d in executor_dirs), f"{name}: code not shipped"
+        assert any(d.glob("anomaly-detection-pyfiles-*.zip") for d in executor_dirs), (
+            f"{name}: code not shipped"
+        )
     log = (runs["cluster"].log).read_text()
     assert f"spark preprocess: master {spark_standalone.master_url}" in log
     assert f"spark detect-kmeans: master {spark_standalone.master_url}" in log

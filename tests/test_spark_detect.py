@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from spark_helpers import JOB_TIMEOUT, QUICK_JVM, flagged_positions, java_available, spark_features, write_run
 
 from anomaly_detection.config import load_config
 from anomaly_detection.detect import DetectorSettings
@@ -16,7 +17,6 @@ from anomaly_detection.detectors.centroids import kmeans
 from anomaly_detection.preprocess import preprocess
 from anomaly_detection.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.spark_submit import failure_cause, run_spark_job, spark_env, spark_submit_command
-from spark_helpers import JOB_TIMEOUT, QUICK_JVM, flagged_positions, java_available, spark_features, write_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not java_available(), reason="Java is not on PATH")]
 MASTER = "local[2]"
@@ -46,7 +46,11 @@ def scored(tmp_path_factory):
         "isolation_forest": {"simple": {"n_estimators": [100], "max_samples": [256]}},
     }
     overrides = {
-        "modeling": {"algorithms": ["isolation_forest", "kmeans", "bisecting_kmeans"], "grids": grids, "contamination": 0.01},
+        "modeling": {
+            "algorithms": ["isolation_forest", "kmeans", "bisecting_kmeans"],
+            "grids": grids,
+            "contamination": 0.01,
+        },
         "evaluation": {"label_column": "label"},
     }
     paths, config_path = write_run(tmp_path_factory.mktemp("parity"), table, overrides)
@@ -64,8 +68,12 @@ def test_spark_and_native_kmeans_flag_mostly_the_same_rows(scored):
     """The native pipeline's own preprocessing and KMeans against Spark's, on the same table."""
     paths, config = scored["paths"], scored["config"]
     spark_flagged = flagged_positions(paths, "kmeans")
-    native_features = preprocess(pd.read_parquet(paths.flattened), config.processing, label_column="label", random_state=0)
-    settings = DetectorSettings(contamination=config.modeling.contamination, random_state=config.modeling.random_state)
+    native_features = preprocess(
+        pd.read_parquet(paths.flattened), config.processing, label_column="label", random_state=0
+    )
+    settings = DetectorSettings(
+        contamination=config.modeling.contamination, random_state=config.modeling.random_state
+    )
     native = kmeans(native_features.features, {"n_clusters": K}, settings)
     native_flagged = native_features.rows[native.labels == 1]
     top = len(native_flagged)
@@ -82,7 +90,9 @@ def test_each_spark_detector_reports_label_metrics_and_finds_the_planted_rows(sc
     (result,) = _results(paths, algorithm)
     assert result["info"]["engine"] == "spark" and result["algorithm"] == algorithm
     assert result["roc_auc"] > 0.95 and result["pr_auc"] > 0.5 and result["recall"] > 0.9
-    assert result["silhouette"] is not None and result["davies_bouldin"] > 0 and result["calinski_harabasz"] > 0
+    assert (
+        result["silhouette"] is not None and result["davies_bouldin"] > 0 and result["calinski_harabasz"] > 0
+    )
     assert result["anomaly_count"] == pytest.approx(0.01 * ROWS, abs=max(2, 1e-3 * ROWS))
     flagged = read_flagged(flagged_path(paths.models, algorithm))
     assert len(flagged) == result["anomaly_count"] and (flagged["score"] > result["threshold"]).all()

@@ -13,6 +13,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from spark_helpers import (
+    JOB_TIMEOUT,
+    N_DUPLICATES,
+    N_OUTLIERS,
+    N_ROWS,
+    QUICK_JVM,
+    java_available,
+    make_table,
+    requires_spark,
+    spark_features,
+    write_run,
+)
 
 from anomaly_detection.config import load_config
 from anomaly_detection.detect import DetectorSettings
@@ -29,19 +41,6 @@ from anomaly_detection.spark_submit import (
     spark_env,
     spark_submit_command,
     spark_submit_executable,
-)
-from spark_helpers import (
-    JOB_TIMEOUT,
-    N_DUPLICATES,
-    N_OUTLIERS,
-    N_ROWS,
-    QUICK_JVM,
-    java_available,
-    flagged_positions,
-    make_table,
-    requires_spark,
-    spark_features,
-    write_run,
 )
 
 pytestmark = pytest.mark.slow
@@ -62,7 +61,9 @@ def spark_run(tmp_path_factory):
     paths, config_path = write_run(root, table, overrides)
     for job, extra in (("preprocess", ()), ("detect", ("--algorithm", "kmeans"))):
         started = time.perf_counter()
-        run_spark_job(job, paths.root, config_path, master=MASTER, extra_args=extra, conf=QUICK_JVM, timeout=JOB_TIMEOUT)
+        run_spark_job(
+            job, paths.root, config_path, master=MASTER, extra_args=extra, conf=QUICK_JVM, timeout=JOB_TIMEOUT
+        )
         TIMINGS[job] = time.perf_counter() - started
     config = load_config(config_path)
     native = preprocess(
@@ -94,8 +95,19 @@ def test_spark_submit_command_line(tmp_path):
     assert confs["spark.driver.host"] == confs["spark.driver.bindAddress"] == "127.0.0.1"
     assert confs["spark.ui.enabled"] == "false" and confs["spark.executor.memory"] == "1g"
     script = command.index(str(SPARK_JOBS_DIR / "detect.py"))
-    assert command[script + 1 :] == [*job_application_args(tmp_path, tmp_path / "c.yaml"), "--algorithm", "kmeans"]
-    assert job_application_args("r", "c", "kmeans") == ["--run-dir", "r", "--config", "c", "--algorithm", "kmeans"]
+    assert command[script + 1 :] == [
+        *job_application_args(tmp_path, tmp_path / "c.yaml"),
+        "--algorithm",
+        "kmeans",
+    ]
+    assert job_application_args("r", "c", "kmeans") == [
+        "--run-dir",
+        "r",
+        "--config",
+        "c",
+        "--algorithm",
+        "kmeans",
+    ]
     cluster = spark_submit_command("preprocess", tmp_path, tmp_path / "c.yaml", master="spark://h:7077")
     assert not any(part.startswith("spark.driver.host") for part in cluster)
     assert spark_env(MASTER, {})["SPARK_LOCAL_IP"] == "127.0.0.1"
@@ -175,11 +187,17 @@ def test_detect_job_agrees_with_native_kmeans(spark_run):
 
     kept, features, _ = spark_features(paths)
     assert np.array_equal(sample["position"].to_numpy(), kept)
-    np.testing.assert_array_equal(sample[[f"f{j}" for j in range(features.shape[1])]].to_numpy(), features.to_numpy())
-    settings = DetectorSettings(contamination=config.modeling.contamination, random_state=config.modeling.random_state)
+    np.testing.assert_array_equal(
+        sample[[f"f{j}" for j in range(features.shape[1])]].to_numpy(), features.to_numpy()
+    )
+    settings = DetectorSettings(
+        contamination=config.modeling.contamination, random_state=config.modeling.random_state
+    )
     native = kmeans(features.to_numpy(), best["params"], settings)
     agreement = len(np.intersect1d(kept[native.labels == 1], flagged["position"])) / native.labels.sum()
-    print(f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; timings {TIMINGS}")
+    print(
+        f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; timings {TIMINGS}"
+    )
     assert agreement >= 0.8
 
     # the internal metrics of the best split equal scikit-learn's on the same rows; the silhouette
@@ -205,7 +223,10 @@ def test_native_select_and_report_read_the_spark_outputs(spark_run):
     outcome = select_stage(config, paths)
     results = json.loads(paths.results.read_text())
     assert results["status"] == "succeeded"
-    assert results["best"]["algorithm"] == "kmeans" and outcome["anomaly_count"] == results["best"]["anomaly_count"]
+    assert (
+        results["best"]["algorithm"] == "kmeans"
+        and outcome["anomaly_count"] == results["best"]["anomaly_count"]
+    )
     anomalies = pd.read_csv(paths.anomalies)
     assert len(anomalies) == results["best"]["anomaly_count"]
     assert set(anomalies["is_anomaly"]) <= {0, 1} and anomalies["is_anomaly"].sum() == N_OUTLIERS
@@ -228,6 +249,8 @@ def test_preprocess_job_without_numeric_column_fails_with_one_line_cause(tmp_pat
     done = subprocess.run(command, capture_output=True, text=True, env=spark_env(MASTER), timeout=JOB_TIMEOUT)
     assert done.returncode != 0
     causes = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert causes == ["error: DataError: no usable numeric feature column; columns are: name (str), city (str)"]
+    assert causes == [
+        "error: DataError: no usable numeric feature column; columns are: name (str), city (str)"
+    ]
     assert failure_cause(done.stderr).startswith("DataError: no usable numeric feature column")
     assert not paths.spark_features.exists()

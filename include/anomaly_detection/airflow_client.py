@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable, Collection, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -116,7 +116,7 @@ class AirflowClient:
     @classmethod
     def from_credentials_file(
         cls, base_url: str, path: str | Path, username: str | None = None, *, timeout: float = 30
-    ) -> "AirflowClient":
+    ) -> AirflowClient:
         """A client from a simple-auth-manager passwords file (JSON ``{"user": "password"}``).
 
         ``username`` defaults to the file's only (first) user.
@@ -153,7 +153,9 @@ class AirflowClient:
             )
         token = resp.json().get("access_token")
         if not token:
-            raise AirflowApiError(f"login at {self.base_url}/auth/token returned no access_token", resp.status_code)
+            raise AirflowApiError(
+                f"login at {self.base_url}/auth/token returned no access_token", resp.status_code
+            )
         self._token = token
         return token
 
@@ -186,7 +188,9 @@ class AirflowClient:
                     timeout=self.timeout,
                 )
             except requests.RequestException as exc:
-                raise AirflowApiError(f"{method} {path}: cannot reach Airflow at {self.base_url}: {exc}") from exc
+                raise AirflowApiError(
+                    f"{method} {path}: cannot reach Airflow at {self.base_url}: {exc}"
+                ) from exc
             if auth and not relogged and _token_rejected(resp):
                 self._token = None  # expired or no longer valid: log in again, once
                 relogged = True
@@ -268,7 +272,9 @@ class AirflowClient:
         resp = self.request("GET", f"/api/v2/dags/{_seg(dag_id)}", expect=(200, 404))
         return resp.json() if resp.status_code == 200 else None
 
-    def wait_for_dag(self, dag_id: str, timeout: float, *, import_error_grace: float = 30.0) -> dict[str, Any]:
+    def wait_for_dag(
+        self, dag_id: str, timeout: float, *, import_error_grace: float = 30.0
+    ) -> dict[str, Any]:
         """Wait until the DAG is parsed and listed; returns it.
 
         If it is still missing after ``import_error_grace`` seconds while Airflow reports import errors,
@@ -515,7 +521,6 @@ class AirflowClient:
             json_body={"chosen_options": options, "params_input": dict(params_input or {})},
         ).json()
 
-
     def _let_gate_settle(self, detail: Mapping[str, Any]) -> None:
         """Wait until the gate has been waiting ``HITL_SETTLE_SECONDS``, counted from its ``created_at``.
 
@@ -528,8 +533,8 @@ class AirflowClient:
         except ValueError:
             return
         if created.tzinfo is None:
-            created = created.replace(tzinfo=timezone.utc)
-        age = (datetime.now(timezone.utc) - created).total_seconds()
+            created = created.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - created).total_seconds()
         if age < HITL_SETTLE_SECONDS:
             time.sleep(HITL_SETTLE_SECONDS - max(age, 0.0))
 
@@ -560,8 +565,20 @@ def _token_rejected(resp: requests.Response) -> bool:
 
 # Shown elsewhere in the line, or the same on every line of one task attempt's log.
 _LOG_CONTEXT_KEYS = frozenset(
-    {"timestamp", "event", "level", "logger", "dag_id", "run_id", "task_id", "map_index", "try_number",
-     "ti_id", "filename", "lineno"}
+    {
+        "timestamp",
+        "event",
+        "level",
+        "logger",
+        "dag_id",
+        "run_id",
+        "task_id",
+        "map_index",
+        "try_number",
+        "ti_id",
+        "filename",
+        "lineno",
+    }
 )
 
 

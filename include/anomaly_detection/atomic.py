@@ -12,8 +12,8 @@ import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def temporary_sibling(path: Path) -> Path:

@@ -98,10 +98,11 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -114,7 +115,6 @@ from . import atomic
 from .config import ProcessingConfig, SourceConfig
 from .errors import IngestionError
 from .flatten import FlattenStats, TooManyColumns, _json_text, flatten_records
-from .outbound import guarded_session
 from .ingest import (
     ApiReader,
     CredentialResolver,
@@ -126,6 +126,7 @@ from .ingest import (
     read_records,
     with_params,
 )
+from .outbound import guarded_session
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,9 @@ class BulkReader(ApiReader):
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sessions: list[requests.Session] = [self.session]
-        self._manifest = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self._manifest = os.open(
+            self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644
+        )
 
     def _thread_session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -276,7 +279,9 @@ class BulkReader(ApiReader):
         with self._lock:
             written = os.write(self._manifest, line)
         if written != len(line):
-            raise OSError(f"only {written} of {len(line)} bytes of a manifest line were written to {self.manifest_path}")
+            raise OSError(
+                f"only {written} of {len(line)} bytes of a manifest line were written to {self.manifest_path}"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -300,11 +305,20 @@ class _Page:
     #: The URL of its first page (secrets masked), for messages.
     url: str = ""
 
-    def head(self, rows: int) -> "_Page":
-        return _Page(self.number, rows, {k: v.slice(0, rows) for k, v in self.columns.items()}, self.stats, self.pages, self.url)
+    def head(self, rows: int) -> _Page:
+        return _Page(
+            self.number,
+            rows,
+            {k: v.slice(0, rows) for k, v in self.columns.items()},
+            self.stats,
+            self.pages,
+            self.url,
+        )
 
 
-def typed_records(records: list[Any], max_depth: int, max_columns: int | None = None) -> tuple[int, dict[str, pa.Array], FlattenStats]:
+def typed_records(
+    records: list[Any], max_depth: int, max_columns: int | None = None
+) -> tuple[int, dict[str, pa.Array], FlattenStats]:
     """Flatten records as the native path does, then type each column (see the module docstring).
 
     Raises :class:`~.flatten.TooManyColumns` before building a frame wider than ``max_columns``.
@@ -329,7 +343,9 @@ def planned_urls(source: SourceConfig) -> Iterator[tuple[int, str]]:
         yield index + 1, with_params(base, {**where, pagination.limit_param: pagination.page_size})
 
 
-def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPoolExecutor) -> Iterator[tuple[int, str, list[Any]]]:
+def _concurrent_pages(
+    reader: BulkReader, source: SourceConfig, pool: ThreadPoolExecutor
+) -> Iterator[tuple[int, str, list[Any]]]:
     """``(page, URL, records)`` of computed-URL pagination in page order, fetched ``2 x concurrency`` ahead.
 
     The threads only fetch and save (network waits and gzip release the GIL); parsing and
@@ -356,7 +372,9 @@ def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPool
             if records is None:
                 log.warning(
                     "stopping pagination: page %d from %s is identical to the page before it "
-                    "(the API seems to ignore the paging parameters)", number, record.url
+                    "(the API seems to ignore the paging parameters)",
+                    number,
+                    record.url,
                 )
                 return
             previous = record.sha256
@@ -372,7 +390,9 @@ def _concurrent_pages(reader: BulkReader, source: SourceConfig, pool: ThreadPool
         _settle_unread(reader, [future for _, _, future in pending])
 
 
-def _read_page(reader: BulkReader, source: SourceConfig, url: str, fetched: Fetched, previous: str) -> tuple[RawPage, list[Any] | None]:
+def _read_page(
+    reader: BulkReader, source: SourceConfig, url: str, fetched: Fetched, previous: str
+) -> tuple[RawPage, list[Any] | None]:
     """Parse a fetched page (fetching it again if its body is cut off) and find its records;
     None for records when the page is identical to the one before it (digest ``previous``)."""
     fetched = reader.parsed(url, fetched)
@@ -412,15 +432,22 @@ def _sequential_pages(reader: BulkReader, source: SourceConfig) -> Iterator[tupl
         raise IngestionError(f"page {number + 1}: {exc}") from None
 
 
-def _typed_batch(first: int, url: str, records: list[Any], pages: int, max_depth: int, max_columns: int | None) -> _Page:
+def _typed_batch(
+    first: int, url: str, records: list[Any], pages: int, max_depth: int, max_columns: int | None
+) -> _Page:
     try:
         return _Page(first, *typed_records(records, max_depth, max_columns), pages=pages, url=url)
     except TooManyColumns as exc:
-        raise TooManyColumns(f"page {first}: {exc} (in the records of {pages} page(s) from {url} on)") from None
+        raise TooManyColumns(
+            f"page {first}: {exc} (in the records of {pages} page(s) from {url} on)"
+        ) from None
 
 
 def _typed_batches(
-    pages: Iterator[tuple[int, str, list[Any]]], max_depth: int, batch_records: int, max_columns: int | None = None
+    pages: Iterator[tuple[int, str, list[Any]]],
+    max_depth: int,
+    batch_records: int,
+    max_columns: int | None = None,
 ) -> Iterator[_Page]:
     """Consecutive pages' records flattened and typed together, at least ``batch_records`` at a time
     (the last batch may hold fewer): flattening and writing a part file have a fixed cost that
@@ -515,7 +542,9 @@ def typed_column(column: pd.Series) -> pa.Array:
     if kind in _NUMERIC_KINDS:
         ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
         if all(-EXACT_INT <= v <= EXACT_INT for v in ints):
-            return pa.array([None if v is None else float(v) for v in values], type=pa.float64(), from_pandas=True)
+            return pa.array(
+                [None if v is None else float(v) for v in values], type=pa.float64(), from_pandas=True
+            )
     return _text_array(values)
 
 
@@ -594,10 +623,17 @@ class PartWriter:
         for name in stale:
             table = pq.read_table(self.parts_dir / name)
             present = set(table.column_names)
-            arrays = [conform(table.column(n) if n in present else None, kind, table.num_rows) for n, kind in self.kinds.items()]
+            arrays = [
+                conform(table.column(n) if n in present else None, kind, table.num_rows)
+                for n, kind in self.kinds.items()
+            ]
             self._write(name, pa.Table.from_arrays(arrays, schema=self.schema))
         if stale:
-            log.info("rewrote %d earlier part file(s) to the final schema (%d columns)", len(stale), len(self.kinds))
+            log.info(
+                "rewrote %d earlier part file(s) to the final schema (%d columns)",
+                len(stale),
+                len(self.kinds),
+            )
         return len(stale)
 
     @property
@@ -700,7 +736,14 @@ def ingest_to_parquet(
     """
     raw_dir, parts_dir = Path(raw_dir), Path(parts_dir)
     limiter = RateLimiter(source.max_requests_per_second) if source.max_requests_per_second else None
-    reader = BulkReader(source, raw_dir, credentials=credentials, sleep=sleep, limiter=limiter, session_factory=session_factory)
+    reader = BulkReader(
+        source,
+        raw_dir,
+        credentials=credentials,
+        sleep=sleep,
+        limiter=limiter,
+        session_factory=session_factory,
+    )
     parts_dir.mkdir(parents=True, exist_ok=True)
     _clear(raw_dir, "page-*.gz", ".page-*.tmp*")
     _clear(parts_dir, "part-*.parquet", ".part-*.tmp")
@@ -710,10 +753,14 @@ def ingest_to_parquet(
     computed = source.pagination.type in ("offset", "page")
     try:
         with ThreadPoolExecutor(max_workers=source.concurrency, thread_name_prefix="bulk-ingest") as pool:
-            fetched = _concurrent_pages(reader, source, pool) if computed else _sequential_pages(reader, source)
+            fetched = (
+                _concurrent_pages(reader, source, pool) if computed else _sequential_pages(reader, source)
+            )
             pages = _typed_batches(fetched, processing.max_depth, batch_records, processing.max_columns)
             if not computed:
-                pages = prefetch(pages, depth=2)  # the next batch is fetched and flattened while this one is written
+                pages = prefetch(
+                    pages, depth=2
+                )  # the next batch is fetched and flattened while this one is written
             try:
                 for page in pages:
                     if source.max_records is not None and progress.records + page.rows > source.max_records:
@@ -741,7 +788,13 @@ def ingest_to_parquet(
     seconds = progress.seconds
     log.info(
         "ingested %d records x %d columns from %d page(s) in %.1fs (%.0f records/s, %d requests) into %s",
-        progress.records, len(writer.kinds), progress.pages, seconds, progress.records / seconds, reader.requests, parts_dir,
+        progress.records,
+        len(writer.kinds),
+        progress.pages,
+        seconds,
+        progress.records / seconds,
+        reader.requests,
+        parts_dir,
     )
     return BulkIngestResult(
         records=progress.records,

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config import load_config, parse_set_option
 from .errors import PipelineError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anomaly_detection", description="Turn a REST JSON API into an anomaly report.")
+    parser = argparse.ArgumentParser(
+        prog="anomaly_detection", description="Turn a REST JSON API into an anomaly report."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the native pipeline (ingest, preprocess, detect, evaluate, report)")
+    run = commands.add_parser(
+        "run", help="run the native pipeline (ingest, preprocess, detect, evaluate, report)"
+    )
     run.add_argument("--config", "-c", help="YAML config file (see configs/default.yaml)")
     run.add_argument(
         "--set",
@@ -26,17 +30,22 @@ def _parser() -> argparse.ArgumentParser:
         help="override one option, e.g. --set modeling.hyperparameters=complex (value read as YAML)",
     )
     run.add_argument("--run-id", help="run id (default: a new timestamped id)")
-    run.add_argument("--rerun-of", metavar="RUN_ID", help="this run reruns RUN_ID: its report shows what changed")
+    run.add_argument(
+        "--rerun-of", metavar="RUN_ID", help="this run reruns RUN_ID: its report shows what changed"
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="do not echo the log to stderr")
 
     replay = commands.add_parser(
-        "replay", help="re-run a saved run from its raw snapshot and resolved config, without the network, and compare"
+        "replay",
+        help="re-run a saved run from its raw snapshot and resolved config, without the network, and compare",
     )
     replay.add_argument("run_dir", metavar="RUN_DIR", help="the run's directory, e.g. runs/<run_id>")
     replay.add_argument("--run-id", help="id of the replay run (default: <run_id>.replay-<time>)")
     replay.add_argument("--quiet", "-q", action="store_true", help="do not echo the log to stderr")
 
-    check = commands.add_parser("check-config", help="validate a config and print it resolved (secrets redacted)")
+    check = commands.add_parser(
+        "check-config", help="validate a config and print it resolved (secrets redacted)"
+    )
     check.add_argument("--config", "-c")
     check.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
@@ -65,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = safe_run_id(args.run_id) if args.run_id else make_run_id()
     outcome = run_pipeline(config, run_id=run_id, echo=not args.quiet, rerun_of=args.rerun_of)
     if outcome.status != "succeeded":
-        print(f"error: {outcome.error} (run {outcome.run_id}; logs and raw responses in {outcome.paths.root})", file=sys.stderr)
+        print(
+            f"error: {outcome.error} (run {outcome.run_id}; logs and raw responses in {outcome.paths.root})",
+            file=sys.stderr,
+        )
         return 1
     best = outcome.best or {}
     print(
@@ -89,10 +101,16 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     comparison = outcome.comparison
     assert comparison is not None
-    print(f"replay {outcome.replayed.run_id} of {outcome.original.run_id}: {len(comparison.checks)} outputs compared")
+    print(
+        f"replay {outcome.replayed.run_id} of {outcome.original.run_id}: {len(comparison.checks)} outputs compared"
+    )
     for line in comparison.details:
         print(f"  differs: {line}")
-    print("identical: same scores, same selection, same anomalies" if comparison.identical else "DIFFERENT from the original")
+    print(
+        "identical: same scores, same selection, same anomalies"
+        if comparison.identical
+        else "DIFFERENT from the original"
+    )
     print(f"report: {outcome.replayed.report}")
     return 0 if comparison.identical else 1
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
@@ -24,9 +25,13 @@ Algorithm = Literal[ALGORITHMS]  # type: ignore[valid-type]  # the registered de
 #: Hyperparameter names each detector accepts in its grid (checked when the config loads).
 GRID_PARAMS: dict[str, frozenset[str]] = {name: d.params for name, d in REGISTRY.items()}
 
-DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {name: copy.deepcopy(d.grids) for name, d in REGISTRY.items()}
+DEFAULT_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
+    name: copy.deepcopy(d.grids) for name, d in REGISTRY.items()
+}
 
-_SECRET_NAME = re.compile(r"(auth|token|secret|passw|api[-_]?key|apikey|cookie|session|signature|sig$|key$)", re.I)
+_SECRET_NAME = re.compile(
+    r"(auth|token|secret|passw|api[-_]?key|apikey|cookie|session|signature|sig$|key$)", re.I
+)
 #: A value that carries its own credential scheme is secret whatever its key is called.
 _SECRET_VALUE = re.compile(r"^\s*(bearer|basic|token|digest)\s+\S", re.I)
 REDACTED = "***"
@@ -48,11 +53,13 @@ class AuthConfig(_Model):
     conn_id: str | None = None
 
     @model_validator(mode="after")
-    def _needs_env(self) -> "AuthConfig":
+    def _needs_env(self) -> AuthConfig:
         if self.conn_id:
             return self
         if self.type in ("bearer", "header", "query") and not self.token_env:
-            raise ValueError(f"auth type '{self.type}' needs token_env (the environment variable holding the token)")
+            raise ValueError(
+                f"auth type '{self.type}' needs token_env (the environment variable holding the token)"
+            )
         if self.type == "basic" and not (self.username_env and self.password_env):
             raise ValueError("auth type 'basic' needs username_env and password_env")
         return self
@@ -124,7 +131,9 @@ class SparkConfig(_Model):
 
 
 class ModelingConfig(_Model):
-    algorithms: list[Algorithm] = Field(default_factory=lambda: ["ensemble", "isolation_forest", "kmeans", "dbscan"])
+    algorithms: list[Algorithm] = Field(
+        default_factory=lambda: ["ensemble", "isolation_forest", "kmeans", "dbscan"]
+    )
     hyperparameters: Literal["simple", "complex"] = "simple"
     #: Share of rows flagged (0 < c <= 0.5), or "auto": Tukey's upper fence of each model's scores.
     contamination: float | Literal["auto"] = 0.05
@@ -236,7 +245,9 @@ class PipelineConfig(_Model):
 
 def looks_secret(key: str, value: Any) -> bool:
     """Whether a header, parameter or query item carries a secret (by its name or its value's scheme)."""
-    return bool(_SECRET_NAME.search(str(key))) or (isinstance(value, str) and bool(_SECRET_VALUE.match(value)))
+    return bool(_SECRET_NAME.search(str(key))) or (
+        isinstance(value, str) and bool(_SECRET_VALUE.match(value))
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -249,7 +260,10 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = urlencode(
-        [(k, REDACTED if looks_secret(k, v) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [
+            (k, REDACTED if looks_secret(k, v) else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
         safe="*",
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
@@ -313,7 +327,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping at the top level, got {type(data).__name__}"
+        )
     return data
 
 

@@ -12,9 +12,10 @@ import contextlib
 import json
 import logging
 import os
-from datetime import datetime, timezone
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from . import atomic
 from .config import PipelineConfig, build_config, expand_dotted, read_config_file
@@ -61,10 +62,14 @@ def config_file(name: str | None) -> Path:
     folder = configs_dir().resolve()
     available = sorted(p.name for p in folder.glob("*.yaml"))
     if "/" in name or "\\" in name or name not in available:
-        raise ConfigError(f"config: {name!r} is not a config file in {folder}; available: {', '.join(available)}")
+        raise ConfigError(
+            f"config: {name!r} is not a config file in {folder}; available: {', '.join(available)}"
+        )
     path = (folder / name).resolve()
     if path.parent != folder:  # a symlink out of the folder
-        raise ConfigError(f"config: {name!r} resolves to {path}, outside {folder}; config files must live in it")
+        raise ConfigError(
+            f"config: {name!r} resolves to {path}, outside {folder}; config files must live in it"
+        )
     return path
 
 
@@ -124,7 +129,9 @@ def resolve(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
         }
 
 
-def ingest(params: Mapping[str, Any], run_id: str, *, credentials: CredentialResolver = env_credentials) -> dict[str, Any]:
+def ingest(
+    params: Mapping[str, Any], run_id: str, *, credentials: CredentialResolver = env_credentials
+) -> dict[str, Any]:
     from .pipeline import ingest_stage
 
     with stage(params, run_id) as (config, paths):
@@ -176,7 +183,7 @@ def select(params: Mapping[str, Any], run_id: str, *, mode: str) -> dict[str, An
         meta.update(finished_at=utc_now(), mode=mode)
         if meta.get("started_at"):
             started = datetime.fromisoformat(meta["started_at"])
-            meta["duration_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+            meta["duration_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
         outcome = select_stage(config, paths, run_meta=meta)
         results = json.loads(paths.results.read_text(encoding="utf-8"))
         return {
@@ -200,7 +207,10 @@ def report(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
             "run_dir": str(paths.root),
             "rows": results["rows"]["after_duplicates"],
             "warnings": results["warnings"],
-            "best": {k: best[k] for k in ("algorithm", "params", "metric", "score", "anomaly_count", "anomaly_share")},
+            "best": {
+                k: best[k]
+                for k in ("algorithm", "params", "metric", "score", "anomaly_count", "anomaly_share")
+            },
         }
 
 
@@ -214,10 +224,18 @@ def apply_review(
     with stage(params, run_id) as (config, paths):
         decision = review.decide(gate_state, response)
         if decision is None:
-            log.warning("review gate ended as %s: the run did not reach a review, nothing recorded", gate_state)
+            log.warning(
+                "review gate ended as %s: the run did not reach a review, nothing recorded", gate_state
+            )
             return {"decision": None, "next": None}
         decision = review.record_decision(paths, decision)
-        log.info("review: %s by %s via %s (%s)", decision.decision, decision.by, decision.via, decision.comment or "no comment")
+        log.info(
+            "review: %s by %s via %s (%s)",
+            decision.decision,
+            decision.by,
+            decision.via,
+            decision.comment or "no comment",
+        )
         report_stage(config, paths, decision=decision.to_dict())
         if decision.decision == "approved":
             return {"decision": "approved", "next": "publish"}

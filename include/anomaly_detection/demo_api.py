@@ -31,10 +31,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -128,7 +129,9 @@ def _normal_metrics(rng: np.random.Generator, *, rows: int, features: int) -> tu
     return points, cluster
 
 
-def _plant_anomalies(rng: np.random.Generator, points: np.ndarray, *, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _plant_anomalies(
+    rng: np.random.Generator, points: np.ndarray, *, count: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Push ``count`` random rows of ``points`` (in place) 6-10 standard deviations away.
 
     Returns
@@ -153,7 +156,9 @@ def _plant_anomalies(rng: np.random.Generator, points: np.ndarray, *, count: int
     return planted, hit
 
 
-def _missing_codes(rng: np.random.Generator, *, shape: tuple[int, int], share: float, planted: np.ndarray) -> np.ndarray:
+def _missing_codes(
+    rng: np.random.Generator, *, shape: tuple[int, int], share: float, planted: np.ndarray
+) -> np.ndarray:
     """Mark about ``share`` of the cells as null or absent (half each); planted rows stay complete."""
     codes = np.zeros(shape, dtype=np.int8)
     if share <= 0:
@@ -232,7 +237,7 @@ class DemoDataset:
         missing_share: float = 0.02,
         duplicate_share: float = 0.01,
         seed: int = 7,
-    ) -> "DemoDataset":
+    ) -> DemoDataset:
         """Generate a dataset; the same arguments always give the same records.
 
         Parameters
@@ -281,7 +286,9 @@ class DemoDataset:
         codes = _missing_codes(streams[2], shape=points.shape, share=missing_share, planted=planted)
         site, lat, lon, tags = _sensor_columns(streams[3], cluster)
         normal = np.setdiff1d(np.arange(unique), planted, assume_unique=True)
-        sources = np.sort(streams[4].choice(normal, size=n_dup, replace=False)) if n_dup else np.empty(0, np.int64)
+        sources = (
+            np.sort(streams[4].choice(normal, size=n_dup, replace=False)) if n_dup else np.empty(0, np.int64)
+        )
         order = _stream_order(streams[4], unique=unique, sources=sources)
         metrics = _scale_to_units(streams[0], points)
         return cls(
@@ -317,13 +324,18 @@ class DemoDataset:
         """For every planted id, the metrics it was pushed away on (the anomalous columns)."""
         names = self.metric_names
         return {
-            int(i) + 1: [names[j] for j in np.flatnonzero(hit)] for i, hit in zip(self.planted.tolist(), self.planted_hits)
+            int(i) + 1: [names[j] for j in np.flatnonzero(hit)]
+            for i, hit in zip(self.planted.tolist(), self.planted_hits)
         }
 
     @property
     def metric_spread(self) -> np.ndarray:
         """Standard deviation of each metric (first 100,000 rows), the unit of :class:`Drift`."""
-        spread = self.metrics[: min(len(self.metrics), 100_000)].std(axis=0) if len(self.metrics) > 1 else np.ones(self.features)
+        spread = (
+            self.metrics[: min(len(self.metrics), 100_000)].std(axis=0)
+            if len(self.metrics) > 1
+            else np.ones(self.features)
+        )
         return np.where(spread > 0, spread, 1.0)
 
     @property
@@ -331,7 +343,9 @@ class DemoDataset:
         """How many served records are copies of an earlier record."""
         return self.rows - self.metrics.shape[0]
 
-    def records(self, start: int = 0, stop: int | None = None, *, shift: np.ndarray | None = None) -> list[dict[str, Any]]:
+    def records(
+        self, start: int = 0, stop: int | None = None, *, shift: np.ndarray | None = None
+    ) -> list[dict[str, Any]]:
         """Build the JSON-ready records served at positions ``start`` .. ``stop - 1``.
 
         Parameters
@@ -359,7 +373,9 @@ class DemoDataset:
 def _sensor_columns(rng: np.random.Generator, cluster: np.ndarray) -> tuple[np.ndarray, ...]:
     """Site (mostly its cluster's), jittered coordinates and a tag set for every row."""
     rows = cluster.size
-    site = np.where(rng.random(rows) < 0.9, cluster % len(SITES), rng.integers(0, len(SITES), rows)).astype(np.int8)
+    site = np.where(rng.random(rows) < 0.9, cluster % len(SITES), rng.integers(0, len(SITES), rows)).astype(
+        np.int8
+    )
     base = np.array([[lat, lon] for _, lat, lon in SITES])
     jitter = rng.normal(0.0, 0.01, size=(rows, 2))
     lat = np.round(base[site, 0] + jitter[:, 0], 5)
@@ -368,11 +384,15 @@ def _sensor_columns(rng: np.random.Generator, cluster: np.ndarray) -> tuple[np.n
     return site, lat, lon, tags
 
 
-def _build_records(dataset: DemoDataset, index: np.ndarray, shift: np.ndarray | None = None) -> list[dict[str, Any]]:
+def _build_records(
+    dataset: DemoDataset, index: np.ndarray, shift: np.ndarray | None = None
+) -> list[dict[str, Any]]:
     """Turn unique-row ``index`` into record dicts from whole-column ``.tolist()`` conversions."""
     names = dataset.metric_names
     ids = (index + 1).tolist()
-    stamps = np.datetime_as_string(EPOCH + (index + 1).astype("timedelta64[m]"), unit="s", timezone="UTC").tolist()
+    stamps = np.datetime_as_string(
+        EPOCH + (index + 1).astype("timedelta64[m]"), unit="s", timezone="UTC"
+    ).tolist()
     sites = [SITES[s][0] for s in dataset.site[index].tolist()]
     lats = dataset.lat[index].tolist()
     lons = dataset.lon[index].tolist()
@@ -443,7 +463,12 @@ class DemoServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], dataset: DemoDataset, *, drift_per_run: float = 0.0, page_delay: float = 0.0
+        self,
+        address: tuple[str, int],
+        dataset: DemoDataset,
+        *,
+        drift_per_run: float = 0.0,
+        page_delay: float = 0.0,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -478,7 +503,9 @@ def _int_param(query: dict[str, list[str]], name: str, *, default: int, low: int
     return value
 
 
-def records_page(dataset: DemoDataset, *, offset: int, limit: int, shift: np.ndarray | None = None) -> dict[str, Any]:
+def records_page(
+    dataset: DemoDataset, *, offset: int, limit: int, shift: np.ndarray | None = None
+) -> dict[str, Any]:
     """The ``/records`` response body for one page.
 
     Parameters
@@ -522,9 +549,15 @@ class DemoHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, {"ids": dataset.planted_ids, "columns": columns})
         elif route == "/health":
             drift = self.server.drift
-            self._send(HTTPStatus.OK, {"status": "ok", "rows": dataset.rows, "run": drift.run, "drift_per_run": drift.per_run})
+            self._send(
+                HTTPStatus.OK,
+                {"status": "ok", "rows": dataset.rows, "run": drift.run, "drift_per_run": drift.per_run},
+            )
         else:
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path: {parts.path}", "paths": ["/records", "/planted", "/health"]})
+            self._send(
+                HTTPStatus.NOT_FOUND,
+                {"error": f"no such path: {parts.path}", "paths": ["/records", "/planted", "/health"]},
+            )
 
     def do_POST(self) -> None:  # noqa: N802
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET is supported"}, extra={"Allow": "GET"})
@@ -542,7 +575,9 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.server.drift.start_run()
         if self.server.page_delay:
             time.sleep(self.server.page_delay)
-        self._send(HTTPStatus.OK, records_page(dataset, offset=offset, limit=limit, shift=self.server.drift.shift()))
+        self._send(
+            HTTPStatus.OK, records_page(dataset, offset=offset, limit=limit, shift=self.server.drift.shift())
+        )
 
     def _send(self, status: HTTPStatus, payload: Any, *, extra: dict[str, str] | None = None) -> None:
         body = orjson.dumps(payload)
@@ -562,7 +597,12 @@ class DemoHandler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0, page_delay: float = 0.0
+    dataset: DemoDataset,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    drift_per_run: float = 0.0,
+    page_delay: float = 0.0,
 ) -> DemoServer:
     """Bind (but do not start) a server for ``dataset``.
 
@@ -593,7 +633,12 @@ def base_url(server: DemoServer) -> str:
 
 
 def serve_in_thread(
-    dataset: DemoDataset, host: str = "127.0.0.1", port: int = 0, *, drift_per_run: float = 0.0, page_delay: float = 0.0
+    dataset: DemoDataset,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    drift_per_run: float = 0.0,
+    page_delay: float = 0.0,
 ) -> tuple[DemoServer, str]:
     """Serve ``dataset`` from a daemon thread.
 
@@ -617,7 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve synthetic sensor records with planted anomalies over HTTP.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8765, help="port to bind, 0 for any free port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=8765, help="port to bind, 0 for any free port (default: %(default)s)"
+    )
     parser.add_argument("--rows", type=int, default=5000, help="records served, duplicates included")
     parser.add_argument("--features", type=int, default=12, help="metrics per record")
     parser.add_argument("--seed", type=int, default=7)
@@ -625,11 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--missing-share", type=float, default=0.02)
     parser.add_argument("--duplicate-share", type=float, default=0.01)
     parser.add_argument(
-        "--drift-per-run", type=float, default=0.0,
+        "--drift-per-run",
+        type=float,
+        default=0.0,
         help="shift m01 and m02 by this many standard deviations more on every run (a run starts at offset 0)",
     )
     parser.add_argument(
-        "--page-delay", type=float, default=0.0, metavar="SECONDS",
+        "--page-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="hold every /records page back this long before sending it: a slow API (default: %(default)s)",
     )
     return parser

@@ -8,7 +8,8 @@ KMeans and Bisecting KMeans distance, DBSCAN, kNN distance, Local Outlier Factor
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import ParameterGrid
@@ -26,7 +27,9 @@ from .detectors import (  # noqa: F401  (the public names of detection)
 log = logging.getLogger(__name__)
 
 
-def run_grid(algorithm: str, grid: dict[str, list[Any]], X: np.ndarray, settings: DetectorSettings) -> Iterator[Detection]:
+def run_grid(
+    algorithm: str, grid: dict[str, list[Any]], X: np.ndarray, settings: DetectorSettings
+) -> Iterator[Detection]:
     """Yield one :class:`Detection` per point of ``ParameterGrid(grid)``.
 
     Parameters

@@ -9,8 +9,9 @@ recall and F1 from the 0/1 labels.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -55,7 +56,9 @@ class ModelResult:
 
     @property
     def selectable(self) -> bool:
-        return self.score is not None and not any(f.startswith(("degenerate", "single cluster")) for f in self.flags)
+        return self.score is not None and not any(
+            f.startswith(("degenerate", "single cluster")) for f in self.flags
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(vars(self))
@@ -117,12 +120,16 @@ def two_group_silhouette(X: np.ndarray, labels: np.ndarray, *, chunk_rows: int =
         a = sums[np.arange(len(own)), own] / np.maximum(own_size - 1, 1)
         b = sums[np.arange(len(own)), 1 - own] / sizes[1 - own]
         denominator = np.maximum(a, b)
-        s = np.where((own_size > 1) & (denominator > 0), (b - a) / np.where(denominator > 0, denominator, 1.0), 0.0)
+        s = np.where(
+            (own_size > 1) & (denominator > 0), (b - a) / np.where(denominator > 0, denominator, 1.0), 0.0
+        )
         total += float(s.sum())
     return total / len(X)
 
 
-def internal_metrics(X: np.ndarray, labels: np.ndarray, *, sample_size: int, random_state: int) -> dict[str, float | None]:
+def internal_metrics(
+    X: np.ndarray, labels: np.ndarray, *, sample_size: int, random_state: int
+) -> dict[str, float | None]:
     """Silhouette (sampled), Davies-Bouldin and Calinski-Harabasz of the anomaly/normal split.
 
     All three are ``None`` when the split has fewer than two non-empty groups.
@@ -134,7 +141,9 @@ def internal_metrics(X: np.ndarray, labels: np.ndarray, *, sample_size: int, ran
     idx = _metric_sample(labels, sample_size, rng)
     sample_labels = labels[idx]
     silhouette = (
-        _finite(two_group_silhouette(X[idx], sample_labels)) if len(np.unique(sample_labels)) == 2 and len(idx) > 2 else None
+        _finite(two_group_silhouette(X[idx], sample_labels))
+        if len(np.unique(sample_labels)) == 2 and len(idx) > 2
+        else None
     )
     return {
         "silhouette": silhouette,
@@ -167,7 +176,11 @@ def sanity_flags(detection: Detection) -> list[str]:
         flags.append(f"degenerate: {detection.info['degenerate']}")
     elif np.ptp(detection.scores) == 0:
         flags.append("degenerate: every row has the same score")
-    if detection.info.get("n_clusters") == 1 and detection.algorithm in ("kmeans", "bisecting_kmeans") and detection.params.get("n_clusters", 2) > 1:
+    if (
+        detection.info.get("n_clusters") == 1
+        and detection.algorithm in ("kmeans", "bisecting_kmeans")
+        and detection.params.get("n_clusters", 2) > 1
+    ):
         flags.append("single cluster: fewer distinct rows than clusters asked for")
     elif detection.info.get("n_clusters") == 1 and detection.algorithm == "dbscan":
         flags.append("single cluster found by DBSCAN")
@@ -279,7 +292,10 @@ def choose(results: Iterable[ModelResult], *, selection: str) -> tuple[ModelResu
         return by_metric, f"best {metric} of {len(results)} configurations"
     ensembles = [r for r in results if r.algorithm == "ensemble"]
     if not ensembles:
-        return by_metric, f"the ensemble did not run (not in modeling.algorithms, or not on this engine): best {metric} instead"
+        return (
+            by_metric,
+            f"the ensemble did not run (not in modeling.algorithms, or not on this engine): best {metric} instead",
+        )
     ensemble = select_best(ensembles)
     if not ensemble.selectable and by_metric.selectable:
         return by_metric, f"the ensemble is unusable ({'; '.join(ensemble.flags)}): best {metric} instead"

@@ -18,8 +18,8 @@ the API's units with the run's MinMax minimum and maximum.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -109,7 +109,9 @@ def fit_reference(
     normal = np.asarray(normal, dtype=bool)
     names = [str(n) for n in names]
     if X.ndim != 2 or X.shape[1] != len(names) or len(normal) != len(X):
-        raise ValueError(f"features of shape {X.shape} do not match {len(names)} names and {len(normal)} flags")
+        raise ValueError(
+            f"features of shape {X.shape} do not match {len(names)} names and {len(normal)} flags"
+        )
     if len(X) == 0:
         raise ValueError("no sampled rows to compare the anomalies with")
     reference = X[normal] if normal.sum() >= MIN_REFERENCE_ROWS else X
@@ -171,7 +173,9 @@ def _z(z: float) -> str:
     return f"{z:+.1f}" if abs(z) < 1e5 else (">+1e5" if z > 0 else "<-1e5")
 
 
-def explain(reference: Reference, X: np.ndarray, *, top: int = TOP_FEATURES, min_z: float = MIN_Z) -> list[Explanation]:
+def explain(
+    reference: Reference, X: np.ndarray, *, top: int = TOP_FEATURES, min_z: float = MIN_Z
+) -> list[Explanation]:
     """Name the ``top`` most deviating features of every row of ``X``.
 
     Parameters

@@ -110,7 +110,11 @@ def _decode(body: bytes, source: str) -> tuple[str, bool]:
     except UnicodeDecodeError as exc:
         log.warning(
             "response from %s is not valid %s at byte %d (%r); undecodable bytes are read as U+FFFD "
-            "(the raw snapshot keeps the original bytes)", source, encoding, exc.start, body[exc.start: exc.start + 8],
+            "(the raw snapshot keeps the original bytes)",
+            source,
+            encoding,
+            exc.start,
+            body[exc.start : exc.start + 8],
         )
         return body.decode(encoding, "replace"), True
 
@@ -145,11 +149,14 @@ def _parse_standard(text: str, body: bytes, source: str) -> Any:
     if isinstance(error, RecursionError):
         raise BodyNotJson(
             f"response from {source} is nested too deeply to parse (more than about {_PARSE_RECURSION_LIMIT:,} levels)",
-            detail="nested too deeply", deep=True,
+            detail="nested too deeply",
+            deep=True,
         )
     start = body[:120].decode("utf-8", "replace").strip()
     kind = "an HTML page" if start.lower().startswith(("<!doctype html", "<html")) else "not valid JSON"
-    raise BodyNotJson(f"response from {source} is {kind} ({error}); it starts with {start!r}", detail=str(error))
+    raise BodyNotJson(
+        f"response from {source} is {kind} ({error}); it starts with {start!r}", detail=str(error)
+    )
 
 
 # --------------------------------------------------------------------------- records
@@ -383,8 +390,25 @@ def flatten_record(record: Any, *, max_depth: int, stats: FlattenStats) -> dict[
     return out
 
 
-_PLAIN_KINDS = frozenset({"string", "bytes", "floating", "integer", "mixed-integer-float", "decimal", "boolean",
-                          "datetime64", "datetime", "date", "timedelta64", "timedelta", "time", "period", "empty"})
+_PLAIN_KINDS = frozenset(
+    {
+        "string",
+        "bytes",
+        "floating",
+        "integer",
+        "mixed-integer-float",
+        "decimal",
+        "boolean",
+        "datetime64",
+        "datetime",
+        "date",
+        "timedelta64",
+        "timedelta",
+        "time",
+        "period",
+        "empty",
+    }
+)
 
 
 def _emit(out: dict[str, Any], name: str, column: Any, stats: FlattenStats) -> None:
@@ -414,7 +438,9 @@ def _check_keys(rows: list[dict[str, Any]], already: int, max_columns: int | Non
     _check_width(already + len(set().union(*rows)), max_columns, where)
 
 
-def flatten_records(records: list[Any], *, max_depth: int, stats: FlattenStats, max_columns: int | None = None) -> pd.DataFrame:
+def flatten_records(
+    records: list[Any], *, max_depth: int, stats: FlattenStats, max_columns: int | None = None
+) -> pd.DataFrame:
     """Flatten a page of records into a frame (list values are still Python lists).
 
     Column by column rather than record by record: each level of nested objects becomes one
@@ -454,10 +480,17 @@ def flatten_records(records: list[Any], *, max_depth: int, stats: FlattenStats, 
         if not is_dict.any():
             _emit(out, name, column, stats)
             continue
-        non_empty = is_dict & np.fromiter((bool(v) if type(v) is dict else False for v in values), dtype=bool, count=len(values))
+        non_empty = is_dict & np.fromiter(
+            (bool(v) if type(v) is dict else False for v in values), dtype=bool, count=len(values)
+        )
         if depth >= max_depth and non_empty.any():
             stats.truncated_paths.add(name)
-            _emit(out, name, column.map(lambda v: (_json_text(v) if v else None) if type(v) is dict else v), stats)
+            _emit(
+                out,
+                name,
+                column.map(lambda v: (_json_text(v) if v else None) if type(v) is dict else v),
+                stats,
+            )
             continue
         rest = column.where(~is_dict, None)
         objects = [v if d else {} for v, d in zip(values, is_dict)]
@@ -500,7 +533,9 @@ def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNot
         length = int(lengths.iloc[0])
         if scalar and fixed and 0 < length <= max_list_length:
             expanded = pd.DataFrame(lists.tolist(), index=lists.index).reindex(col.index)
-            taken = set(map(str, frame.columns)) | {str(c) for r in new_columns.values() if isinstance(r, pd.DataFrame) for c in r.columns}
+            taken = set(map(str, frame.columns)) | {
+                str(c) for r in new_columns.values() if isinstance(r, pd.DataFrame) for c in r.columns
+            }
             names = []
             for i in range(length):
                 wanted = candidate = f"{name}.{i}"
@@ -532,13 +567,19 @@ def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNot
     return pd.concat(parts, axis=1)
 
 
-_TEXT_KINDS = frozenset({"string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating", "decimal"})
+_TEXT_KINDS = frozenset(
+    {"string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating", "decimal"}
+)
 
 
 def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
     for name in frame.columns:
         col = frame[name]
-        if col.dtype == bool or pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
+        if (
+            col.dtype == bool
+            or pd.api.types.is_numeric_dtype(col)
+            or pd.api.types.is_datetime64_any_dtype(col)
+        ):
             continue
         kind = pd.api.types.infer_dtype(col, skipna=True)
         if kind not in _TEXT_KINDS:
@@ -561,7 +602,9 @@ def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
         if head.str.match(_ISO_TIMESTAMP).all() and as_text.str.match(_ISO_TIMESTAMP).all():
             stamps = pd.to_datetime(as_text, format="ISO8601", utc=True, errors="coerce")
             if stamps.notna().all():
-                frame[name] = pd.to_datetime(col.where(col.astype(str).str.strip() != ""), format="ISO8601", utc=True, errors="coerce")
+                frame[name] = pd.to_datetime(
+                    col.where(col.astype(str).str.strip() != ""), format="ISO8601", utc=True, errors="coerce"
+                )
                 notes.datetimes.append(str(name))
     return frame
 

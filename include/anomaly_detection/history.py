@@ -26,9 +26,10 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -134,21 +135,29 @@ class FeatureDrift:
     @property
     def level(self) -> str:
         """``drifted`` (PSI >= 0.2), ``moderate`` (PSI >= 0.1) or ``stable``."""
-        return "drifted" if self.psi >= PSI_THRESHOLD else "moderate" if self.psi >= PSI_MODERATE else "stable"
+        return (
+            "drifted" if self.psi >= PSI_THRESHOLD else "moderate" if self.psi >= PSI_MODERATE else "stable"
+        )
 
     @property
     def ks_significant(self) -> bool:
         return self.ks > self.ks_critical
 
 
-def drift(previous: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]]) -> list[FeatureDrift]:
+def drift(
+    previous: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]]
+) -> list[FeatureDrift]:
     """Drift of every feature present in both runs' profiles, largest PSI first."""
     out = []
     for name in current:
         if name not in previous:
             continue
         a, b = previous[name], current[name]
-        out.append(FeatureDrift(name, a["mean"], b["mean"], psi(a, b), ks(a, b), ks_critical(int(a["n"]), int(b["n"]))))
+        out.append(
+            FeatureDrift(
+                name, a["mean"], b["mean"], psi(a, b), ks(a, b), ks_critical(int(a["n"]), int(b["n"]))
+            )
+        )
     return sorted(out, key=lambda d: (-d.psi, d.feature))
 
 
@@ -169,7 +178,9 @@ def append(path: Path, entry: Mapping[str, Any]) -> None:
         try:
             if handle.seek(0, 2) > 0:
                 handle.seek(-1, 2)
-                if handle.read(1) != b"\n":  # a writer killed mid-line: end its fragment so this line stays whole
+                if (
+                    handle.read(1) != b"\n"
+                ):  # a writer killed mid-line: end its fragment so this line stays whole
                     line = "\n" + line
             handle.write(line.encode("utf-8"))
             handle.flush()
@@ -203,7 +214,9 @@ def read(path: Path) -> list[dict[str, Any]]:
     return [latest[run_id] for run_id in sorted(first_seen, key=first_seen.__getitem__)]
 
 
-def previous_runs(entries: Iterable[Mapping[str, Any]], key: str, run_id: str, limit: int) -> list[dict[str, Any]]:
+def previous_runs(
+    entries: Iterable[Mapping[str, Any]], key: str, run_id: str, limit: int
+) -> list[dict[str, Any]]:
     """The runs of source ``key`` recorded before ``run_id`` (or all, if it is not recorded), oldest first."""
     same = [dict(e) for e in entries if e.get("source_key") == key]
     ids = [e["run_id"] for e in same]

@@ -35,9 +35,10 @@ import io
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsplit, urlunsplit
 
 import orjson
@@ -48,8 +49,17 @@ import urllib3
 from . import atomic
 from .config import REDACTED, ProcessingConfig, SourceConfig, looks_secret, redact_url
 from .errors import ConfigError, IngestionError
+from .flatten import (
+    BodyNotJson,
+    ColumnNotes,
+    FlattenStats,
+    TooManyColumns,
+    extract_records,
+    finalize_frame,
+    flatten_records,
+    parse_json,
+)
 from .outbound import guarded_session
-from .flatten import BodyNotJson, ColumnNotes, FlattenStats, TooManyColumns, extract_records, finalize_frame, flatten_records, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +174,7 @@ def _retry_after(response: requests.Response) -> float | None:
     if parsed is None:
         return None
     if parsed.tzinfo is None:  # "-0000" or no zone: HTTP dates are GMT
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return max(0.0, parsed.timestamp() - time.time())
 
 
@@ -200,8 +210,16 @@ def _connection_problem(exc: requests.ConnectionError) -> str:
         return "TLS/SSL error"
     if "refused" in text.lower():
         return "connection refused"
-    if any(s in text for s in ("Name or service not known", "nodename nor servname", "getaddrinfo failed",
-                               "Temporary failure in name resolution", "NameResolutionError")):
+    if any(
+        s in text
+        for s in (
+            "Name or service not known",
+            "nodename nor servname",
+            "getaddrinfo failed",
+            "Temporary failure in name resolution",
+            "NameResolutionError",
+        )
+    ):
         return "host name could not be resolved"
     if "reset" in text.lower():
         return "connection reset by the server"
@@ -358,8 +376,16 @@ class ApiReader:
         return PageRecord(**fields)
 
     def _save(
-        self, page: int, url: str, response: requests.Response | None, body: bytes, attempts: int, seconds: float,
-        *, set_aside: list[str] | None = None, suffix: str | None = None,
+        self,
+        page: int,
+        url: str,
+        response: requests.Response | None,
+        body: bytes,
+        attempts: int,
+        seconds: float,
+        *,
+        set_aside: list[str] | None = None,
+        suffix: str | None = None,
     ) -> PageRecord:
         """Store a body as ``page``'s raw file and list it in the manifest."""
         content_type = response.headers.get("Content-Type", "") if response is not None else ""
@@ -412,7 +438,12 @@ class ApiReader:
         method = self.source.method
         for _ in range(MAX_REDIRECTS + 1):
             response = session.request(
-                method, url, headers=headers, timeout=self.source.timeout_seconds, stream=True, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                timeout=self.source.timeout_seconds,
+                stream=True,
+                allow_redirects=False,
             )
             if not response.is_redirect:
                 return response
@@ -433,12 +464,16 @@ class ApiReader:
         """The URL and headers to send: credentials only to the origin of ``source.url``."""
         same_origin = _origin(url) == self.origin
         if not same_origin and (self.auth_headers or self.auth_params):
-            log.warning("%s is not on %s://%s; requesting it without credentials", self.safe_url(url), *self.origin)
+            log.warning(
+                "%s is not on %s://%s; requesting it without credentials", self.safe_url(url), *self.origin
+            )
         if same_origin:
             return with_params(url, self.auth_params), {**self.source.headers, **self.auth_headers}
         return url, self._public_headers()
 
-    def _attempt(self, url: str, headers: dict[str, str], safe_url: str) -> tuple[requests.Response | None, bytes, str]:
+    def _attempt(
+        self, url: str, headers: dict[str, str], safe_url: str
+    ) -> tuple[requests.Response | None, bytes, str]:
         """Send one request and read its body: ``(response, body, "")``, or why it failed instead.
 
         Raises :class:`BodyTooLarge` for a body over the cap.
@@ -450,16 +485,30 @@ class ApiReader:
             response = self._request(url, headers)
             return response, read_body(response, cap=cap, deadline=deadline), ""
         except BodyTooSlow:
-            return response, b"", f"the body was still arriving after source.max_response_seconds={seconds:g}s"
+            return (
+                response,
+                b"",
+                f"the body was still arriving after source.max_response_seconds={seconds:g}s",
+            )
         except requests.Timeout:
             return response, b"", f"timed out (nothing received within {self.source.timeout_seconds:g}s)"
         except requests.ConnectionError as exc:
             return response, b"", f"connection failed ({_connection_problem(exc)})"
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema, requests.exceptions.TooManyRedirects) as exc:
-            raise IngestionError(f"GET {safe_url} failed: {type(exc).__name__} ({self.scrub(str(exc))[:400]})") from None
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.TooManyRedirects,
+        ) as exc:
+            raise IngestionError(
+                f"GET {safe_url} failed: {type(exc).__name__} ({self.scrub(str(exc))[:400]})"
+            ) from None
         except requests.exceptions.ChunkedEncodingError as exc:
-            return response, b"", f"the connection broke before the whole body arrived ({self.scrub(_broken(exc))})"
+            return (
+                response,
+                b"",
+                f"the connection broke before the whole body arrived ({self.scrub(_broken(exc))})",
+            )
         except requests.RequestException as exc:
             return response, b"", f"{type(exc).__name__} while reading the response"
         finally:
@@ -499,7 +548,14 @@ class ApiReader:
         for attempt in range(after.attempts if after is not None else 0, attempts):
             if attempt:
                 delay = self._delay(attempt - 1, response)
-                log.warning("retrying %s in %.2fs (attempt %d of %d): %s", safe_url, delay, attempt + 1, attempts, problem)
+                log.warning(
+                    "retrying %s in %.2fs (attempt %d of %d): %s",
+                    safe_url,
+                    delay,
+                    attempt + 1,
+                    attempts,
+                    problem,
+                )
                 self.sleep(delay)
             try:
                 response, body, problem = self._attempt(request_url, headers, safe_url)
@@ -511,7 +567,9 @@ class ApiReader:
             if response.status_code in RETRY_STATUSES:
                 problem, failed = f"HTTP {response.status_code}", (response, body)
                 continue
-            record = self._save(page, url, response, body, attempt + 1, time.perf_counter() - started, set_aside=set_aside)
+            record = self._save(
+                page, url, response, body, attempt + 1, time.perf_counter() - started, set_aside=set_aside
+            )
             if response.status_code >= 400:
                 self.settle(record, None)
                 snippet = self.scrub(body[:200].decode("utf-8", "replace").strip())
@@ -528,7 +586,9 @@ class ApiReader:
                 problem = self._set_aside(fetched, exc, set_aside)
         saved = ""
         if failed is not None:
-            record = self._save(page, url, failed[0], failed[1], attempts, time.perf_counter() - started, set_aside=set_aside)
+            record = self._save(
+                page, url, failed[0], failed[1], attempts, time.perf_counter() - started, set_aside=set_aside
+            )
             self.settle(record, None)
             saved = f" (the last response is saved to {self.raw_dir / record.file})"
         raise IngestionError(f"GET {safe_url} failed after {attempts} attempt(s): {problem}{saved}")
@@ -555,27 +615,48 @@ class ApiReader:
         """Keep a rejected body as ``page-NNNNN.attemptK.*`` for a retry (its name is appended to
         ``set_aside``); raise a clear error when it is not worth one or none is left."""
         record = fetched.record
-        retry = not exc.deep and _looks_like_json(record.content_type, fetched.body) and record.attempts < self.source.retries + 1
+        retry = (
+            not exc.deep
+            and _looks_like_json(record.content_type, fetched.body)
+            and record.attempts < self.source.retries + 1
+        )
         if not retry:
             self.settle(record, None)
             tries = f" after {record.attempts} attempt(s)" if record.attempts > 1 else ""
-            raise IngestionError(f"{self.scrub(str(exc))}{tries} (raw response saved to {self.raw_dir / record.file})") from None
-        name = self._file_name(record.page, f".attempt{record.attempts}{_suffix(record.content_type, fetched.body)}")
+            raise IngestionError(
+                f"{self.scrub(str(exc))}{tries} (raw response saved to {self.raw_dir / record.file})"
+            ) from None
+        name = self._file_name(
+            record.page, f".attempt{record.attempts}{_suffix(record.content_type, fetched.body)}"
+        )
         os.replace(self.raw_dir / record.file, self.raw_dir / name)
         self._forget(record)
         set_aside.append(name)
         return f"the body is not valid JSON ({self.scrub(exc.detail)[:200]}; kept as {name})"
 
-    def _refuse_large(self, page: int, url: str, exc: BodyTooLarge, attempts: int, seconds: float, set_aside: list[str]) -> None:
+    def _refuse_large(
+        self, page: int, url: str, exc: BodyTooLarge, attempts: int, seconds: float, set_aside: list[str]
+    ) -> None:
         """Raise the error for a body over ``source.max_response_bytes``, keeping what arrived."""
         cap = self.source.max_response_bytes
         if exc.partial:
-            record = self._save(page, url, exc.response, exc.partial, attempts, seconds, set_aside=set_aside, suffix=".partial")
+            record = self._save(
+                page,
+                url,
+                exc.response,
+                exc.partial,
+                attempts,
+                seconds,
+                set_aside=set_aside,
+                suffix=".partial",
+            )
             self.settle(record, None)
             how = f"more than {cap} bytes arrived; the first {len(exc.partial)} are saved to {self.raw_dir / record.file}"
         else:
             how = f"its Content-Length is {exc.declared}; nothing was read"
-        raise IngestionError(f"GET {self.safe_url(url)}: the response is larger than source.max_response_bytes={cap} ({how})") from None
+        raise IngestionError(
+            f"GET {self.safe_url(url)}: the response is larger than source.max_response_bytes={cap} ({how})"
+        ) from None
 
 
 def _next_in_body(payload: Any, path: str) -> str | None:
@@ -588,7 +669,9 @@ def _next_in_body(payload: Any, path: str) -> str | None:
     return node if isinstance(node, str) and node else None
 
 
-def read_records(reader: ApiReader, url: str, fetched: Fetched, records_path: str | None) -> tuple[list[Any], str]:
+def read_records(
+    reader: ApiReader, url: str, fetched: Fetched, records_path: str | None
+) -> tuple[list[Any], str]:
     """Find the records in a parsed page: ``(records, path_used)``.
 
     The record count (or, on failure, that the page could not be read) goes to the manifest; an
@@ -598,12 +681,16 @@ def read_records(reader: ApiReader, url: str, fetched: Fetched, records_path: st
         records, path = extract_records(fetched.payload, records_path, source=reader.safe_url(url))
     except IngestionError as exc:
         reader.settle(fetched.record, None)
-        raise IngestionError(f"{reader.scrub(str(exc))} (raw response saved to {reader.raw_dir / fetched.record.file})") from None
+        raise IngestionError(
+            f"{reader.scrub(str(exc))} (raw response saved to {reader.raw_dir / fetched.record.file})"
+        ) from None
     reader.settle(fetched.record, len(records))
     return records, path
 
 
-def next_link(kind: str, next_url_path: str, url: str, payload: Any, response: requests.Response) -> str | None:
+def next_link(
+    kind: str, next_url_path: str, url: str, payload: Any, response: requests.Response
+) -> str | None:
     """The absolute URL of the next page for ``next_url`` / ``link_header`` pagination, else None."""
     if kind == "next_url":
         nxt = _next_in_body(payload, next_url_path)
@@ -625,11 +712,21 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
     page_index = 0
     while url is not None and page_index < pagination.max_pages:
         if pagination.type == "offset":
-            url = with_params(base_url, {pagination.offset_param: fetched, pagination.limit_param: pagination.page_size})
+            url = with_params(
+                base_url, {pagination.offset_param: fetched, pagination.limit_param: pagination.page_size}
+            )
         elif pagination.type == "page":
-            url = with_params(base_url, {pagination.page_param: pagination.start_page + page_index, pagination.limit_param: pagination.page_size})
+            url = with_params(
+                base_url,
+                {
+                    pagination.page_param: pagination.start_page + page_index,
+                    pagination.limit_param: pagination.page_size,
+                },
+            )
         if url in seen:
-            log.warning("stopping pagination: %s was already fetched (a loop of next links)", reader.safe_url(url))
+            log.warning(
+                "stopping pagination: %s was already fetched (a loop of next links)", reader.safe_url(url)
+            )
             return
         seen.add(url)
         page_index += 1
@@ -639,7 +736,9 @@ def iter_pages(reader: ApiReader, source: SourceConfig) -> Iterator[tuple[int, s
             reader.settle(got.record, None)
             log.warning(
                 "stopping pagination: page %d from %s is identical to the page before it "
-                "(the API seems to ignore the paging parameters)", page_index, reader.safe_url(url)
+                "(the API seems to ignore the paging parameters)",
+                page_index,
+                reader.safe_url(url),
             )
             return
         previous_digest = digest
@@ -706,7 +805,12 @@ def prefetch(items: Iterator[Any], *, depth: int = 2) -> Iterator[Any]:
 
 
 def _flatten_page(
-    reader: ApiReader, page: int, url: str, records: list[Any], processing: ProcessingConfig, stats: FlattenStats,
+    reader: ApiReader,
+    page: int,
+    url: str,
+    records: list[Any],
+    processing: ProcessingConfig,
+    stats: FlattenStats,
     columns: dict[str, None],
 ) -> pd.DataFrame:
     """Flatten one page's records; ``columns`` (the pages' columns so far) must stay within ``processing.max_columns``."""
@@ -715,7 +819,9 @@ def _flatten_page(
         frame = flatten_records(records, max_depth=processing.max_depth, stats=stats, max_columns=limit)
         columns.update(dict.fromkeys(map(str, frame.columns)))
         if len(columns) > limit:
-            raise TooManyColumns(f"the pages so far have {len(columns)} distinct columns, more than processing.max_columns={limit}")
+            raise TooManyColumns(
+                f"the pages so far have {len(columns)} distinct columns, more than processing.max_columns={limit}"
+            )
     except TooManyColumns as exc:
         raise IngestionError(f"page {page} from {reader.safe_url(url)}: {exc}") from None
     return frame
@@ -780,7 +886,13 @@ def ingest(
         log.info("numeric text converted to numbers: %s", ", ".join(notes.numeric_from_text))
     if notes.datetimes:
         log.info("ISO timestamps converted to datetimes: %s", ", ".join(notes.datetimes))
-    log.info("ingested %d records x %d columns from %d page(s) (records at %s)", len(frame), frame.shape[1], len(reader.pages), path_used)
+    log.info(
+        "ingested %d records x %d columns from %d page(s) (records at %s)",
+        len(frame),
+        frame.shape[1],
+        len(reader.pages),
+        path_used,
+    )
     return IngestResult(
         frame=frame,
         pages=reader.pages,

@@ -9,9 +9,10 @@ is ``None`` and its section says why; a failure here is logged and never fails t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,9 @@ def kept_positions(paths: RunPaths) -> np.ndarray | None:
     if paths.kept_rows.exists():
         return np.load(paths.kept_rows)
     if paths.spark_features.exists():
-        positions = [b.column(0).to_numpy() for b in scored.iter_batches(paths.spark_features, columns=["_pos"])]
+        positions = [
+            b.column(0).to_numpy() for b in scored.iter_batches(paths.spark_features, columns=["_pos"])
+        ]
         return np.sort(np.concatenate(positions)) if positions else None
     return None
 
@@ -72,7 +75,9 @@ def time_view(
     main_features: Sequence[str],
 ) -> TimeView | None:
     """The time view of a run, or ``None`` when the table has no time column."""
-    column = timeline.detect_time_column(scored.head(paths.flattened, timeline.DETECT_ROWS), config.report.time_column)
+    column = timeline.detect_time_column(
+        scored.head(paths.flattened, timeline.DETECT_ROWS), config.report.time_column
+    )
     if column is None:
         return None
     times = timeline.read_times(paths.flattened, column)
@@ -85,7 +90,9 @@ def time_view(
     return TimeView(
         column=column,
         configured=bool(config.report.time_column),
-        times=np.where(drawn == timeline.NAT, np.datetime64("NaT"), drawn.astype("datetime64[ns]")).astype("datetime64[ns]"),
+        times=np.where(drawn == timeline.NAT, np.datetime64("NaT"), drawn.astype("datetime64[ns]")).astype(
+            "datetime64[ns]"
+        ),
         values=reference.original(X)[:, index],
         anomalies=sample["anomaly"].to_numpy(),
         feature_names=chosen,
@@ -93,7 +100,13 @@ def time_view(
     )
 
 
-def history_entry(config: PipelineConfig, paths: RunPaths, results: dict[str, Any], reference: Reference, sample: pd.DataFrame) -> dict[str, Any]:
+def history_entry(
+    config: PipelineConfig,
+    paths: RunPaths,
+    results: dict[str, Any],
+    reference: Reference,
+    sample: pd.DataFrame,
+) -> dict[str, Any]:
     """The history line of this run: what the trend and the next run's drift need."""
     X = sample.loc[sample["sampled"], scored.feature_columns(len(reference.names))].to_numpy(dtype=np.float64)
     best = results["best"]
@@ -106,7 +119,12 @@ def history_entry(config: PipelineConfig, paths: RunPaths, results: dict[str, An
         "rows": results["rows"]["after_duplicates"],
         "anomaly_count": best["anomaly_count"],
         "anomaly_share": best["anomaly_share"],
-        "best": {"algorithm": best["algorithm"], "params": best["params"], "metric": best["metric"], "score": best["score"]},
+        "best": {
+            "algorithm": best["algorithm"],
+            "params": best["params"],
+            "metric": best["metric"],
+            "score": best["score"],
+        },
         "mode": results.get("mode"),
         "rerun_of": results.get("rerun_of"),
         "report": paths.published_report.name,
@@ -118,7 +136,9 @@ def history_view(config: PipelineConfig, paths: RunPaths, entry: dict[str, Any])
     """Record this run in the history store and compare it with the earlier runs of its source."""
     store = history.history_path(paths.root.parent)
     history.append(store, entry)
-    earlier = history.previous_runs(history.read(store), entry["source_key"], entry["run_id"], config.report.history_runs)
+    earlier = history.previous_runs(
+        history.read(store), entry["source_key"], entry["run_id"], config.report.history_runs
+    )
     previous = earlier[-1] if earlier else None
     drifts = history.drift(previous.get("features") or {}, entry["features"]) if previous else []
     runs = [{k: v for k, v in e.items() if k != "features"} for e in [*earlier, entry]]
@@ -137,4 +157,10 @@ def rerun_view(paths: RunPaths, rerun_of: str | None) -> RerunDiff | None:
     def load(path: Path) -> dict[str, Any]:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.exists() else {}
 
-    return compare(rerun_of, previous.anomalies, paths.anomalies, previous_config=load(previous.config), current_config=load(paths.config))
+    return compare(
+        rerun_of,
+        previous.anomalies,
+        paths.anomalies,
+        previous_config=load(previous.config),
+        current_config=load(paths.config),
+    )

@@ -36,7 +36,7 @@ MATRIX_FACTOR = 5.0
 class MemoryBudgetExceeded(PipelineError):
     """The dataset would not fit the native path's memory budget."""
 
-    def __init__(self, estimate: "MemoryEstimate", budget: int, where: str) -> None:
+    def __init__(self, estimate: MemoryEstimate, budget: int, where: str) -> None:
         self.estimate, self.budget = estimate, budget
         super().__init__(
             f"{where}: the native path would need about {gib(estimate.peak_bytes)} for {estimate.describe()}, above its "
@@ -54,7 +54,9 @@ class MemoryEstimate:
 
     @property
     def peak_bytes(self) -> int:
-        return int(BASELINE + FRAME_FACTOR * self.frame_bytes + MATRIX_FACTOR * self.rows * self.numeric_columns * 8)
+        return int(
+            BASELINE + FRAME_FACTOR * self.frame_bytes + MATRIX_FACTOR * self.rows * self.numeric_columns * 8
+        )
 
     def describe(self) -> str:
         return f"{self.rows:,} rows x {self.columns:,} columns ({self.numeric_columns:,} numeric, {gib(self.frame_bytes)} in pandas)"
@@ -119,7 +121,9 @@ class IngestMemoryGuard:
         self.numeric.update(str(c) for c, kind in chunk.dtypes.items() if kind.kind in "biuf")
         estimate = self.estimate()
         if estimate.peak_bytes > self.budget:
-            raise MemoryBudgetExceeded(estimate, self.budget, f"ingestion stopped after {self.rows:,} records")
+            raise MemoryBudgetExceeded(
+                estimate, self.budget, f"ingestion stopped after {self.rows:,} records"
+            )
 
 
 def check_parquet(path: Path, processing: ProcessingConfig) -> MemoryEstimate:

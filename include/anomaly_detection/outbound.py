@@ -31,8 +31,9 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import requests
@@ -48,8 +49,8 @@ from .errors import ConfigError
 DENY_VAR = "ANOMALY_OUTBOUND_DENY"
 ALLOW_VAR = "ANOMALY_OUTBOUND_ALLOW"
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
 _HOST_PATTERN = re.compile(rf"(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}")
@@ -73,8 +74,15 @@ class BlockedDestination(requests.exceptions.InvalidURL):
         The rule that refused it, e.g. ``"169.254.0.0/16 (built-in: link-local / cloud metadata)"``.
     """
 
-    def __init__(self, message: str, *, host: str | None = None, address: str | None = None,
-                 rule: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        address: str | None = None,
+        rule: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(message, **kwargs)
         self.host = host
         self.address = address
@@ -129,7 +137,7 @@ class HostRule:
         return f"{self.pattern} ({self.source})"
 
 
-Rule = Union[NetworkRule, HostRule]
+Rule = NetworkRule | HostRule
 
 BUILTIN_DENY: tuple[NetworkRule, ...] = (
     NetworkRule(ipaddress.ip_network("169.254.0.0/16"), "built-in: link-local / cloud metadata"),
@@ -179,7 +187,11 @@ def normalise_address(value: str | IPAddress) -> IPAddress:
 
 def _normalise_network(network: IPNetwork) -> IPNetwork:
     """An IPv4-mapped IPv6 network (``::ffff:169.254.0.0/112``) as the IPv4 network it maps."""
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED_V4):
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= 96
+        and network.subnet_of(_MAPPED_V4)
+    ):
         v4 = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
         return ipaddress.IPv4Network(f"{v4}/{network.prefixlen - 96}")
     return network
@@ -234,7 +246,9 @@ def parse_entry(entry: str, variable: str) -> Rule:
         raise OutboundPolicyError(f"{bad} is a URL; give only its host name ({_EXAMPLES})")
     if ":" in text:
         raise OutboundPolicyError(f"{bad} is not a host name or address; leave out any port ({_EXAMPLES})")
-    raise OutboundPolicyError(f"{bad} is not a host name, *.domain pattern, IP address or CIDR network ({_EXAMPLES})")
+    raise OutboundPolicyError(
+        f"{bad} is not a host name, *.domain pattern, IP address or CIDR network ({_EXAMPLES})"
+    )
 
 
 def parse_entries(text: str, variable: str) -> tuple[Rule, ...]:
@@ -261,7 +275,7 @@ class OutboundPolicy:
     allow: tuple[Rule, ...] = ()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "OutboundPolicy":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OutboundPolicy:
         """The policy set by ``ANOMALY_OUTBOUND_DENY`` and ``ANOMALY_OUTBOUND_ALLOW``.
 
         Raises
@@ -284,23 +298,40 @@ class OutboundPolicy:
         With ``address`` None only the host name is judged; a name that an allowed network
         could still admit once resolved passes.
         """
-        shown = host if address is None else (str(address) if host in (None, str(address)) else f"{host} ({address})")
+        shown = (
+            host
+            if address is None
+            else (str(address) if host in (None, str(address)) else f"{host} ({address})")
+        )
 
         def refuse(reason: str, rule: str) -> BlockedDestination:
-            return BlockedDestination(f"outbound request refused: {shown} {reason}", host=host,
-                                      address=None if address is None else str(address), rule=rule)
+            return BlockedDestination(
+                f"outbound request refused: {shown} {reason}",
+                host=host,
+                address=None if address is None else str(address),
+                rule=rule,
+            )
 
         if address is not None:
             for net_rule in self.denied_networks:
                 if net_rule.matches(address):
-                    fix = "always denied" if net_rule.source.startswith("built-in") else "edit that variable to change"
-                    return refuse(f"is in the denied network {net_rule.network} ({net_rule.source}; {fix})",
-                                  net_rule.describe())
+                    fix = (
+                        "always denied"
+                        if net_rule.source.startswith("built-in")
+                        else "edit that variable to change"
+                    )
+                    return refuse(
+                        f"is in the denied network {net_rule.network} ({net_rule.source}; {fix})",
+                        net_rule.describe(),
+                    )
         if host is not None:
             for host_rule in self.deny:
                 if isinstance(host_rule, HostRule) and host_rule.matches(host):
-                    return refuse(f"matches the denied host {host_rule.pattern} ({host_rule.source}; "
-                                  "edit that variable to change)", host_rule.describe())
+                    return refuse(
+                        f"matches the denied host {host_rule.pattern} ({host_rule.source}; "
+                        "edit that variable to change)",
+                        host_rule.describe(),
+                    )
         if not self.allow or self._allowed(host, address):
             return None
         listed = ", ".join(r.pattern if isinstance(r, HostRule) else str(r.network) for r in self.allow)
@@ -402,13 +433,17 @@ class _GuardedConnection:
         for address in addresses:
             try:
                 return urllib3_connection.create_connection(
-                    (address, self.port), self.timeout,
-                    source_address=self.source_address, socket_options=self.socket_options,
+                    (address, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
                 )
             except OSError as exc:
                 error = exc
         if isinstance(error, socket.timeout):
-            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from error
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from error
         raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error  # type: ignore[arg-type]
 
 
@@ -453,16 +488,27 @@ class OutboundGuardAdapter(HTTPAdapter):
         for address in addresses:
             self.policy.check_address(address, host)
 
-    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
-             verify: Any = True, cert: Any = None, proxies: Mapping[str, str] | None = None) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         """Check the destination, then send; a refusal raises :class:`BlockedDestination`."""
         parts = urlsplit(request.url or "")
         try:
             if parts.hostname:
                 self.policy.check_host(parts.hostname)
                 if select_proxy(request.url, proxies):
-                    self._check_proxied(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+                    self._check_proxied(
+                        parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+                    )
+            return super().send(
+                request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+            )
         except BlockedDestination as blocked:
             blocked.request = request
             raise
@@ -483,8 +529,9 @@ def _adapter_settings(adapter: Any) -> dict[str, Any]:
     }
 
 
-def guard_session(session: requests.Session, policy: OutboundPolicy | None = None,
-                  **adapter_kwargs: Any) -> requests.Session:
+def guard_session(
+    session: requests.Session, policy: OutboundPolicy | None = None, **adapter_kwargs: Any
+) -> requests.Session:
     """Make every http(s) request of ``session`` obey ``policy``, including redirect hops.
 
     Mounts an :class:`OutboundGuardAdapter` for ``http://`` and ``https://`` and in place of
@@ -511,7 +558,9 @@ def guard_session(session: requests.Session, policy: OutboundPolicy | None = Non
         If ``policy`` is None and an ``ANOMALY_OUTBOUND_*`` entry cannot be parsed.
     """
     policy = OutboundPolicy.from_env() if policy is None else policy
-    prefixes = {"http://", "https://"} | {p for p in session.adapters if p.lower().startswith(("http://", "https://"))}
+    prefixes = {"http://", "https://"} | {
+        p for p in session.adapters if p.lower().startswith(("http://", "https://"))
+    }
     for prefix in sorted(prefixes):
         settings = {**_adapter_settings(session.adapters.get(prefix)), **adapter_kwargs}
         session.mount(prefix, OutboundGuardAdapter(policy, **settings))

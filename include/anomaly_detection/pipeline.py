@@ -11,9 +11,10 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -21,7 +22,7 @@ import pandas as pd
 import requests
 import yaml
 
-from . import __version__
+from . import __version__, atomic, insights, memory, scored
 from .config import PipelineConfig, redact_url
 from .detect import DetectorSettings, run_grid
 from .errors import PipelineError
@@ -29,7 +30,6 @@ from .evaluate import ModelResult, better, choose, evaluate, select_best
 from .explain import Reference, explain, feature_counts, fit_reference
 from .ingest import CredentialResolver, env_credentials, ingest
 from .preprocess import preprocess
-from . import atomic, insights, memory, scored
 from .runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,14 @@ SessionFactory = Callable[[], requests.Session]
 
 
 def _write_json(path: Path, data: Any) -> None:
-    atomic.write_bytes(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str))
+    atomic.write_bytes(
+        path,
+        orjson.dumps(
+            data,
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+            default=str,
+        ),
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -97,13 +104,25 @@ def ingest_stage(
     session = session_factory() if session_factory else None
     guard = memory.IngestMemoryGuard(config.processing)
     try:
-        result = ingest(config.source, config.processing, paths.raw, credentials=credentials, session=session, memory_guard=guard)
+        result = ingest(
+            config.source,
+            config.processing,
+            paths.raw,
+            credentials=credentials,
+            session=session,
+            memory_guard=guard,
+        )
     except memory.MemoryBudgetExceeded as exc:
         if config.processing.mode != "auto":
             raise
         return _route_to_spark(config, paths, exc, credentials=credentials, session_factory=session_factory)
     estimate = guard.estimate()
-    log.info("native path: about %s needed for %s (budget %s)", memory.gib(estimate.peak_bytes), estimate.describe(), memory.gib(guard.budget))
+    log.info(
+        "native path: about %s needed for %s (budget %s)",
+        memory.gib(estimate.peak_bytes),
+        estimate.describe(),
+        memory.gib(guard.budget),
+    )
     SECRET_MASK.add(*result.secrets)
     with atomic.replacing(paths.flattened) as tmp:
         _storable(result.frame).to_parquet(tmp, index=False)
@@ -123,7 +142,7 @@ def ingest_stage(
 def _route_to_spark(
     config: PipelineConfig,
     paths: RunPaths,
-    exceeded: "memory.MemoryBudgetExceeded",
+    exceeded: memory.MemoryBudgetExceeded,
     *,
     credentials: CredentialResolver,
     session_factory: SessionFactory | None,
@@ -138,7 +157,9 @@ def _route_to_spark(
         shutil.rmtree(kept)
     paths.raw.rename(kept)
     paths.raw.mkdir()
-    return _bulk_ingest_stage(config, paths, credentials=credentials, session_factory=session_factory, routed=str(exceeded))
+    return _bulk_ingest_stage(
+        config, paths, credentials=credentials, session_factory=session_factory, routed=str(exceeded)
+    )
 
 
 def _bulk_ingest_stage(
@@ -153,7 +174,12 @@ def _bulk_ingest_stage(
 
     with atomic.replacing(paths.flattened) as tmp:
         result = ingest_to_parquet(
-            config.source, config.processing, paths.raw, tmp, credentials=credentials, session_factory=session_factory
+            config.source,
+            config.processing,
+            paths.raw,
+            tmp,
+            credentials=credentials,
+            session_factory=session_factory,
         )
     info = {
         "rows": result.records,
@@ -258,7 +284,10 @@ def choose_path(config: PipelineConfig, rows: int, *, routed: str | None = None)
 
 def spark_conf(config: PipelineConfig) -> dict[str, str]:
     """The Spark settings of ``config.spark`` for spark-submit's ``--conf``."""
-    return {"spark.driver.memory": config.spark.driver_memory, "spark.executor.memory": config.spark.executor_memory}
+    return {
+        "spark.driver.memory": config.spark.driver_memory,
+        "spark.executor.memory": config.spark.executor_memory,
+    }
 
 
 def spark_stage(config: PipelineConfig, paths: RunPaths, job: str) -> None:
@@ -288,7 +317,9 @@ def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
     return fit_reference(X, uniform["anomaly"].to_numpy() == 0, names, scaling=summary.get("scaling"))
 
 
-def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def select_stage(
+    config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Pick the best configuration overall; write ``anomalies.csv`` and ``results.json``."""
     if (run_meta or {}).get("mode") == "spark":  # only a detect job that finished publishing counts
         from .spark_submit import require_complete
@@ -297,7 +328,9 @@ def select_stage(config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str,
     results = _model_results(paths, config.modeling.algorithms)
     if not results:
         raise PipelineError(f"no model results found in {paths.models}")
-    best_per_algorithm = {a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms}
+    best_per_algorithm = {
+        a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms
+    }
     best, why = choose(results, selection=config.evaluation.selection)
     assert best is not None
     log.info("selection (%s): %s", config.evaluation.selection, why)
@@ -382,13 +415,26 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     if decision is None and (paths.root / "decision.json").exists():
         decision = _read_json(paths.root / "decision.json")
     reference = _reference(summary, sample)
-    flagged_sample = sample[sample["anomaly"].to_numpy() == 1].sort_values(["score", "position"], ascending=[False, True])
-    top_explained = explain(reference, flagged_sample[scored.feature_columns(len(feature_names))].to_numpy()[: config.report.top_anomalies])
+    flagged_sample = sample[sample["anomaly"].to_numpy() == 1].sort_values(
+        ["score", "position"], ascending=[False, True]
+    )
+    top_explained = explain(
+        reference,
+        flagged_sample[scored.feature_columns(len(feature_names))].to_numpy()[: config.report.top_anomalies],
+    )
     named = feature_counts(top_explained)
-    flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))["position"].to_numpy()
-    time_view = _optional("time view", lambda: insights.time_view(config, paths, sample, reference, flagged_positions, list(named)))
+    flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))[
+        "position"
+    ].to_numpy()
+    time_view = _optional(
+        "time view",
+        lambda: insights.time_view(config, paths, sample, reference, flagged_positions, list(named)),
+    )
     history_view = _optional(
-        "run history", lambda: insights.history_view(config, paths, insights.history_entry(config, paths, results, reference, sample))
+        "run history",
+        lambda: insights.history_view(
+            config, paths, insights.history_entry(config, paths, results, reference, sample)
+        ),
     )
     rerun = _optional("rerun comparison", lambda: insights.rerun_view(paths, results.get("rerun_of")))
     inputs = ReportInputs(
@@ -445,7 +491,14 @@ class RunOutcome:
 
 def _mark_failed(paths: RunPaths, config: PipelineConfig, error: str, meta: dict[str, Any]) -> None:
     doc = _read_json(paths.results) if paths.results.exists() else {}
-    doc.update(meta, run_id=paths.run_id, name=config.name, status="failed", error=error, source_url=redact_url(config.source.url))
+    doc.update(
+        meta,
+        run_id=paths.run_id,
+        name=config.name,
+        status="failed",
+        error=error,
+        source_url=redact_url(config.source.url),
+    )
     doc["raw_snapshot"] = str(paths.raw)
     doc["log"] = str(paths.log)
     _write_json(paths.results, doc)

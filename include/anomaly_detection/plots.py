@@ -392,8 +392,19 @@ def features_over_time(
     for j, ax in enumerate(axes):
         ok = dated & np.isfinite(values[:, j])
         normal, anomalous = ok & ~flags, ok & flags
-        ax.scatter(times[normal], values[normal, j], s=4, c=NORMAL_COLOUR, alpha=0.5, linewidths=0, rasterized=True, label="normal (sample)")
-        ax.scatter(times[anomalous], values[anomalous, j], s=16, c=ANOMALY_COLOUR, linewidths=0, label="anomaly")
+        ax.scatter(
+            times[normal],
+            values[normal, j],
+            s=4,
+            c=NORMAL_COLOUR,
+            alpha=0.5,
+            linewidths=0,
+            rasterized=True,
+            label="normal (sample)",
+        )
+        ax.scatter(
+            times[anomalous], values[anomalous, j], s=16, c=ANOMALY_COLOUR, linewidths=0, label="anomaly"
+        )
         ax.set_ylabel(_label(feature_names[j], 22), fontsize=9)
         ax.grid(alpha=0.25)
         _time_axis(ax)
@@ -401,7 +412,9 @@ def features_over_time(
     return _to_base64(fig)
 
 
-def anomalies_per_bucket(starts: np.ndarray, rows: np.ndarray, anomalies: np.ndarray, width_label: str) -> str | None:
+def anomalies_per_bucket(
+    starts: np.ndarray, rows: np.ndarray, anomalies: np.ndarray, width_label: str
+) -> str | None:
     """Bars of flagged rows per time bucket, with the share of rows flagged as a line.
 
     Parameters
@@ -421,12 +434,21 @@ def anomalies_per_bucket(starts: np.ndarray, rows: np.ndarray, anomalies: np.nda
     fig = _new_figure(10, 3.2)
     ax = fig.add_subplot(1, 1, 1)
     width = (starts[1] - starts[0]) if starts.size > 1 else np.timedelta64(1, "h")
-    ax.bar(starts + width / 2, anomalies, width=width * 0.9, color=ANOMALY_COLOUR, alpha=0.85, label="anomalies")
+    ax.bar(
+        starts + width / 2, anomalies, width=width * 0.9, color=ANOMALY_COLOUR, alpha=0.85, label="anomalies"
+    )
     ax.set_ylabel(f"anomalies per {_label(width_label)}")
     ax.grid(axis="y", alpha=0.25)
     share = np.divide(anomalies, rows, out=np.full_like(anomalies, np.nan), where=rows > 0)
     twin = ax.twinx()
-    twin.plot(starts + width / 2, 100 * share, color=THRESHOLD_COLOUR, linewidth=1.2, marker=".", label="share of rows (%)")
+    twin.plot(
+        starts + width / 2,
+        100 * share,
+        color=THRESHOLD_COLOUR,
+        linewidth=1.2,
+        marker=".",
+        label="share of rows (%)",
+    )
     twin.set_ylabel("share of rows flagged (%)")
     twin.set_ylim(bottom=0)
     _time_axis(ax)
@@ -454,7 +476,16 @@ def share_trend(labels: Sequence[str], shares: Sequence[float], current_index: i
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(shares.size)
     ax.plot(x, 100 * shares, color=_PALETTE[0], marker="o", linewidth=1.5)
-    ax.scatter([current_index], [100 * shares[current_index]], s=90, facecolors="none", edgecolors=ANOMALY_COLOUR, linewidths=2, zorder=3, label="this run")
+    ax.scatter(
+        [current_index],
+        [100 * shares[current_index]],
+        s=90,
+        facecolors="none",
+        edgecolors=ANOMALY_COLOUR,
+        linewidths=2,
+        zorder=3,
+        label="this run",
+    )
     ax.set_xticks(x, [_label(v, 16) for v in labels], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("anomaly share (%)")
     ax.set_ylim(bottom=0)
@@ -475,7 +506,13 @@ def drift_bars(feature_names: Sequence[str], psi: Sequence[float], threshold: fl
     colours = [ANOMALY_COLOUR if v >= threshold else NORMAL_COLOUR for v in psi[:shown]]
     ax.barh(y, np.minimum(psi[:shown], 10), color=colours)
     ax.set_yticks(y, [_label(n, 30) for n in feature_names[:shown]], fontsize=8)
-    ax.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1, label=f"drift threshold (PSI {threshold:g})")
+    ax.axvline(
+        threshold,
+        color=THRESHOLD_COLOUR,
+        linestyle="--",
+        linewidth=1,
+        label=f"drift threshold (PSI {threshold:g})",
+    )
     ax.set_xlabel("PSI against the previous run")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.25)

@@ -78,13 +78,17 @@ def extract_labels(table: pd.DataFrame, column: str) -> np.ndarray:
     values = table[column]
     if values.isna().any():
         first = values.index[values.isna().to_numpy()][0]
-        raise DataError(f"label column {column!r} has {int(values.isna().sum())} missing value(s), first at row {first}")
+        raise DataError(
+            f"label column {column!r} has {int(values.isna().sum())} missing value(s), first at row {first}"
+        )
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
         numeric = values.astype(float)
         bad = ~numeric.isin([0.0, 1.0])
         if bad.any():
             row = values.index[bad.to_numpy()][0]
-            raise DataError(f"label column {column!r} must hold 0/1 values; row {row} has {_plain(values.loc[row])!r}")
+            raise DataError(
+                f"label column {column!r} must hold 0/1 values; row {row} has {_plain(values.loc[row])!r}"
+            )
         return numeric.to_numpy(dtype=np.int8)
     text = values.astype(str).str.strip().str.lower()
     bad = ~text.isin(_TRUE | _FALSE)
@@ -213,7 +217,11 @@ def impute_kmeans(values: np.ndarray, *, n_clusters: int, random_state: int) -> 
         observed = ~np.isnan(x)
         x0 = np.where(observed, x, 0.0)
         # sum over observed j of (x_j - c_j)^2 = x0^2 . 1 - 2 x0 . c + observed . c^2
-        distance = (x0**2).sum(axis=1, keepdims=True) - 2 * x0 @ centroids.T + observed.astype(float) @ (centroids**2).T
+        distance = (
+            (x0**2).sum(axis=1, keepdims=True)
+            - 2 * x0 @ centroids.T
+            + observed.astype(float) @ (centroids**2).T
+        )
         nearest = centroids[distance.argmin(axis=1)]
         filled[chunk] = np.where(observed, x, nearest)
     return filled, f"kmeans ({k} clusters on {len(complete)} complete rows)"
@@ -260,7 +268,9 @@ def preprocess(
     if processing.missing_values == "median" or not n_missing:
         filled, method = (impute_median(scaled), "median") if n_missing else (scaled, "none needed")
     else:
-        filled, method = impute_kmeans(scaled, n_clusters=processing.imputation_clusters, random_state=random_state)
+        filled, method = impute_kmeans(
+            scaled, n_clusters=processing.imputation_clusters, random_state=random_state
+        )
     if n_missing:
         log.info("imputed %d missing value(s): %s", n_missing, method)
     summary.update(
@@ -270,7 +280,11 @@ def preprocess(
         imputed_values=n_missing,
         imputation=method,
         infinite_values=n_infinite,
-        scaling={"method": "minmax", "min": dict(zip(features, minimum.tolist())), "max": dict(zip(features, maximum.tolist()))},
+        scaling={
+            "method": "minmax",
+            "min": dict(zip(features, minimum.tolist())),
+            "max": dict(zip(features, maximum.tolist())),
+        },
     )
     return PreprocessResult(
         features=np.ascontiguousarray(filled),

@@ -15,7 +15,7 @@ import gzip
 import io
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,14 @@ class Snapshot:
         for entry in sorted(entries, key=lambda e: e["page"]):
             path = self.raw_dir / entry["file"]
             if not path.exists():
-                raise PipelineError(f"replay: page {entry['page']} ({entry['url']}) is listed but {path} is missing")
-            pages.append(SavedPage(entry["page"], entry["url"], entry.get("status", 200), entry.get("content_type", ""), path))
+                raise PipelineError(
+                    f"replay: page {entry['page']} ({entry['url']}) is listed but {path} is missing"
+                )
+            pages.append(
+                SavedPage(
+                    entry["page"], entry["url"], entry.get("status", 200), entry.get("content_type", ""), path
+                )
+            )
         return pages
 
     def next_after(self, page: SavedPage) -> SavedPage | None:
@@ -153,7 +159,9 @@ def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> tuple[bool, str]:
     if len(a) != len(b):
         return False, f"{len(a)} rows vs {len(b)}"
     try:
-        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True, check_dtype=True)
+        pd.testing.assert_frame_equal(
+            a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True, check_dtype=True
+        )
     except AssertionError as exc:
         return False, str(exc).splitlines()[0][:300]
     return True, ""
@@ -180,7 +188,9 @@ def compare(original: RunPaths, replayed: RunPaths) -> Comparison:
         a, b = original.root / name, replayed.root / name
         if a.exists() or b.exists():
             result.check(name, a.exists() and b.exists() and np.array_equal(np.load(a), np.load(b)))
-    model_files = sorted({p.name for p in original.models.iterdir()} | {p.name for p in replayed.models.iterdir()})
+    model_files = sorted(
+        {p.name for p in original.models.iterdir()} | {p.name for p in replayed.models.iterdir()}
+    )
     for name in model_files:
         a, b = original.models / name, replayed.models / name
         if not (a.exists() and b.exists()):
@@ -190,10 +200,16 @@ def compare(original: RunPaths, replayed: RunPaths) -> Comparison:
         elif name.endswith(".parquet"):
             result.check(f"models/{name}", *_frames_equal(_sorted_parts(a), _sorted_parts(b)))
     first, second = orjson.loads(original.results.read_bytes()), orjson.loads(replayed.results.read_bytes())
-    result.check("selection", _timeless(first.get("best")) == _timeless(second.get("best")), f"{_best(first)} vs {_best(second)}")
+    result.check(
+        "selection",
+        _timeless(first.get("best")) == _timeless(second.get("best")),
+        f"{_best(first)} vs {_best(second)}",
+    )
     same_models = _timeless(first.get("models")) == _timeless(second.get("models"))
     result.check("all model results", same_models, "a configuration's metric or count differs")
-    result.check("anomalies.csv", *_frames_equal(pd.read_csv(original.anomalies), pd.read_csv(replayed.anomalies)))
+    result.check(
+        "anomalies.csv", *_frames_equal(pd.read_csv(original.anomalies), pd.read_csv(replayed.anomalies))
+    )
     return result
 
 
@@ -203,7 +219,9 @@ TIMINGS = frozenset({"seconds"})
 
 def _timeless(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _timeless(v) for k, v in value.items() if k not in TIMINGS and not str(k).endswith("_seconds")}
+        return {
+            k: _timeless(v) for k, v in value.items() if k not in TIMINGS and not str(k).endswith("_seconds")
+        }
     if isinstance(value, list):
         return [_timeless(v) for v in value]
     return value
@@ -234,7 +252,9 @@ def replay_config(original: RunPaths) -> PipelineConfig:
     data = yaml.safe_load(original.config.read_text(encoding="utf-8")) or {}
     results = orjson.loads(original.results.read_bytes()) if original.results.exists() else {}
     mode = results.get("mode")
-    layers: dict[str, Any] = {"output": {"runs_dir": str(original.root.parent), "reports_dir": str(original.reports_dir)}}
+    layers: dict[str, Any] = {
+        "output": {"runs_dir": str(original.root.parent), "reports_dir": str(original.reports_dir)}
+    }
     if mode in ("native", "spark") and data.get("processing", {}).get("mode") == "auto":
         layers["processing"] = {"mode": mode}  # the route taken, which in auto depends on the machine
     return build_config(data, layers)
@@ -251,13 +271,17 @@ def replay(run_dir: str | Path, *, run_id: str | None = None, echo: bool = False
     config = replay_config(probe)
     original = RunPaths(root, Path(config.output.reports_dir).resolve())
     snapshot = Snapshot(original.raw)
-    run_id = run_id or f"{root.name}.replay-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    outcome = run_pipeline(config, run_id=run_id, echo=echo, credentials=_no_credentials, session_factory=snapshot.session)
+    run_id = run_id or f"{root.name}.replay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    outcome = run_pipeline(
+        config, run_id=run_id, echo=echo, credentials=_no_credentials, session_factory=snapshot.session
+    )
     if outcome.status != "succeeded":
         return ReplayOutcome(original, outcome.paths, "failed", error=outcome.error)
     comparison = compare(original, outcome.paths)
     _link_snapshot(original, outcome.paths)
-    return ReplayOutcome(original, outcome.paths, "identical" if comparison.identical else "different", comparison)
+    return ReplayOutcome(
+        original, outcome.paths, "identical" if comparison.identical else "different", comparison
+    )
 
 
 def _link_snapshot(original: RunPaths, replayed: RunPaths) -> None:

@@ -258,7 +258,9 @@ def format_cell(value: Any, limit: int = MAX_CELL_CHARS) -> str:
     return _shorten(" ".join(str(value).split()) if "\n" in str(value) else str(value), limit)
 
 
-def frame_table(frame: pd.DataFrame | None, max_rows: int, max_columns: int = MAX_TABLE_COLUMNS) -> dict[str, Any]:
+def frame_table(
+    frame: pd.DataFrame | None, max_rows: int, max_columns: int = MAX_TABLE_COLUMNS
+) -> dict[str, Any]:
     """Convert a DataFrame to plain header and row lists for the template.
 
     Parameters
@@ -279,7 +281,10 @@ def frame_table(frame: pd.DataFrame | None, max_rows: int, max_columns: int = MA
         return {"columns": [], "rows": [], "total_rows": 0, "total_columns": 0, "numeric": [], "wide": []}
     shown = frame.iloc[:max_rows, :max_columns]
     columns = [{"name": _shorten(str(c), MAX_NAME_CHARS), "full": str(c)} for c in shown.columns]
-    numeric = [pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) for dtype in shown.dtypes]
+    numeric = [
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+        for dtype in shown.dtypes
+    ]
     rows = [[format_cell(v) for v in row] for row in shown.itertuples(index=False, name=None)]
     wide = [any(len(row[j]) > 40 for row in rows) for j in range(len(columns))]
     return {
@@ -294,7 +299,9 @@ def frame_table(frame: pd.DataFrame | None, max_rows: int, max_columns: int = MA
 
 def _dump_config(config: Any) -> str:
     try:
-        return yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)
+        return yaml.safe_dump(
+            config, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
+        )
     except yaml.YAMLError:
         return json.dumps(config, indent=2, default=str, ensure_ascii=False)
 
@@ -369,7 +376,11 @@ def _summary_section(summary: Mapping[str, Any], feature_names: list[str]) -> di
     features = list(summary.get("features") or feature_names)
     feature_set = set(map(str, features))
     rows_before, rows_after = summary.get("rows_before"), summary.get("rows_after")
-    removed = rows_before - rows_after if isinstance(rows_before, Integral) and isinstance(rows_after, Integral) else None
+    removed = (
+        rows_before - rows_after
+        if isinstance(rows_before, Integral) and isinstance(rows_after, Integral)
+        else None
+    )
     total_missing = sum(int(v) for v in missing.values() if isinstance(v, Integral | float) and v == v)
 
     columns = []
@@ -436,7 +447,9 @@ def _models_section(models: list[dict], best: dict, threshold: float) -> dict[st
     everything = [*models, best]
     label_metrics = [k for k in LABEL_METRICS if any(m.get(k) is not None for m in everything)]
     best_index = _best_index(models, best)
-    rows = [dict(_model_row(m, label_metrics), is_best=i == best_index, index=i + 1) for i, m in enumerate(models)]
+    rows = [
+        dict(_model_row(m, label_metrics), is_best=i == best_index, index=i + 1) for i, m in enumerate(models)
+    ]
     metric = str(best.get("metric") or next((m["metric"] for m in models if m.get("metric")), "score"))
     card = _model_row(best, label_metrics)
     thr = threshold if threshold is not None else best.get("threshold")
@@ -463,7 +476,9 @@ def _models_section(models: list[dict], best: dict, threshold: float) -> dict[st
     }
 
 
-def _timed_plot(name: str, fn: Callable[[], str | None], timings: dict[str, float]) -> tuple[str | None, str | None]:
+def _timed_plot(
+    name: str, fn: Callable[[], str | None], timings: dict[str, float]
+) -> tuple[str | None, str | None]:
     start = time.perf_counter()
     try:
         return fn(), None
@@ -496,12 +511,18 @@ def _figures(inputs: ReportInputs, best_index: int | None) -> tuple[list[dict[st
             )
         else:
             figures.append(
-                {"key": "heatmap", "title": "Feature correlation", "image": None, "caption": "",
-                 "note": "Skipped: a correlation heatmap needs at least two features."}  # fmt: skip
+                {
+                    "key": "heatmap",
+                    "title": "Feature correlation",
+                    "image": None,
+                    "caption": "",
+                    "note": "Skipped: a correlation heatmap needs at least two features.",
+                }  # fmt: skip
             )
     total_rows = int(inputs.summary.get("rows_after") or len(inputs.scores))
     which = (
-        "every row" if len(inputs.scores) >= total_rows
+        "every row"
+        if len(inputs.scores) >= total_rows
         else f"a uniform random sample of {len(inputs.scores):,} of the {total_rows:,} rows"
     )
     add(
@@ -551,9 +572,14 @@ def _why_best(models: list[dict], best: dict) -> tuple[str, str | None]:
     if best.get("algorithm") == "ensemble":
         agreement = info.get("member_agreement")
         why = (
-            "default selection: the ensemble of " + " and ".join(map(str, info.get("members") or ["its members"]))
+            "default selection: the ensemble of "
+            + " and ".join(map(str, info.get("members") or ["its members"]))
             + " (standardised scores, maximum)"
-            + (f"; the members' rank agreement is {format_number(agreement, 2)} (Spearman)" if agreement is not None else "")
+            + (
+                f"; the members' rank agreement is {format_number(agreement, 2)} (Spearman)"
+                if agreement is not None
+                else ""
+            )
             + f"; its {metric} is {format_number(best.get('score'))}"
         )
         others = sorted((m for m in scored_models if m.get("algorithm") != "ensemble"), key=_score_key)
@@ -568,13 +594,19 @@ def _why_best(models: list[dict], best: dict) -> tuple[str, str | None]:
     if best.get("flags"):
         why += "; it carries flags: " + ", ".join(map(str, best["flags"]))
     others = sorted(
-        (m for m in scored_models if (m.get("algorithm"), m.get("params")) != (best.get("algorithm"), best.get("params"))),
+        (
+            m
+            for m in scored_models
+            if (m.get("algorithm"), m.get("params")) != (best.get("algorithm"), best.get("params"))
+        ),
         key=_score_key,
     )
     if not others:
         return why, None
     runner = others[0]
-    margin = abs(float(best.get("score") or 0) - float(runner["score"])) if best.get("score") is not None else None
+    margin = (
+        abs(float(best.get("score") or 0) - float(runner["score"])) if best.get("score") is not None else None
+    )
     return why, (
         f"{runner.get('algorithm')} ({_format_params(runner.get('params'))}) at {format_number(runner.get('score'))}"
         + (f", margin {format_number(margin, 3)}" if margin is not None else "")
@@ -618,7 +650,9 @@ def _data_quality(summary: Mapping[str, Any]) -> str:
     imputed, features = summary.get("imputed_values"), summary.get("features") or []
     rows_after = summary.get("rows_after")
     if isinstance(imputed, Integral) and isinstance(rows_after, Integral) and rows_after and features:
-        parts.append(f"{imputed:,} missing value(s) imputed ({format_percent(imputed / (rows_after * len(features)))} of the feature cells)")
+        parts.append(
+            f"{imputed:,} missing value(s) imputed ({format_percent(imputed / (rows_after * len(features)))} of the feature cells)"
+        )
     dropped = summary.get("columns_dropped") or {}
     if dropped:
         parts.append(f"{len(dropped):,} column(s) not used as features")
@@ -639,12 +673,20 @@ def _explain_section(inputs: ReportInputs) -> dict[str, Any]:
 def _time_section(view: Any, timings: dict[str, float]) -> dict[str, Any] | None:
     if view is None:
         return None
-    image, error = _timed_plot("time_features", lambda: plots.features_over_time(view.times, view.values, view.anomalies, view.feature_names), timings)
+    image, error = _timed_plot(
+        "time_features",
+        lambda: plots.features_over_time(view.times, view.values, view.anomalies, view.feature_names),
+        timings,
+    )
     buckets = view.buckets
     counts_image, counts_error = (None, None)
     if buckets is not None:
         counts_image, counts_error = _timed_plot(
-            "time_buckets", lambda: plots.anomalies_per_bucket(buckets.starts, buckets.rows, buckets.anomalies, buckets.width), timings
+            "time_buckets",
+            lambda: plots.anomalies_per_bucket(
+                buckets.starts, buckets.rows, buckets.anomalies, buckets.width
+            ),
+            timings,
         )
     dated = view.times[~np.isnat(view.times)]
     return {
@@ -687,20 +729,33 @@ def _history_section(view: Any, run_id: str, timings: dict[str, float]) -> dict[
     if len(view.runs) > 1:
         labels = [str(e.get("finished_at") or e.get("run_id"))[:16] for e in view.runs]
         trend, trend_error = _timed_plot(
-            "share_trend", lambda: plots.share_trend(labels, [float(e.get("anomaly_share") or 0) for e in view.runs], len(view.runs) - 1), timings
+            "share_trend",
+            lambda: plots.share_trend(
+                labels, [float(e.get("anomaly_share") or 0) for e in view.runs], len(view.runs) - 1
+            ),
+            timings,
         )
     drift_image, drift_error = (None, None)
     if view.drift:
         drift_image, drift_error = _timed_plot(
-            "drift", lambda: plots.drift_bars([d.feature for d in view.drift], [d.psi for d in view.drift], view.psi_threshold), timings
+            "drift",
+            lambda: plots.drift_bars(
+                [d.feature for d in view.drift], [d.psi for d in view.drift], view.psi_threshold
+            ),
+            timings,
         )
     previous = view.previous
     return {
         "runs": runs,
         "trend": trend,
         "trend_note": trend_error or "",
-        "previous": {"run_id": str(previous.get("run_id")), "href": previous.get("report") or None,
-                     "finished": format_cell(previous.get("finished_at"))} if previous else None,  # fmt: skip
+        "previous": {
+            "run_id": str(previous.get("run_id")),
+            "href": previous.get("report") or None,
+            "finished": format_cell(previous.get("finished_at")),
+        }
+        if previous
+        else None,  # fmt: skip
         "drift": [
             {
                 "feature": d.feature,
@@ -848,5 +903,10 @@ def render_report(inputs: ReportInputs, path: Path) -> Path:
     path = Path(path)
     html = render_html(inputs)
     atomic.write_text(path, html)
-    log.info("report written to %s (%.1f kB, %.2f s)", path, len(html.encode("utf-8")) / 1024, time.perf_counter() - start)
+    log.info(
+        "report written to %s (%.1f kB, %.2f s)",
+        path,
+        len(html.encode("utf-8")) / 1024,
+        time.perf_counter() - start,
+    )
     return path

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from .runs import safe_run_id
@@ -251,7 +252,7 @@ def _timestamp(*values: Any) -> float | None:
         except ValueError:
             continue
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return moment.timestamp()
     return None
 
@@ -259,7 +260,9 @@ def _timestamp(*values: Any) -> float | None:
 def _rows(results: Mapping[str, Any]) -> int | None:
     rows = results.get("rows")
     if isinstance(rows, Mapping):
-        return _int(rows.get("after_duplicates")) if "after_duplicates" in rows else _int(rows.get("ingested"))
+        return (
+            _int(rows.get("after_duplicates")) if "after_duplicates" in rows else _int(rows.get("ingested"))
+        )
     return _int(rows)
 
 
@@ -326,7 +329,9 @@ def _run_dirs(runs: Path) -> Iterable[Path]:
     return out
 
 
-def list_runs(reports_dir: str | os.PathLike[str], runs_dir: str | os.PathLike[str], *, limit: int = 500) -> list[RunRecord]:
+def list_runs(
+    reports_dir: str | os.PathLike[str], runs_dir: str | os.PathLike[str], *, limit: int = 500
+) -> list[RunRecord]:
     """The runs in ``runs_dir`` (one directory each) with their decisions, newest first, at most ``limit``.
 
     Published reports in ``reports_dir`` whose run directory is gone are listed too (from the file alone).
@@ -348,13 +353,19 @@ def list_runs(reports_dir: str | os.PathLike[str], runs_dir: str | os.PathLike[s
         except OSError:
             continue
         records[run_id] = RunRecord(
-            run_id=run_id, report_exists=True, report_name=path.name, problem="run directory not found", sort_key=mtime
+            run_id=run_id,
+            report_exists=True,
+            report_name=path.name,
+            problem="run directory not found",
+            sort_key=mtime,
         )
     ordered = sorted(records.values(), key=lambda r: (r.sort_key, r.run_id), reverse=True)
     return ordered[: max(0, limit)]
 
 
-def read_report(reports_dir: str | os.PathLike[str], requested: str, *, max_bytes: int = 256 * 1024 * 1024) -> bytes:
+def read_report(
+    reports_dir: str | os.PathLike[str], requested: str, *, max_bytes: int = 256 * 1024 * 1024
+) -> bytes:
     """The bytes of the report :func:`resolve_report` finds, opened without following a final symlink.
 
     Between the check and the read the file could be swapped for a symlink; ``O_NOFOLLOW`` refuses that,

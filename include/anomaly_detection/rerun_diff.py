@@ -8,9 +8,10 @@ returned them in another order): a row's key is a hash of its original fields as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -107,6 +108,8 @@ def compare(
         new_count=int(new_mask.sum()),
         gone_count=int(gone_mask.sum()),
         new=after.loc[new_mask, shown].head(MAX_LISTED).reset_index(drop=True),
-        gone=before.loc[gone_mask, [c for c in shown if c in before.columns]].head(MAX_LISTED).reset_index(drop=True),
+        gone=before.loc[gone_mask, [c for c in shown if c in before.columns]]
+        .head(MAX_LISTED)
+        .reset_index(drop=True),
         changes=config_changes(previous_config or {}, current_config or {}),
     )

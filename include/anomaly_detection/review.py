@@ -8,10 +8,11 @@ different outcome for the same run is refused, so a rejected run can never be pu
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import atomic
 from .config import build_config
@@ -72,7 +73,9 @@ def adjustments_from_form(params_input: Mapping[str, Any] | None) -> dict[str, A
     return overrides
 
 
-def decide(gate_state: str | None, response: Mapping[str, Any] | None, *, now: datetime | None = None) -> Decision | None:
+def decide(
+    gate_state: str | None, response: Mapping[str, Any] | None, *, now: datetime | None = None
+) -> Decision | None:
     """Map the gate task's final state and its response (XCom) to a decision.
 
     * answered form: the chosen option, by the responding user;
@@ -80,7 +83,7 @@ def decide(gate_state: str | None, response: Mapping[str, Any] | None, *, now: d
     * gate failed (marked failed in the UI, or timed out with no default): rejected;
     * any other state (the run failed before the gate): ``None``, nothing to decide.
     """
-    at = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     if gate_state == "success" and response and response.get("chosen_options"):
         chosen = response["chosen_options"][0]
         if chosen not in _DECISION_OF:
@@ -99,7 +102,9 @@ def decide(gate_state: str | None, response: Mapping[str, Any] | None, *, now: d
     if gate_state == "success":
         return Decision(decision="approved", by="ui (task marked success)", at=at, via="marked_success")
     if gate_state == "failed":
-        return Decision(decision="rejected", by="ui (task marked failed or timed out)", at=at, via="marked_failed")
+        return Decision(
+            decision="rejected", by="ui (task marked failed or timed out)", at=at, via="marked_failed"
+        )
     return None
 
 
@@ -134,7 +139,9 @@ def publish(paths: RunPaths) -> Path:
     return target
 
 
-def rerun_conf(original_conf: Mapping[str, Any], adjustments: Mapping[str, Any], *, rerun_of: str) -> dict[str, Any]:
+def rerun_conf(
+    original_conf: Mapping[str, Any], adjustments: Mapping[str, Any], *, rerun_of: str
+) -> dict[str, Any]:
     """The conf of a rerun: the original run's conf with the adjustments applied and a link back."""
     conf = {k: v for k, v in dict(original_conf).items() if k != "rerun_of"}
     overrides = dict(conf.get("overrides") or {})

@@ -6,10 +6,11 @@ import contextlib
 import logging
 import re
 import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 PACKAGE_LOGGER = "anomaly_detection"
@@ -18,7 +19,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def make_run_id(now: datetime | None = None) -> str:
     """A new run id such as ``20261127T050102Z-3fa9c1``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
@@ -31,7 +32,7 @@ def safe_run_id(value: str) -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class RunPaths:
     reports_dir: Path
 
     @classmethod
-    def create(cls, runs_dir: str | Path, reports_dir: str | Path, run_id: str) -> "RunPaths":
+    def create(cls, runs_dir: str | Path, reports_dir: str | Path, run_id: str) -> RunPaths:
         paths = cls(Path(runs_dir).resolve() / safe_run_id(run_id), Path(reports_dir).resolve())
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.raw.mkdir(exist_ok=True)

@@ -19,8 +19,8 @@ memory whatever the row count, and need no Spark-specific branch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -66,7 +66,9 @@ def read_schema(path: Path) -> pa.Schema:
     return pq.read_schema(files[0])
 
 
-def iter_batches(path: Path, *, columns: list[str] | None = None, batch_size: int = SCAN_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+def iter_batches(
+    path: Path, *, columns: list[str] | None = None, batch_size: int = SCAN_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
     """Every row of the dataset in order (files in name order, rows in file order), batch by batch."""
     for file in parquet_files(path):
         yield from pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=columns)
@@ -103,7 +105,9 @@ def rows_at(path: Path, positions: np.ndarray) -> pd.DataFrame:
             pieces.append(pa.Table.from_batches([batch]).take(pa.array(wanted[lo:hi] - start)))
         start = stop
     if len(wanted) and (wanted[0] < 0 or wanted[-1] >= start):
-        raise IndexError(f"row position {int(wanted[-1] if wanted[-1] >= start else wanted[0])} is outside {path} ({start} rows)")
+        raise IndexError(
+            f"row position {int(wanted[-1] if wanted[-1] >= start else wanted[0])} is outside {path} ({start} rows)"
+        )
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()
     frame = table.to_pandas()
     restored = np.empty(len(order), dtype=np.int64)
@@ -135,7 +139,9 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def sample_table(positions: np.ndarray, scores: np.ndarray, labels: np.ndarray, sampled: np.ndarray, features: np.ndarray) -> pa.Table:
+def sample_table(
+    positions: np.ndarray, scores: np.ndarray, labels: np.ndarray, sampled: np.ndarray, features: np.ndarray
+) -> pa.Table:
     columns: dict[str, np.ndarray] = {
         "position": np.asarray(positions, dtype=np.int64),
         "score": np.asarray(scores, dtype=np.float64),
@@ -166,12 +172,17 @@ def write_native(
     ``positions`` maps kept rows to their position in ``flattened.parquet``.
     """
     flagged = np.flatnonzero(labels == 1)
-    write_table(flagged_table(positions[flagged], scores[flagged], X[flagged]), flagged_path(models_dir, algorithm))
+    write_table(
+        flagged_table(positions[flagged], scores[flagged], X[flagged]), flagged_path(models_dir, algorithm)
+    )
     random_rows = sample_rows(len(scores), plot_sample_size, seed)
     top = flagged[np.argsort(-scores[flagged], kind="stable")][:top_anomalies]
     rows = np.union1d(random_rows, top)
     sampled = np.isin(rows, random_rows)
-    write_table(sample_table(positions[rows], scores[rows], labels[rows], sampled, X[rows]), sample_path(models_dir, algorithm))
+    write_table(
+        sample_table(positions[rows], scores[rows], labels[rows], sampled, X[rows]),
+        sample_path(models_dir, algorithm),
+    )
 
 
 def flagged_path(models_dir: Path, algorithm: str) -> Path:
@@ -189,9 +200,15 @@ def read_flagged(path: Path, *, features: bool = False) -> pd.DataFrame:
     if features and files:
         names += [n for n in pq.read_schema(files[0]).names if n.startswith("f") and n[1:].isdigit()]
     tables = [pq.read_table(f, columns=names) for f in files]
-    frame = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame({n: pd.Series(dtype="float64") for n in names})
+    frame = (
+        pa.concat_tables(tables).to_pandas()
+        if tables
+        else pd.DataFrame({n: pd.Series(dtype="float64") for n in names})
+    )
     frame = frame.astype({"position": "int64", "score": "float64"})
-    return frame.sort_values(["score", "position"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["score", "position"], ascending=[False, True], kind="stable").reset_index(
+        drop=True
+    )
 
 
 def read_sample(path: Path) -> pd.DataFrame:

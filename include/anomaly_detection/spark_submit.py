@@ -40,8 +40,9 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .errors import PipelineError
 
@@ -93,11 +94,15 @@ def job_path(job: str | Path) -> Path:
         return SPARK_JOBS_DIR / f"{name.removesuffix('.py')}.py"
     path = Path(job).resolve()
     if not path.is_file():
-        raise PipelineError(f"unknown Spark job {name!r}; choose one of {', '.join(JOBS)} or give a script path")
+        raise PipelineError(
+            f"unknown Spark job {name!r}; choose one of {', '.join(JOBS)} or give a script path"
+        )
     return path
 
 
-def job_application_args(run_dir: str | Path, config_path: str | Path, algorithm: str | None = None) -> list[str]:
+def job_application_args(
+    run_dir: str | Path, config_path: str | Path, algorithm: str | None = None
+) -> list[str]:
     """The job's own arguments (what follows the script on the spark-submit command line)."""
     args = ["--run-dir", str(run_dir), "--config", str(config_path)]
     if algorithm:
@@ -295,7 +300,9 @@ def check_master_reachable(master: str, timeout: float = MASTER_CONNECT_TIMEOUT_
                 return
         except OSError as exc:
             problems.append(f"{host}:{port}: {exc.strerror or exc}")
-    raise PipelineError(f"Spark master {master} is unreachable ({'; '.join(problems)}); is the master running?")
+    raise PipelineError(
+        f"Spark master {master} is unreachable ({'; '.join(problems)}); is the master running?"
+    )
 
 
 # --------------------------------------------------------------------------- completion markers
@@ -321,7 +328,9 @@ def read_done(run_dir: str | Path, name: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def require_complete(run_dir: str | Path, job: str, algorithms: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def require_complete(
+    run_dir: str | Path, job: str, algorithms: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
     """Raise :class:`PipelineError` unless ``job``'s outputs in ``run_dir`` are marked complete.
 
     ``job`` is ``preprocess`` or ``detect``. For ``detect``, ``algorithms`` (default: those the
@@ -424,10 +433,15 @@ def run_spark_job(
     code = result.returncode
     if code != 0:
         if code < 0:  # no cause of its own: the signal, and the last line it wrote
-            how, cause = f"was killed by {_signal_name(-code)} (exit status {code})", failure_cause(stderr, tail=1)
+            how, cause = (
+                f"was killed by {_signal_name(-code)} (exit status {code})",
+                failure_cause(stderr, tail=1),
+            )
         else:
             how, cause = f"failed (exit status {code})", failure_cause(stderr)
-        raise PipelineError(f"Spark job {name} {how}{_master_note(master, stderr)}{_stage_note(stdout)}: {cause}")
+        raise PipelineError(
+            f"Spark job {name} {how}{_master_note(master, stderr)}{_stage_note(stdout)}: {cause}"
+        )
     marker = read_done(run_dir, name)
     if marker is None or marker.get("attempt") != attempt:
         found = "no marker" if marker is None else f"the marker of attempt {marker.get('attempt')!r}"

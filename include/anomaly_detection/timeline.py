@@ -19,7 +19,9 @@ import pyarrow as pa
 
 from . import scored
 
-_TIME_NAME = re.compile(r"(^|[._])(time|timestamp|datetime|date|ts)$|(_at|At|_time|_date|Time|Date)$|updated|created", re.I)
+_TIME_NAME = re.compile(
+    r"(^|[._])(time|timestamp|datetime|date|ts)$|(_at|At|_time|_date|Time|Date)$|updated|created", re.I
+)
 #: Share of a head sample that must parse for a column to count as the time axis.
 MIN_PARSED_SHARE = 0.9
 #: Rows read from the head of the table to detect the column.
@@ -81,7 +83,9 @@ def detect_time_column(head: pd.DataFrame, configured: str | None = None) -> str
     """
     if configured:
         if configured not in head.columns:
-            raise KeyError(f"report.time_column {configured!r} is not a column; columns are: {', '.join(map(str, head.columns[:40]))}")
+            raise KeyError(
+                f"report.time_column {configured!r} is not a column; columns are: {', '.join(map(str, head.columns[:40]))}"
+            )
         return configured
     sample = head.head(DETECT_ROWS)
     typed = [c for c in sample.columns if pd.api.types.is_datetime64_any_dtype(sample[c])]
@@ -164,6 +168,15 @@ def bucket_counts(times: np.ndarray, flagged: np.ndarray, kept: np.ndarray | Non
     rows = np.bincount((valid - start) // width, minlength=n)
     flagged_times = times[np.asarray(flagged, dtype=np.int64)]
     dated = flagged_times[flagged_times != NAT]
-    anomalies = np.bincount((dated - start) // width, minlength=n) if dated.size else np.zeros(n, dtype=np.int64)
+    anomalies = (
+        np.bincount((dated - start) // width, minlength=n) if dated.size else np.zeros(n, dtype=np.int64)
+    )
     starts = (start + np.arange(n, dtype=np.int64) * width).astype("datetime64[ns]")
-    return Buckets(label, starts, rows, anomalies, int(scored_times.size - valid.size), int(flagged_times.size - dated.size))
+    return Buckets(
+        label,
+        starts,
+        rows,
+        anomalies,
+        int(scored_times.size - valid.size),
+        int(flagged_times.size - dated.size),
+    )

@@ -41,8 +41,9 @@ import socket
 import struct
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from http_fixtures import LoopbackHttpServer
@@ -53,7 +54,13 @@ FAULTS = ("reset", "reset_body", "500", "429", "stall", "trickle", "drip", "trun
 def dataset(count: int) -> list[dict[str, Any]]:
     """Records whose values survive both readers' typing unchanged (no numeric text, no timestamps)."""
     return [
-        {"id": i, "name": f"rec-{i}", "value": round(i * 1.25, 2), "rev": 0, "nested": {"a": i % 7, "b": {"c": f"c{i % 3}"}}}
+        {
+            "id": i,
+            "name": f"rec-{i}",
+            "value": round(i * 1.25, 2),
+            "rev": 0,
+            "nested": {"a": i % 7, "b": {"c": f"c{i % 3}"}},
+        }
         for i in range(count)
     ]
 
@@ -90,7 +97,7 @@ class Conn:
     def trickle(self, data: bytes, *, piece: int, seconds: float) -> None:
         """Send ``data`` ``piece`` bytes at a time with a pause before each piece."""
         for start in range(0, len(data), piece):
-            if not self.pause(seconds) or not self.write(data[start: start + piece]):
+            if not self.pause(seconds) or not self.write(data[start : start + piece]):
                 return
 
     def reset(self) -> None:
@@ -157,12 +164,15 @@ class FlakyApi(LoopbackHttpServer):
         return f"{self.url}?offset={(page - 1) * self.page_size}&limit={self.page_size}"
 
     def page_body(self, offset: int, limit: int, revision: int) -> bytes:
-        items = [{**record, "rev": revision, "value": record["value"] + revision} for record in self.records[offset: offset + limit]]
+        items = [
+            {**record, "rev": revision, "value": record["value"] + revision}
+            for record in self.records[offset : offset + limit]
+        ]
         following = offset + limit if offset + limit < len(self.records) else None
         nxt = f"/items?offset={following}&limit={limit}" if following is not None else None
         return json.dumps({"items": items, "next": nxt}).encode()
 
-    def route(self, path: str, handler: Route) -> "FlakyApi":
+    def route(self, path: str, handler: Route) -> FlakyApi:
         self.routes[path] = handler
         return self
 

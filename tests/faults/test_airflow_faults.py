@@ -28,14 +28,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import airflow_fixtures
 import pandas as pd
 import pytest
-
-import airflow_fixtures
 from airflow_fixtures import BudgetedWaits
+from demo_process import running_demo_api
+
 from anomaly_detection.airflow_client import AirflowApiError, AirflowClient
 from anomaly_detection.runs import safe_run_id
-from demo_process import running_demo_api
 
 airflow_standalone = airflow_fixtures.airflow_standalone  # the module-scoped fixture
 
@@ -57,7 +57,14 @@ BIG_CONF = {
 KILLED_DETECT = "isolation_forest"
 # Files that differ between two runs of one conf by nature: the run's own log, times, its report.
 TIMING_KEYS = {"seconds"}  # per-fit durations in models/<algorithm>.json
-RUN_SPECIFIC = {"pipeline.log", "run_meta.json", "ingest.json", "results.json", "report.html", "raw/manifest.json"}
+RUN_SPECIFIC = {
+    "pipeline.log",
+    "run_meta.json",
+    "ingest.json",
+    "results.json",
+    "report.html",
+    "raw/manifest.json",
+}
 TIMINGS: dict[str, float] = {}
 # ingest states once it has started
 STARTED = ("running", "success", "failed", "up_for_retry", "upstream_failed")
@@ -95,7 +102,13 @@ def _load_confs(small_apis) -> dict[str, dict]:
     a, b = (f"{base}/records" for base in small_apis)
     common = {"mode": "native", "algorithms": ["kmeans"], "overrides": {"evaluation.selection": "metric"}}
     # load-a0 and load-a4 have the same conf: their outputs must be identical
-    specs = {"load-a0": (a, 0.05), "load-b1": (b, 0.05), "load-a2": (a, 0.1), "load-b3": (b, 0.1), "load-a4": (a, 0.05)}
+    specs = {
+        "load-a0": (a, 0.05),
+        "load-b1": (b, 0.05),
+        "load-a2": (a, 0.1),
+        "load-b3": (b, 0.1),
+        "load-a4": (a, 0.05),
+    }
     return {name: {**common, "url": url, "contamination": c} for name, (url, c) in specs.items()}
 
 
@@ -107,8 +120,12 @@ def runs(airflow_standalone, client, big_api, small_apis):
     big = {**BIG_CONF, "url": f"{big_api}/records"}
     first = {"faults_killed": big, "faults_ref": big}
     then = {
-        "faults_restart": {"mode": "native", "url": f"{small_apis[0]}/records", "algorithms": ["kmeans"],
-                           "overrides": {"evaluation.selection": "metric"}},  # fmt: skip
+        "faults_restart": {
+            "mode": "native",
+            "url": f"{small_apis[0]}/records",
+            "algorithms": ["kmeans"],
+            "overrides": {"evaluation.selection": "metric"},
+        },  # fmt: skip
         **_load_confs(small_apis),
     }
     triggered = {name: client.trigger(DAG, conf, run_id=name) for name, conf in first.items()}
@@ -116,7 +133,10 @@ def runs(airflow_standalone, client, big_api, small_apis):
     # The others once the faulted run's ingestion runs: with 4 worker slots, their first tasks would
     # otherwise go first and the slow tasks to kill would start minutes later.
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and (_ti(client, "faults_killed", "ingest") or {}).get("state") not in STARTED:
+    while (
+        time.monotonic() < deadline
+        and (_ti(client, "faults_killed", "ingest") or {}).get("state") not in STARTED
+    ):
         time.sleep(1)
     triggered.update({name: client.trigger(DAG, conf, run_id=name) for name, conf in then.items()})
     return {"ids": triggered, "confs": {**first, **then}}
@@ -193,7 +213,9 @@ def _running_with_pid(client, run_id: str, task_id: str, map_index: int = -1):
     if ti and ti.get("state") == "running" and ti.get("pid"):
         return ti
     if ti and ti.get("state") in ("success", "failed", "upstream_failed", "skipped"):
-        pytest.fail(f"{task_id}[{map_index}] of {run_id} ended {ti['state']} before it could be killed", pytrace=False)
+        pytest.fail(
+            f"{task_id}[{map_index}] of {run_id} ended {ti['state']} before it could be killed", pytrace=False
+        )
     return None
 
 
@@ -202,7 +224,9 @@ def _tries(client, run_id: str, task_id: str, map_index: int = -1) -> list[dict]
     return sorted(client.get_json(path).get("task_instances", []), key=lambda t: t["try_number"])
 
 
-def assert_retried_after_sigkill(airflow, client, run_id: str, task_id: str, killed_ti: dict, map_index: int = -1) -> None:
+def assert_retried_after_sigkill(
+    airflow, client, run_id: str, task_id: str, killed_ti: dict, map_index: int = -1
+) -> None:
     """The killed try died of SIGKILL (the supervisor says so), and the next try succeeded.
 
     Airflow 3.3.2: the supervisor computes ``up_for_retry`` for the signal exit but sends no state (it
@@ -215,7 +239,9 @@ def assert_retried_after_sigkill(airflow, client, run_id: str, task_id: str, kil
     assert tries[0]["state"] in ("failed", "up_for_retry") and tries[1]["state"] == "success", tries
     log = airflow.log_file.read_text(errors="replace")
     finished = [ln for ln in log.splitlines() if "Workload finished" in ln and killed_ti["id"] in ln]
-    assert finished and "SIGKILL" in finished[0], finished or f"no 'Workload finished' line for {killed_ti['id']}"
+    assert finished and "SIGKILL" in finished[0], (
+        finished or f"no 'Workload finished' line for {killed_ti['id']}"
+    )
 
 
 # --------------------------------------------------------------------------- comparing runs
@@ -272,7 +298,9 @@ def compare_runs(ref: Path, other: Path) -> dict:
 # --------------------------------------------------------------------------- 1. task killed mid-way
 
 
-def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(airflow_standalone, client, runs, wait, fault_ledger):
+def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(
+    airflow_standalone, client, runs, wait, fault_ledger
+):
     run_id, ref_id = runs["ids"]["faults_killed"], runs["ids"]["faults_ref"]
     run_dir = airflow_standalone.run_dir(run_id)
 
@@ -322,7 +350,10 @@ def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(airflow_
     assert diff["rows"][0] == diff["rows"][1] and diff["rows"][0]["ingested"] == BIG_ROWS, diff
     assert diff["differing_files"] == [], f"outputs of the retried tasks differ: {diff['differing_files']}"
     assert diff["extra_files"] == [], f"the killed attempts left files behind: {diff['extra_files']}"
-    pages = [json.loads((d / "raw" / "manifest.json").read_text()) for d in (airflow_standalone.run_dir(ref_id), run_dir)]
+    pages = [
+        json.loads((d / "raw" / "manifest.json").read_text())
+        for d in (airflow_standalone.run_dir(ref_id), run_dir)
+    ]
     assert [(p["file"], p["records"]) for p in pages[0]] == [(p["file"], p["records"]) for p in pages[1]]
 
     for rid in (run_id, ref_id):
@@ -346,7 +377,9 @@ def _busy(client, run_ids) -> list[str]:
     return busy
 
 
-def test_gate_survives_a_restart_of_the_whole_standalone(airflow_standalone, client, runs, wait, fault_ledger):
+def test_gate_survives_a_restart_of_the_whole_standalone(
+    airflow_standalone, client, runs, wait, fault_ledger
+):
     run_id = runs["ids"]["faults_restart"]
     load_ids = [runs["ids"][name] for name in runs["confs"] if name.startswith("load-")]
     wait.gate(run_id)
@@ -365,7 +398,9 @@ def test_gate_survives_a_restart_of_the_whole_standalone(airflow_standalone, cli
     print(f"airflow_down.sh: {airflow_standalone.stop_output.strip()}")
     TIMINGS["restart (stop + start)"] = time.monotonic() - began
     assert airflow_standalone.session_id() not in (None, old_sid)
-    assert not any(Path(f"/proc/{p}").exists() for p in _session_pids(old_sid)), "processes of the old standalone are left"
+    assert not any(Path(f"/proc/{p}").exists() for p in _session_pids(old_sid)), (
+        "processes of the old standalone are left"
+    )
 
     # the gate still waits, with its request unanswered, and the run is still running
     assert client.task_instance(DAG, run_id, "review")["state"] == "awaiting_input"
@@ -382,7 +417,11 @@ def test_gate_survives_a_restart_of_the_whole_standalone(airflow_standalone, cli
     assert wait.run(run_id) == "success"
     TIMINGS["approve after restart -> run success"] = time.monotonic() - began
     states = client.task_instances(DAG, run_id)
-    assert states["publish"] == "success" and states["rejected"] == "skipped" and states["trigger_rerun"] == "skipped"
+    assert (
+        states["publish"] == "success"
+        and states["rejected"] == "skipped"
+        and states["trigger_rerun"] == "skipped"
+    )
     run_dir = airflow_standalone.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
     assert decision["decision"] == "approved" and decision["comment"] == "after the restart"
@@ -445,7 +484,9 @@ def test_concurrent_runs_keep_separate_correct_outputs(airflow_standalone, clien
         assert best["anomaly_share"] == pytest.approx(conf["contamination"], abs=0.01)
         truth = planted[conf["url"]]
         found = len(truth & set(frame["id"])) / len(truth)
-        print(f"{name}: {best['algorithm']} {best['params']}, {len(frame)} anomalies, planted recall {found:.2f}")
+        print(
+            f"{name}: {best['algorithm']} {best['params']}, {len(frame)} anomalies, planted recall {found:.2f}"
+        )
         assert found >= 0.8, f"{name}: only {found:.0%} of its API's planted anomalies flagged"
         frames[name] = frame
     # the same conf gives the same rows; another API or contamination gives others

@@ -26,13 +26,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from flaky_api import FlakyApi, dataset
 
 import anomaly_detection
 from anomaly_detection.bulk_ingest import ingest_to_parquet
 from anomaly_detection.config import build_config
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest import ingest
-from flaky_api import FlakyApi, dataset
 
 READERS = ("native", "bulk")
 TIMEOUT = 0.5
@@ -111,8 +111,14 @@ def snapshot_records(raw: Path) -> dict[int, list[dict]]:
 
 
 def flat(record: dict) -> dict:
-    return {"id": record["id"], "name": record["name"], "value": record["value"], "rev": record["rev"],
-            "nested.a": record["nested"]["a"], "nested.b.c": record["nested"]["b"]["c"]}
+    return {
+        "id": record["id"],
+        "name": record["name"],
+        "value": record["value"],
+        "rev": record["rev"],
+        "nested.a": record["nested"]["a"],
+        "nested.b.c": record["nested"]["b"]["c"],
+    }
 
 
 def data_lost(api: FlakyApi, raw: Path) -> int:
@@ -128,10 +134,14 @@ def data_lost(api: FlakyApi, raw: Path) -> int:
 
 def assert_output_matches_snapshot(run: Run, api: FlakyApi) -> dict[int, list[dict]]:
     pages = snapshot_records(run.raw)
-    expected = pd.DataFrame([flat(r) for items in pages.values() for r in items]).sort_values("id", ignore_index=True)
+    expected = pd.DataFrame([flat(r) for items in pages.values() for r in items]).sort_values(
+        "id", ignore_index=True
+    )
     got = run.output[COLUMNS].sort_values("id", ignore_index=True)
     assert got["id"].tolist() == [r["id"] for r in api.records], "every record exactly once"
-    assert sorted(id for items in pages.values() for id in (r["id"] for r in items)) == [r["id"] for r in api.records]
+    assert sorted(id for items in pages.values() for id in (r["id"] for r in items)) == [
+        r["id"] for r in api.records
+    ]
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
     return pages
 
@@ -173,7 +183,9 @@ def test_every_fault_once_then_a_complete_snapshot(reader, pagination, tmp_path,
     # a page that changed between retries: records and snapshot both come from the body that parsed
     assert {r["rev"] for r in pages[6]} == {1} and {r["rev"] for r in pages[8]} == {1}
     changed = run.output[run.output["id"].between(50, 59)]
-    assert set(changed["rev"]) == {1} and changed["value"].tolist() == [r["value"] + 1 for r in api.records[50:60]]
+    assert set(changed["rev"]) == {1} and changed["value"].tolist() == [
+        r["value"] + 1 for r in api.records[50:60]
+    ]
     assert 1.0 in run.sleeps  # Retry-After: 1
     entries = {e["page"]: e for e in manifest(run.raw) if e["records"]}
     suffix = ".json.gz" if reader == "bulk" else ".json"
@@ -182,9 +194,13 @@ def test_every_fault_once_then_a_complete_snapshot(reader, pagination, tmp_path,
     assert entries[8]["set_aside"] == [f"page-{8:0{digits}d}.attempt2{suffix}"]
     assert entries[1]["attempts"] == 3 and entries[8]["attempts"] == 3 and entries[9]["attempts"] == 1
     attempt = body_of(run.raw / entries[6]["set_aside"][0]).decode()
-    assert attempt.startswith('{"items": [{"id": 50') and '"rev": 0' in attempt  # the cut-off first body, kept
+    assert (
+        attempt.startswith('{"items": [{"id": 50') and '"rev": 0' in attempt
+    )  # the cut-off first body, kept
     assert lost == 0
-    fault_ledger.recovered(f"{reader} ingest ({pagination}) read every page through {sum(api.injected.values())} faults")
+    fault_ledger.recovered(
+        f"{reader} ingest ({pagination}) read every page through {sum(api.injected.values())} faults"
+    )
 
 
 # --------------------------------------------------------------------------- faults that outlast the retries
@@ -204,7 +220,9 @@ PERSISTENT = {
 
 @pytest.mark.parametrize("fault", sorted(PERSISTENT))
 @pytest.mark.parametrize("reader", READERS)
-def test_a_fault_that_outlasts_the_retries_is_a_clear_error_and_keeps_the_pages(reader, fault, tmp_path, fault_ledger):
+def test_a_fault_that_outlasts_the_retries_is_a_clear_error_and_keeps_the_pages(
+    reader, fault, tmp_path, fault_ledger
+):
     with FlakyApi(dataset(85), page_size=10, script={3: [fault] * 2}) as api:
         source, processing = configure(api.url, retries=1)
         run = read(reader, tmp_path, source, processing)
@@ -217,7 +235,7 @@ def test_a_fault_that_outlasts_the_retries_is_a_clear_error_and_keeps_the_pages(
     assert api.requests[3] == 2 and api.injected[fault] == 2
     pages = snapshot_records(run.raw)
     assert [r["id"] for r in pages[1] + pages[2]] == list(range(20))  # every page before the failure, on disk
-    assert all(items == api.records[(page - 1) * 10: page * 10] for page, items in pages.items())
+    assert all(items == api.records[(page - 1) * 10 : page * 10] for page, items in pages.items())
     entries = {e["page"]: e for e in manifest(run.raw)}
     if fault == "truncated":
         final = run.raw / entries[3]["file"]
@@ -261,25 +279,36 @@ KILLER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("reader, victim", [("native", "page-00003"), ("native", "manifest"), ("bulk", "page-000003")])
-def test_a_process_killed_mid_write_leaves_no_half_file_under_a_final_name(reader, victim, tmp_path, fault_ledger):
+@pytest.mark.parametrize(
+    "reader, victim", [("native", "page-00003"), ("native", "manifest"), ("bulk", "page-000003")]
+)
+def test_a_process_killed_mid_write_leaves_no_half_file_under_a_final_name(
+    reader, victim, tmp_path, fault_ledger
+):
     fault_ledger.injected(f"SIGKILL while writing {victim.rstrip('0123456789-')}")
     include = str(Path(anomaly_detection.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": include}
     raw = tmp_path / "raw"
     with FlakyApi(dataset(85), page_size=10) as api:
-        child = subprocess.run([sys.executable, "-c", KILLER, reader, victim, api.url, str(raw)], env=env, capture_output=True, timeout=120)
+        child = subprocess.run(
+            [sys.executable, "-c", KILLER, reader, victim, api.url, str(raw)],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
     assert child.returncode == -9, child.stderr.decode()[-2000:]
     finals = sorted(p.name for p in raw.iterdir() if not p.name.startswith("."))
     for name in finals:
         if name.startswith("page-"):
             items = json.loads(body_of(raw / name))["items"]  # every file under a final name is whole
-            assert not items or items == api.records[items[0]["id"]: items[0]["id"] + 10]
+            assert not items or items == api.records[items[0]["id"] : items[0]["id"] + 10]
     entries = manifest(raw)  # and the manifest parses (bulk: whole lines only)
     lost = sum(1 for e in entries if e["file"] not in finals)
     fault_ledger.lost(lost)
     assert lost == 0
-    assert "page-00001.json" in finals or "page-000001.json.gz" in finals  # bulk: one fetch thread, pages saved in order
+    assert (
+        "page-00001.json" in finals or "page-000001.json.gz" in finals
+    )  # bulk: one fetch thread, pages saved in order
     if victim == "manifest":  # the kill hit the third manifest write: the second one stands
         assert [(e["page"], e["records"]) for e in entries] == [(1, 10)]
     else:  # the half-written page never got its final name

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from flaky_api import Conn, FlakyApi, static
 
 import anomaly_detection
 from anomaly_detection.bulk_ingest import ingest_to_parquet
 from anomaly_detection.config import build_config
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest import READ_CHUNK_BYTES, ingest
-from flaky_api import Conn, FlakyApi, static
 
 READERS = ("native", "bulk")
 MIB = 2**20
@@ -36,7 +36,9 @@ INCLUDE = str(Path(anomaly_detection.__file__).resolve().parents[1])
 def configure(url: str, *, limits: dict | None = None, max_columns: int | None = None, **source):
     cfg = build_config({"source": {"url": url, "retries": 1, "backoff_seconds": 0.01, **source}})
     # set like this until the keys are in the config model (getattr in the readers finds them)
-    processing = cfg.processing.model_copy(update={"max_columns": max_columns}) if max_columns else cfg.processing
+    processing = (
+        cfg.processing.model_copy(update={"max_columns": max_columns}) if max_columns else cfg.processing
+    )
     return cfg.source.model_copy(update=limits or {}), processing
 
 
@@ -44,14 +46,18 @@ def read(reader: str, tmp_path: Path, source, processing) -> pd.DataFrame:
     """The flattened records (raises what the reader raises)."""
     if reader == "native":
         return ingest(source, processing, tmp_path / "raw", sleep=lambda s: None).frame
-    ingest_to_parquet(source, processing, tmp_path / "raw", tmp_path / "parts", sleep=lambda s: None, batch_records=1)
+    ingest_to_parquet(
+        source, processing, tmp_path / "raw", tmp_path / "parts", sleep=lambda s: None, batch_records=1
+    )
     return pd.read_parquet(tmp_path / "parts")
 
 
 def raw_body(tmp_path: Path, reader: str, name: str = "page-1") -> bytes:
     number = name.rpartition("-")[2]
     stem = f"page-{int(number):05d}" if reader == "native" else f"page-{int(number):06d}"
-    (path,) = [p for p in (tmp_path / "raw").iterdir() if p.name.startswith(stem + ".") and ".attempt" not in p.name]
+    (path,) = [
+        p for p in (tmp_path / "raw").iterdir() if p.name.startswith(stem + ".") and ".attempt" not in p.name
+    ]
     data = path.read_bytes()
     return gzip.decompress(data) if path.suffix == ".gz" else data
 
@@ -101,7 +107,9 @@ def child_run(reader: str, url: str, raw: Path, limits: dict) -> dict:
     )
     child = subprocess.run(
         [sys.executable, "-c", script, reader, url, str(raw), json.dumps(limits)],
-        env={**os.environ, "PYTHONPATH": INCLUDE}, capture_output=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": INCLUDE},
+        capture_output=True,
+        timeout=300,
     )
     assert child.returncode == 0, child.stderr.decode()[-3000:]
     return json.loads(child.stdout.decode().strip().splitlines()[-1])
@@ -127,7 +135,9 @@ def test_an_endless_body_stops_at_the_cap_in_bounded_memory(reader, api, tmp_pat
     outcome = child_run(reader, api.base_url + "/endless", tmp_path / "raw", {"max_response_bytes": cap})
     message = outcome.get("error", "")
     assert api.base_url + "/endless" in message and f"source.max_response_bytes={cap}" in message, outcome
-    assert outcome["growth_mib"] < 32, outcome  # the cap is 4 MiB; the stream is endless (about 5 MiB measured)
+    assert outcome["growth_mib"] < 32, (
+        outcome
+    )  # the cap is 4 MiB; the stream is endless (about 5 MiB measured)
     partial = raw_body(tmp_path, reader, "page-1")
     assert cap < len(partial) <= cap + READ_CHUNK_BYTES and partial.startswith(b'[{"id": 1, "blob": "xxx')
     assert ".partial" in message  # what arrived is kept, and the message says where
@@ -145,12 +155,22 @@ def read_manifest(raw: Path) -> list[dict]:
 @pytest.mark.parametrize("reader", READERS)
 def test_a_content_length_over_the_cap_is_refused_before_reading(reader, api, tmp_path, fault_ledger):
     fault_ledger.injected("Content-Length of 1 GiB")
-    api.route("/huge", lambda conn, query: (conn.head(200, {"Content-Type": "application/json", "Content-Length": str(2**30)}), conn.write(b"[")))
+    api.route(
+        "/huge",
+        lambda conn, query: (
+            conn.head(200, {"Content-Type": "application/json", "Content-Length": str(2**30)}),
+            conn.write(b"["),
+        ),
+    )
     source, processing = configure(api.base_url + "/huge", limits={"max_response_bytes": MIB})
     with pytest.raises(IngestionError) as info:
         read(reader, tmp_path, source, processing)
     message = str(info.value)
-    assert api.base_url + "/huge" in message and f"max_response_bytes={MIB}" in message and f"Content-Length is {2**30}" in message
+    assert (
+        api.base_url + "/huge" in message
+        and f"max_response_bytes={MIB}" in message
+        and f"Content-Length is {2**30}" in message
+    )
     assert api.hits["/huge"] == 1  # not retried: it would be as large again
     assert not [p for p in (tmp_path / "raw").iterdir() if p.name.startswith("page-")]  # nothing was read
 
@@ -163,7 +183,9 @@ def test_a_gzip_bomb_is_capped_on_its_decoded_size(reader, api, tmp_path, fault_
     assert len(bomb) < MIB
     api.route("/bomb", static(bomb, {"Content-Encoding": "gzip"}))
     source, processing = configure(api.base_url + "/bomb", limits={"max_response_bytes": MIB})
-    with pytest.raises(IngestionError, match=rf"larger than source.max_response_bytes={MIB} \(more than {MIB} bytes arrived"):
+    with pytest.raises(
+        IngestionError, match=rf"larger than source.max_response_bytes={MIB} \(more than {MIB} bytes arrived"
+    ):
         read(reader, tmp_path, source, processing)
     assert api.hits["/bomb"] == 1
     assert MIB < len(raw_body(tmp_path, reader)) <= MIB + READ_CHUNK_BYTES
@@ -194,7 +216,9 @@ def test_a_50_mb_string_is_read_in_proportionate_memory(reader, api, tmp_path, f
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_invalid_utf8_is_replaced_with_a_warning_naming_the_url_and_offset(reader, api, tmp_path, caplog, fault_ledger):
+def test_invalid_utf8_is_replaced_with_a_warning_naming_the_url_and_offset(
+    reader, api, tmp_path, caplog, fault_ledger
+):
     fault_ledger.injected("invalid UTF-8 in a text field")
     body = b'[{"id": 1, "name": "ab\xff\xfecd"}, {"id": 2, "name": "ok"}]'
     api.route("/latin", static(body))
@@ -249,7 +273,12 @@ def test_deep_nesting_never_overflows_a_small_thread_stack(tmp_path):
         print(json.dumps(out))
         """
     )
-    child = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": INCLUDE}, capture_output=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": INCLUDE},
+        capture_output=True,
+        timeout=120,
+    )
     assert child.returncode == 0, (child.returncode, child.stderr.decode()[-2000:])
     out = json.loads(child.stdout)
     assert out["depth"] == 18_999 and out["deep"] and "http://x/deep is nested too deeply" in out["error"]
@@ -264,7 +293,11 @@ def test_a_record_with_a_million_keys_is_refused_by_the_column_cap(reader, api, 
     with pytest.raises(IngestionError) as info:
         read(reader, tmp_path, source, processing)
     message = str(info.value)
-    assert api.base_url + "/wide" in message and "processing.max_columns=5000" in message and "1000000" in message
+    assert (
+        api.base_url + "/wide" in message
+        and "processing.max_columns=5000" in message
+        and "1000000" in message
+    )
     assert api.hits["/wide"] == 1
     assert raw_body(tmp_path, reader) == body
 
@@ -278,7 +311,9 @@ def test_the_column_cap_counts_the_columns_of_all_pages(reader, api, tmp_path):
         static(json.dumps(records).encode())(conn, query)
 
     api.route("/pages", handler)
-    source, processing = configure(api.base_url + "/pages", max_columns=8, pagination={"type": "offset", "page_size": 10})
+    source, processing = configure(
+        api.base_url + "/pages", max_columns=8, pagination={"type": "offset", "page_size": 10}
+    )
     with pytest.raises(IngestionError) as info:
         read(reader, tmp_path, source, processing)
     message = str(info.value)
@@ -292,10 +327,13 @@ def test_chunked_and_gzip_encoded_bodies_are_read_whole(reader, api, tmp_path):
     body = json.dumps(records).encode()
 
     def chunked(conn: Conn, query: dict[str, str]) -> None:
-        conn.head(200, {"Content-Type": "application/json", "Transfer-Encoding": "chunked", "Content-Encoding": "gzip"})
+        conn.head(
+            200,
+            {"Content-Type": "application/json", "Transfer-Encoding": "chunked", "Content-Encoding": "gzip"},
+        )
         packed = gzip.compress(body)
         for start in range(0, len(packed), 1000):
-            piece = packed[start: start + 1000]
+            piece = packed[start : start + 1000]
             conn.write(b"%x\r\n%s\r\n" % (len(piece), piece))
         conn.write(b"0\r\n\r\n")
 

@@ -7,14 +7,15 @@ fast and without a network, and ingestion fails at once instead of retrying.
 from __future__ import annotations
 
 import time
+
 import pytest
 import requests
+from http_fixtures import api_server, fake_dns, second_server  # noqa: F401
 
 from anomaly_detection.config import ProcessingConfig, SourceConfig
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest import ingest
 from anomaly_detection.outbound import DENY_VAR, BlockedDestination, OutboundPolicy, guard_session
-from http_fixtures import api_server, fake_dns, second_server  # noqa: F401
 
 FAULT = "redirect to a blocked address"
 METADATA = "http://169.254.169.254/latest/meta-data/"
@@ -39,17 +40,23 @@ def test_redirect_to_metadata(api_server, fault_ledger, status):
     fault_ledger.injected(FAULT)
     api_server.route("/start", (status, {"Location": METADATA}, b""))
     blocked = refused(guarded(), api_server.url("/start"))
-    assert (blocked.address, blocked.rule) == ("169.254.169.254", "169.254.0.0/16 (built-in: link-local / cloud metadata)")
+    assert (blocked.address, blocked.rule) == (
+        "169.254.169.254",
+        "169.254.0.0/16 (built-in: link-local / cloud metadata)",
+    )
     assert api_server.count("/start") == 1
 
 
-@pytest.mark.parametrize("location", [
-    "http://[::ffff:169.254.169.254]/latest/meta-data/",
-    "http://[::ffff:a9fe:a9fe]/latest/meta-data/",
-    "http://2852039166/latest/meta-data/",
-    "https://169.254.169.254/latest/meta-data/",
-    "http://[fd00:ec2::254]/latest/meta-data/",
-])
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://[::ffff:a9fe:a9fe]/latest/meta-data/",
+        "http://2852039166/latest/meta-data/",
+        "https://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+    ],
+)
 def test_redirect_to_disguised_metadata(api_server, fault_ledger, location):
     fault_ledger.injected(FAULT)
     api_server.route("/start", (302, {"Location": location}, b""))
@@ -79,7 +86,9 @@ def test_redirect_to_a_denied_loopback_server_never_reaches_it(api_server, secon
     blocked = refused(guarded(deny="127.0.0.2"), api_server.url("/start"))
     assert blocked.rule == f"127.0.0.2/32 ({DENY_VAR})"
     assert second_server.connections == 0 and second_server.paths == []
-    assert guarded().get(api_server.url("/start"), timeout=5).json() == {"ok": True}  # reachable when not denied
+    assert guarded().get(api_server.url("/start"), timeout=5).json() == {
+        "ok": True
+    }  # reachable when not denied
 
 
 def test_ingestion_fails_at_once_without_retrying(api_server, fault_ledger, tmp_path):

@@ -14,7 +14,6 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import numpy as np
 import pytest
-
 from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -25,8 +24,26 @@ ENV_TOKEN = "env-Tok3n-5d2e8b41"
 URL_KEY = "url-K3y-0c7a19e3"
 HEADER_KEY = "hdr-K3y-7b3f2d90"
 SECRETS = (CONN_TOKEN, ENV_TOKEN, URL_KEY, HEADER_KEY)
-XCOM_TASKS = ("resolve_config", "ingest", "preprocess", "detect", "evaluate_and_select", "build_report", "publish")
-TASKS = ("resolve_config", "ingest", "choose_path", "preprocess", "evaluate_and_select", "build_report", "review", "apply_decision", "publish")
+XCOM_TASKS = (
+    "resolve_config",
+    "ingest",
+    "preprocess",
+    "detect",
+    "evaluate_and_select",
+    "build_report",
+    "publish",
+)
+TASKS = (
+    "resolve_config",
+    "ingest",
+    "choose_path",
+    "preprocess",
+    "evaluate_and_select",
+    "build_report",
+    "review",
+    "apply_decision",
+    "publish",
+)
 
 
 def _records(n: int = 400) -> list[dict]:
@@ -162,9 +179,16 @@ def test_planted_secrets_appear_nowhere(airflow_standalone, api, fault_ledger): 
     assert api.served == {"/conn": 1, "/env": 1} and api.refused == []
 
     leaks = _leaks(airflow_standalone.home / "runs") + _leaks(airflow_standalone.home / "reports")
-    leaks += [f"{s} in {airflow_standalone.home / 'logs'}" for s in SECRETS if s in "".join(
-        p.read_text(errors="replace") for p in (airflow_standalone.home / "logs").rglob("*") if p.is_file()
-    )]
+    leaks += [
+        f"{s} in {airflow_standalone.home / 'logs'}"
+        for s in SECRETS
+        if s
+        in "".join(
+            p.read_text(errors="replace")
+            for p in (airflow_standalone.home / "logs").rglob("*")
+            if p.is_file()
+        )
+    ]
     for run_id in run_ids:
         for task, map_index in [*((t, -1) for t in TASKS), ("detect", 0), ("detect", 1)]:
             log = client.task_log(DAG, run_id, task, map_index=map_index)

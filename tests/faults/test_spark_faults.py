@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from spark_cluster import SparkStandalone
+from spark_helpers import JOB_TIMEOUT, QUICK_JVM, java_available, make_table, write_run
 
 from anomaly_detection.config import load_config
 from anomaly_detection.errors import PipelineError
@@ -30,8 +32,6 @@ from anomaly_detection.pipeline import select_stage
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.spark_submit import done_marker, read_done, require_complete, run_spark_job
-from spark_cluster import SparkStandalone
-from spark_helpers import JOB_TIMEOUT, QUICK_JVM, java_available, make_table, write_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not java_available(), reason="Java is not on PATH")]
 
@@ -75,10 +75,20 @@ def copy_run(source: RunPaths, root: Path, name: str) -> tuple[RunPaths, Path]:
 
 
 def detect(paths: RunPaths, config_path: Path, cluster: SparkStandalone, **kwargs):
-    return run_spark_job("detect", paths.root, config_path, master=cluster.master_url, conf=RUN_CONF, timeout=JOB_TIMEOUT, **kwargs)
+    return run_spark_job(
+        "detect",
+        paths.root,
+        config_path,
+        master=cluster.master_url,
+        conf=RUN_CONF,
+        timeout=JOB_TIMEOUT,
+        **kwargs,
+    )
 
 
-def wait_for_log(paths: RunPaths, offset: int, pattern: str, job: Future, timeout: float = JOB_TIMEOUT) -> None:
+def wait_for_log(
+    paths: RunPaths, offset: int, pattern: str, job: Future, timeout: float = JOB_TIMEOUT
+) -> None:
     """Wait until the run's ``pipeline.log`` shows ``pattern`` after byte ``offset``."""
     regex, deadline = re.compile(pattern), time.monotonic() + timeout
     while True:
@@ -113,8 +123,12 @@ def outputs_of(paths: RunPaths, config_path: Path) -> dict:
     require_complete(paths.root, "detect", config.modeling.algorithms)
     outputs = {"models": {}, "flagged": {}, "sample": {}}
     for algorithm in ALGORITHMS:
-        outputs["models"][algorithm] = [_without_timings(r) for r in json.loads((paths.models / f"{algorithm}.json").read_text())]
-        outputs["flagged"][algorithm] = read_flagged(flagged_path(paths.models, algorithm)).sort_values("position", ignore_index=True)
+        outputs["models"][algorithm] = [
+            _without_timings(r) for r in json.loads((paths.models / f"{algorithm}.json").read_text())
+        ]
+        outputs["flagged"][algorithm] = read_flagged(flagged_path(paths.models, algorithm)).sort_values(
+            "position", ignore_index=True
+        )
         outputs["sample"][algorithm] = read_sample(sample_path(paths.models, algorithm))
     selected = select_stage(config, paths)
     outputs["best"] = selected["best"]
@@ -150,7 +164,9 @@ def assert_same_outputs(got: dict, expected: dict) -> None:
         assert np.array_equal(mine["position"], theirs["position"]), f"{algorithm}: flagged rows differ"
         np.testing.assert_allclose(mine["score"], theirs["score"], rtol=1e-9, atol=1e-12)
         mine, theirs = got["sample"][algorithm], expected["sample"][algorithm]
-        assert np.array_equal(mine["position"], theirs["position"]) and np.array_equal(mine["anomaly"], theirs["anomaly"])
+        assert np.array_equal(mine["position"], theirs["position"]) and np.array_equal(
+            mine["anomaly"], theirs["anomaly"]
+        )
         np.testing.assert_allclose(mine["score"], theirs["score"], rtol=1e-9, atol=1e-12)
     mine, theirs = got["anomalies"], expected["anomalies"]
     assert list(mine.columns) == list(theirs.columns) and len(mine) == len(theirs) == got["anomaly_count"]
@@ -193,7 +209,9 @@ def base(tmp_path_factory):
 
     def preprocess() -> RunPaths:
         started = time.perf_counter()
-        run_spark_job("preprocess", paths.root, config_path, master="local[2]", conf=RUN_CONF, timeout=JOB_TIMEOUT)
+        run_spark_job(
+            "preprocess", paths.root, config_path, master="local[2]", conf=RUN_CONF, timeout=JOB_TIMEOUT
+        )
         TIMINGS["preprocess (local[2], beside the cluster start)"] = round(time.perf_counter() - started, 1)
         require_complete(paths.root, "preprocess")
         return paths
@@ -240,8 +258,14 @@ def test_outputs_are_published_together_or_not_at_all(tmp_path):
     staged.mkdir()
     (staged / "part-0.parquet").write_text("half")
     # ... SIGKILL here: nothing published, nothing marked, the old outputs withdrawn
-    assert read_done(paths.root, "detect") is None and not old_flagged.exists() and not (paths.models / "kmeans.json").exists()
-    assert sorted(p.name for p in paths.root.iterdir() if p.name.startswith(".")) == [".spark-detect.attempt1.staging"]
+    assert (
+        read_done(paths.root, "detect") is None
+        and not old_flagged.exists()
+        and not (paths.models / "kmeans.json").exists()
+    )
+    assert sorted(p.name for p in paths.root.iterdir() if p.name.startswith(".")) == [
+        ".spark-detect.attempt1.staging"
+    ]
     with pytest.raises(PipelineError, match="did not complete"):
         require_complete(paths.root, "detect", ["kmeans", "dbscan"])
 
@@ -253,10 +277,15 @@ def test_outputs_are_published_together_or_not_at_all(tmp_path):
         (staged / "part-0.parquet").write_text("new")
         retry.path(paths.models / "kmeans.json").write_text('[{"new": 1}]')
         marker = retry.commit(algorithms=["kmeans"])
-    assert (old_flagged / "part-0.parquet").read_text() == "new" and json.loads((paths.models / "kmeans.json").read_text()) == [{"new": 1}]
+    assert (old_flagged / "part-0.parquet").read_text() == "new" and json.loads(
+        (paths.models / "kmeans.json").read_text()
+    ) == [{"new": 1}]
     assert json.loads(marker.read_text())["attempt"] == "attempt2"
     assert not [p.name for p in paths.root.rglob(".*")]  # no staging, no renamed-aside leftovers
-    assert require_complete(paths.root, "detect", ["kmeans", "dbscan"])[0]["outputs"] == ["models/kmeans.flagged.parquet", "models/kmeans.json"]
+    assert require_complete(paths.root, "detect", ["kmeans", "dbscan"])[0]["outputs"] == [
+        "models/kmeans.flagged.parquet",
+        "models/kmeans.json",
+    ]
 
     with pytest.raises(RuntimeError):  # a failed attempt discards what it staged
         with Outputs(paths, JobState("detect", "attempt3", logging.getLogger("t"))) as failed:
@@ -275,29 +304,49 @@ def test_a_failure_names_the_job_the_stage_and_the_cause(tmp_path, monkeypatch):
     from spark_jobs.common import short_cause
 
     def fake(script: str):
-        monkeypatch.setattr(spark_submit, "spark_submit_command", lambda *a, **k: [sys.executable, "-c", script])
+        monkeypatch.setattr(
+            spark_submit, "spark_submit_command", lambda *a, **k: [sys.executable, "-c", script]
+        )
         with pytest.raises(PipelineError) as caught:
             run_spark_job("detect", tmp_path, tmp_path / "c.yaml", master="local[1]", timeout=60)
         return str(caught.value)
 
     stage = "print('2026 INFO x: [stage] tune kmeans {\\'n_clusters\\': 4}', flush=True); "
-    message = fake(stage + "import sys; sys.stderr.write('WARN noise\\nerror: DataError: no rows\\n'); sys.exit(2)")
-    assert message == "Spark job detect failed (exit status 2) in stage \"tune kmeans {'n_clusters': 4}\": DataError: no rows"
-    message = fake(stage + "import os, signal, sys; sys.stderr.write('last words\\n'); sys.stderr.flush(); os.kill(os.getpid(), signal.SIGKILL)")
-    assert message == "Spark job detect was killed by SIGKILL (exit status -9) in stage \"tune kmeans {'n_clusters': 4}\": last words"
+    message = fake(
+        stage + "import sys; sys.stderr.write('WARN noise\\nerror: DataError: no rows\\n'); sys.exit(2)"
+    )
+    assert (
+        message
+        == "Spark job detect failed (exit status 2) in stage \"tune kmeans {'n_clusters': 4}\": DataError: no rows"
+    )
+    message = fake(
+        stage
+        + "import os, signal, sys; sys.stderr.write('last words\\n'); sys.stderr.flush(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    assert (
+        message
+        == "Spark job detect was killed by SIGKILL (exit status -9) in stage \"tune kmeans {'n_clusters': 4}\": last words"
+    )
     message = fake("print('[stage] publish')")
-    assert message.startswith("Spark job detect exited 0 but did not mark its outputs complete (no marker in ")
+    assert message.startswith(
+        "Spark job detect exited 0 but did not mark its outputs complete (no marker in "
+    )
     assert message.endswith(' in stage "publish"')
 
     class JavaException:
         def toString(self) -> str:  # noqa: N802 - the Java method py4j exposes
-            return "org.apache.spark.SparkException: Job aborted due to stage failure\n\tat org.apache.Foo(Foo.java:1)\n" * 50
+            return (
+                "org.apache.spark.SparkException: Job aborted due to stage failure\n\tat org.apache.Foo(Foo.java:1)\n"
+                * 50
+            )
 
     class Py4JJavaError(Exception):  # what a lost SparkContext raises: the JVM's stack in the message
         java_exception = JavaException()
 
     cause = short_cause(Py4JJavaError("An error occurred while calling o12.count.\n: trace"))
-    assert cause.startswith("Py4JJavaError: org.apache.spark.SparkException: Job aborted") and "\n" not in cause
+    assert (
+        cause.startswith("Py4JJavaError: org.apache.spark.SparkException: Job aborted") and "\n" not in cause
+    )
     assert "at org.apache" not in cause and len(cause) < 700
 
 
@@ -330,7 +379,9 @@ def test_detect_survives_a_worker_killed_midway(tmp_path, cluster, reference, fa
     else:
         message = str(error)
         assert message.startswith("Spark job detect ") and ' in stage "' in message, message
-        assert re.search(r'spark detect failed in stage "[^"]+": \w+', paths.log.read_text()), "no failure line in pipeline.log"
+        assert re.search(r'spark detect failed in stage "[^"]+": \w+', paths.log.read_text()), (
+            "no failure line in pipeline.log"
+        )
         assert not list(paths.root.glob(".spark-detect.*.staging"))  # a failed job discards its staging
         assert_nothing_marked_complete(paths)
     fault_ledger.lost(0)
@@ -349,7 +400,13 @@ def test_detect_driver_killed_midway_then_rerun(tmp_path, cluster, reference, fa
     started: dict = {}
     clock = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-detect") as pool:
-        job = pool.submit(detect, paths, config_path, cluster, on_start=lambda process: started.setdefault("process", process))
+        job = pool.submit(
+            detect,
+            paths,
+            config_path,
+            cluster,
+            on_start=lambda process: started.setdefault("process", process),
+        )
         wait_for_log(paths, offset, DRIVER_KILL_AT, job)
         half = list(paths.root.glob(".spark-detect.*.staging/models/kmeans.flagged.parquet"))
         os.killpg(started["process"].pid, signal.SIGKILL)  # spark-submit runs in its own process group
@@ -358,7 +415,10 @@ def test_detect_driver_killed_midway_then_rerun(tmp_path, cluster, reference, fa
             job.result(timeout=120)
     TIMINGS["detect (driver killed)"] = round(time.perf_counter() - clock, 1)
     message = str(caught.value)
-    assert message.startswith("Spark job detect was killed by SIGKILL") and " in stage \"tune isolation_forest {" in message, message
+    assert (
+        message.startswith("Spark job detect was killed by SIGKILL")
+        and ' in stage "tune isolation_forest {' in message
+    ), message
     assert len(message.splitlines()) == 1, message
     assert half, "KMeans' flagged rows were not staged when the driver was killed"
     assert all(h.exists() for h in half)  # the half output is still there, under a hidden name

@@ -9,7 +9,17 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import AUTO_FALLBACK_SHARE, REGISTRY, Detection, Detector, DetectorSettings, register, sample_indices, top_share_labels, tukey_fence
+from .base import (
+    AUTO_FALLBACK_SHARE,
+    REGISTRY,
+    Detection,
+    Detector,
+    DetectorSettings,
+    register,
+    sample_indices,
+    top_share_labels,
+    tukey_fence,
+)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"):
     importlib.import_module(f"{__name__}.{_module}")

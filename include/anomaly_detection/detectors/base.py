@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +139,8 @@ def register(detector: Detector) -> Detector:
     for level, grid in detector.grids.items():
         unknown = set(grid) - detector.params
         if unknown:
-            raise ValueError(f"detector {detector.name!r}: {level} grid uses unknown parameter(s) {sorted(unknown)}")
+            raise ValueError(
+                f"detector {detector.name!r}: {level} grid uses unknown parameter(s) {sorted(unknown)}"
+            )
     REGISTRY[detector.name] = detector
     return detector

@@ -9,6 +9,7 @@ import numpy as np
 
 from .base import Detection, Detector, DetectorSettings, register, sample_indices, top_share_labels
 
+
 def kmeans(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
     from sklearn.cluster import KMeans
 
@@ -30,7 +31,9 @@ def _centroid_distance(
     idx = sample_indices(len(X), settings.fit_sample_size, rng)
     fit_rows = X if idx is None else X[idx]
     n_clusters = min(int(params.get("n_clusters", 8)), len(fit_rows))
-    model = estimator(random_state=settings.random_state, **{**params, "n_clusters": n_clusters}).fit(fit_rows)
+    model = estimator(random_state=settings.random_state, **{**params, "n_clusters": n_clusters}).fit(
+        fit_rows
+    )
     distances = np.empty(len(X))
     assignment = np.empty(len(X), dtype=np.int32)
     for start in range(0, len(X), 200_000):
@@ -40,14 +43,19 @@ def _centroid_distance(
     labels, threshold = top_share_labels(distances, settings.contamination)
     sizes = np.bincount(assignment, minlength=model.n_clusters)
     info = {"n_clusters": int((sizes > 0).sum()), "cluster_sizes": sizes.tolist(), "fit_rows": len(fit_rows)}
-    return Detection(algorithm, dict(params), distances, labels, threshold, time.perf_counter() - started, info)
+    return Detection(
+        algorithm, dict(params), distances, labels, threshold, time.perf_counter() - started, info
+    )
 
 
 register(
     Detector(
         name="kmeans",
         detect=kmeans,
-        grids={"simple": {"n_clusters": [3, 5, 8]}, "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]}},
+        grids={
+            "simple": {"n_clusters": [3, 5, 8]},
+            "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]},
+        },
         params=frozenset({"n_clusters", "init", "n_init", "max_iter"}),
         engines=("native", "spark"),
     )
@@ -56,7 +64,10 @@ register(
     Detector(
         name="bisecting_kmeans",
         detect=bisecting_kmeans,
-        grids={"simple": {"n_clusters": [3, 5, 8]}, "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]}},
+        grids={
+            "simple": {"n_clusters": [3, 5, 8]},
+            "complex": {"n_clusters": [2, 3, 4, 5, 6, 8, 10, 12, 15]},
+        },
         params=frozenset({"n_clusters", "max_iter", "bisecting_strategy"}),
         engines=("native", "spark"),
     )

@@ -10,6 +10,7 @@ import numpy as np
 
 from .base import Detection, Detector, DetectorSettings, register, sample_indices
 
+
 def dbscan(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
     from sklearn.cluster import DBSCAN
     from sklearn.neighbors import NearestNeighbors
@@ -43,7 +44,9 @@ def dbscan(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) ->
     tree = NearestNeighbors(n_neighbors=1, metric=params.get("metric", "euclidean"), n_jobs=-1).fit(core)
     scores = np.empty(len(X))
     for start in range(0, len(X), 100_000):
-        scores[start : start + 100_000] = tree.kneighbors(X[start : start + 100_000], return_distance=True)[0][:, 0]
+        scores[start : start + 100_000] = tree.kneighbors(X[start : start + 100_000], return_distance=True)[
+            0
+        ][:, 0]
     labels = (scores > eps).astype(np.int8)
     return Detection("dbscan", params, scores, labels, eps, time.perf_counter() - started, info)
 

@@ -11,6 +11,7 @@ from .base import Detection, Detector, DetectorSettings, register, top_share_lab
 from .isolation_forest import isolation_forest
 from .knn import knn
 
+
 def _standardise(scores: np.ndarray) -> np.ndarray:
     """Scores as z-scores (mean 0, standard deviation 1), so detectors of any scale combine."""
     spread = scores.std()

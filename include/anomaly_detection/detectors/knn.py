@@ -9,6 +9,7 @@ import numpy as np
 
 from .base import Detection, Detector, DetectorSettings, register, sample_indices, top_share_labels
 
+
 def neighbour_fit(X: np.ndarray, settings: DetectorSettings) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows neighbours are searched among (at most ``fit_sample_size``) and their indices in ``X``."""
     idx = sample_indices(len(X), settings.fit_sample_size, np.random.default_rng(settings.random_state))

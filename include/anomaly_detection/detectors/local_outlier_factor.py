@@ -10,6 +10,7 @@ import numpy as np
 from .base import Detection, Detector, DetectorSettings, register, top_share_labels
 from .knn import neighbour_fit
 
+
 def local_outlier_factor(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
     """Local Outlier Factor (``novelty=False``) on at most ``fit_sample_size`` rows; the other rows are
     scored against that sample as new data (``novelty=True`` on the same sample)."""
@@ -31,7 +32,9 @@ def local_outlier_factor(X: np.ndarray, params: dict[str, Any], settings: Detect
             scores[rows] = -novelty.score_samples(X[rows])
     labels, threshold = top_share_labels(scores, settings.contamination)
     info = {"fit_rows": len(fit_rows), "n_neighbors": k}
-    return Detection("local_outlier_factor", dict(params), scores, labels, threshold, time.perf_counter() - started, info)
+    return Detection(
+        "local_outlier_factor", dict(params), scores, labels, threshold, time.perf_counter() - started, info
+    )
 
 
 register(
