@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from anomaly_detection.airflow_client import AirflowClient  # noqa: E402
+from devtools.airflow_client import AirflowClient  # noqa: E402
 
 DAG = "anomaly_detection"
 
@@ -70,7 +70,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "anomaly_detection.demo_api",
+                "devtools.demo_api",
                 "--port",
                 str(api_port),
                 "--rows",

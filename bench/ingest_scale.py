@@ -1,7 +1,7 @@
 """Throughput and peak memory of bulk ingestion (API -> gzip snapshot + Parquet parts).
 
 The demo API runs as its own process on a free loopback port; this process ingests every record
-with :func:`anomaly_detection.bulk_ingest.ingest_to_parquet` and reports records/s, pages, wall
+with :func:`anomaly_detection.ingest.bulk.ingest_to_parquet` and reports records/s, pages, wall
 time and its own peak RSS. To tell whether the demo API (Python too) is the bottleneck, it also
 measures how fast the API alone serves pages to ``--concurrency`` plain clients, and the CPU
 seconds each process used during the ingestion.
@@ -33,8 +33,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from anomaly_detection.bulk_ingest import ingest_to_parquet  # noqa: E402
 from anomaly_detection.config import build_config  # noqa: E402
+from anomaly_detection.ingest.bulk import ingest_to_parquet  # noqa: E402
 
 PROBE_PAGES = 40
 
@@ -55,7 +55,7 @@ def start_api(records: int, features: int) -> tuple[subprocess.Popen, str]:
         [
             sys.executable,
             "-m",
-            "anomaly_detection.demo_api",
+            "devtools.demo_api",
             "--port",
             str(port),
             "--rows",

@@ -36,7 +36,7 @@ def start_api(rows: int, features: int, port: int) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "anomaly_detection.demo_api",
+            "devtools.demo_api",
             "--port",
             str(port),
             "--rows",

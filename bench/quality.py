@@ -53,7 +53,7 @@ def run_dataset(
     path: Path, workdir: Path, *, max_rows: int, seed: int, hyperparameters: str, metric: str, selection: str
 ) -> dict:
     from anomaly_detection.config import build_config
-    from anomaly_detection.pipeline import detect_stage, preprocess_stage, select_stage
+    from anomaly_detection.pipeline.stages import detect_stage, preprocess_stage, select_stage
     from anomaly_detection.runs import RunPaths, run_logging
 
     X, y, sampled = load(path, max_rows, seed)

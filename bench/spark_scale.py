@@ -84,7 +84,7 @@ def write_config(root: Path, master: str) -> Path:
 
 def child(engine: str, run_dir: Path, config_path: Path) -> None:
     from anomaly_detection.config import load_config
-    from anomaly_detection.pipeline import (
+    from anomaly_detection.pipeline.stages import (
         detect_stage,
         preprocess_stage,
         report_stage,

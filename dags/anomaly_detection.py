@@ -32,14 +32,14 @@ from airflow.sdk import BaseHook, Param, dag, task
 from airflow.sdk.log import mask_secret
 from review_gate import ReviewGateOperator  # plugins/
 
-from anomaly_detection import dag_tasks, review
 from anomaly_detection.config import ALGORITHMS
-from anomaly_detection.runs import SECRET_MASK
+from anomaly_detection.orchestration import dag_tasks, review
+from anomaly_detection.runs import SECRET_MASK, configs_dir, spark_jobs_dir
 
 SECRET_MASK.forward_to(mask_secret)  # secrets the pipeline learns are masked in Airflow's task logs too
 
 DAG_ID = "anomaly_detection"
-SPARK_JOBS_DIR = dag_tasks.spark_jobs_dir()
+SPARK_JOBS_DIR = spark_jobs_dir()
 # Retry delay of the retried tasks, seconds (ANOMALY_RETRY_DELAY_SECONDS; tests lower it).
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("ANOMALY_RETRY_DELAY_SECONDS", "20")))
 # Talks to the API: transient network/server trouble, so retry with a growing delay.
@@ -68,7 +68,7 @@ PARAMS = {
         type="string",
         title="Config file",
         description="A YAML file in configs/ (defaults < this file < the fields below).",
-        examples=sorted(p.name for p in dag_tasks.configs_dir().glob("*.yaml")),
+        examples=sorted(p.name for p in configs_dir().glob("*.yaml")),
     ),
     "url": Param(
         None,
@@ -161,7 +161,7 @@ def _credentials(source):
     """Auth from an Airflow connection (source.auth.conn_id), else from environment variables."""
     from airflow.sdk.log import mask_secret
 
-    from anomaly_detection.ingest import env_credentials
+    from anomaly_detection.ingest.native import env_credentials
 
     auth = source.auth
     if not auth.conn_id:

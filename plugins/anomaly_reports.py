@@ -7,7 +7,7 @@ What it adds (Airflow 3.1+ plugin interface, checked against 3.3.2):
   - ``GET /anomaly-reports/`` lists the runs (``ANOMALY_RUNS_DIR``) with their decisions and links;
   - ``GET /anomaly-reports/report/<name>.html`` serves a report file from ``ANOMALY_REPORTS_DIR``
     (``<run_id>.html``, ``approved/<run_id>.html``). Every path is checked by
-    ``anomaly_detection.report_index.resolve_report``: traversal, encoded or absolute paths,
+    ``anomaly_detection.report.index.resolve_report``: traversal, encoded or absolute paths,
     backslashes, symlinks leading outside and non-HTML files are refused (400), missing files are 404;
 
 * an external view "Anomaly reports" (a top-level entry of the UI's navigation) that shows the listing
@@ -39,8 +39,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from anomaly_detection import report_index
-from anomaly_detection.report_index import ReportNotFound, UnsafeReportPath
+from anomaly_detection import runs
+from anomaly_detection.report import index as report_index
+from anomaly_detection.report.index import ReportNotFound, UnsafeReportPath
 
 DAG_ID = "anomaly_detection"
 REPORT_TASK_ID = "build_report"
@@ -203,7 +204,7 @@ def _badge(record: report_index.RunRecord) -> str:
 
 @app.get("/", response_class=HTMLResponse)
 def listing(user: Any = Depends(_can_read_dag)) -> Response:
-    records = report_index.list_runs(report_index.reports_dir(), report_index.runs_dir())
+    records = report_index.list_runs(runs.reports_dir(), runs.runs_dir())
     page = LISTING.render(records=records, badge=_badge)
     return HTMLResponse(page, headers={**COMMON_HEADERS, "Content-Security-Policy": LISTING_CSP})
 
@@ -211,7 +212,7 @@ def listing(user: Any = Depends(_can_read_dag)) -> Response:
 @app.get("/report/{requested:path}")
 def report(requested: str, user: Any = Depends(_can_read_dag)) -> Response:
     try:
-        body = report_index.read_report(report_index.reports_dir(), requested)
+        body = report_index.read_report(runs.reports_dir(), requested)
     except UnsafeReportPath:
         raise HTTPException(400, "refused: not a report path inside the reports directory") from None
     except ReportNotFound:
@@ -239,9 +240,7 @@ class OpenReportLink(BaseOperatorLink):
         if getattr(ti_key, "dag_id", None) != DAG_ID or getattr(ti_key, "task_id", None) != REPORT_TASK_ID:
             return ""
         try:
-            report_index.resolve_report(
-                report_index.reports_dir(), report_index.report_file_name(ti_key.run_id)
-            )
+            report_index.resolve_report(runs.reports_dir(), report_index.report_file_name(ti_key.run_id))
         except (ValueError, LookupError):
             return ""
         return report_index.report_url(ti_key.run_id, base_path=_base_path())

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Settings for a local `airflow standalone` of this project: the ONE source of truth.
-# scripts/airflow_up.sh, scripts/airflow_down.sh and tests/airflow_fixtures.py all source this file.
+# scripts/airflow_up.sh, scripts/airflow_down.sh and tests/support/airflow_fixtures.py all source this file.
 #
 #   source scripts/airflow_env.sh        # then e.g.  airflow dags list
 #
@@ -59,8 +59,8 @@ export AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=30
 export AIRFLOW__WORKERS__EXECUTION_API_RETRIES=10
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
 # SQLite busy timeouts (60 s; the API server 3 s): see include/anomaly_detection/airflow_sqlite.py.
-export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=anomaly_detection.airflow_sqlite.CONNECT_ARGS
-export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=anomaly_detection.airflow_sqlite.CONNECT_ARGS_ASYNC
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=devtools.airflow_sqlite.CONNECT_ARGS
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=devtools.airflow_sqlite.CONNECT_ARGS_ASYNC
 
 # --- auth: simple auth manager, one password-protected admin (never all-admins) --------------------
 export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager

@@ -101,8 +101,8 @@ real='$real'
 case "\${1:-}" in
     triggerer) exec "\$real" "\$1" $skip "\${@:2}" ;;
     api-server)
-        export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=anomaly_detection.airflow_sqlite.API_SERVER_CONNECT_ARGS
-        export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=anomaly_detection.airflow_sqlite.API_SERVER_CONNECT_ARGS_ASYNC
+        export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=devtools.airflow_sqlite.API_SERVER_CONNECT_ARGS
+        export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=devtools.airflow_sqlite.API_SERVER_CONNECT_ARGS_ASYNC
         exec "\$real" "\$@" ;;
     scheduler) ;;
     *) exec "\$real" "\$@" ;;

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PORT=${DEMO_PORT:-8765}
 mkdir -p var
 if ! .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=1)" 2>/dev/null; then
-  setsid .venv/bin/python -m anomaly_detection.demo_api --host 127.0.0.1 --port "$PORT" --drift-per-run 0.5 > var/demo_api.log 2>&1 &
+  setsid .venv/bin/python -m devtools.demo_api --host 127.0.0.1 --port "$PORT" --drift-per-run 0.5 > var/demo_api.log 2>&1 &
   echo $! > var/demo_api.pid
   for _ in $(seq 1 100); do
     if .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=1)" 2>/dev/null; then break; fi

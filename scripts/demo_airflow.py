@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from anomaly_detection.airflow_client import AirflowClient
-from anomaly_detection.report_index import report_url
+from anomaly_detection.report.index import report_url
+from devtools.airflow_client import AirflowClient
 
 DAG = "anomaly_detection"
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${DEMO_CLI_PORT:-8766}
 mkdir -p var
-.venv/bin/python -m anomaly_detection.demo_api --host 127.0.0.1 --port "$PORT" > var/demo_api_cli.log 2>&1 &
+.venv/bin/python -m devtools.demo_api --host 127.0.0.1 --port "$PORT" > var/demo_api_cli.log 2>&1 &
 api_pid=$!
 trap 'kill $api_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure a Chromium for the browser tests (tests/browser.py) is installed, and print its version.
+# Make sure a Chromium for the browser tests (tests/support/browser.py) is installed, and print its version.
 # Looks for $CHROMIUM, else `chromium` or `chromium-browser` on PATH. With none, installs Debian's
 # `chromium` package with apt-get (as root, or through `sudo -n`); it never downloads a browser any
 # other way. Exits non-zero, saying what to install, when it cannot.

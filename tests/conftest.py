@@ -4,8 +4,10 @@ import tempfile
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+# Shared fixtures and helpers (servers, Airflow, Spark, browser) live in tests/support/.
+for _path in (TESTS / "support", TESTS):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 SHARED = TESTS.parents[1] / "shared" / "data"
 

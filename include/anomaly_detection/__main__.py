@@ -1,3 +1,3 @@
-from .cli import main
+from anomaly_detection.cli import main
 
 raise SystemExit(main())

@@ -14,6 +14,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -62,6 +63,14 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with replacing(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON (numpy values, non-string keys, anything else as ``str``)."""
+    import orjson
+
+    options = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    return write_bytes(path, orjson.dumps(data, option=options, default=str))
 
 
 def write_text(path: str | Path, text: str) -> Path:

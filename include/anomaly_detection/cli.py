@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .config import load_config, parse_set_option
-from .errors import PipelineError
+from anomaly_detection.config import load_config, parse_set_option
+from anomaly_detection.errors import PipelineError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
         return 0
 
-    from .pipeline import run_pipeline
-    from .runs import make_run_id, safe_run_id
+    from anomaly_detection.pipeline.stages import run_pipeline
+    from anomaly_detection.runs import make_run_id, safe_run_id
 
     run_id = safe_run_id(args.run_id) if args.run_id else make_run_id()
     outcome = run_pipeline(config, run_id=run_id, echo=not args.quiet, rerun_of=args.rerun_of)
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .replay import replay
+    from anomaly_detection.pipeline.replay import replay
 
     try:
         outcome = replay(args.run_dir, run_id=args.run_id, echo=not args.quiet)

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .detectors import REGISTRY
-from .errors import ConfigError
+from anomaly_detection.detect.detectors import REGISTRY
+from anomaly_detection.errors import ConfigError
 
 ALGORITHMS = tuple(REGISTRY)
 Algorithm = Literal[ALGORITHMS]  # type: ignore[valid-type]  # the registered detectors' names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -13,6 +14,35 @@ from pathlib import Path
 from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: The repository (``include/anomaly_detection/runs.py`` -> ``<repo>``): default home of the folders below.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _folder(variable: str, default: str) -> Path:
+    return Path(os.environ.get(variable) or PROJECT_ROOT / default)
+
+
+def configs_dir() -> Path:
+    """The config files a run may name (``ANOMALY_CONFIGS_DIR``, default ``<repo>/configs``)."""
+    return _folder("ANOMALY_CONFIGS_DIR", "configs")
+
+
+def runs_dir() -> Path:
+    """Where run directories go (``ANOMALY_RUNS_DIR``, default ``<repo>/runs``)."""
+    return _folder("ANOMALY_RUNS_DIR", "runs")
+
+
+def reports_dir() -> Path:
+    """Where published report copies go (``ANOMALY_REPORTS_DIR``, default ``<repo>/reports``)."""
+    return _folder("ANOMALY_REPORTS_DIR", "reports")
+
+
+def spark_jobs_dir() -> Path:
+    """The spark-submit entry files (``ANOMALY_SPARK_JOBS_DIR``, default ``<repo>/spark_jobs``)."""
+    return _folder("ANOMALY_SPARK_JOBS_DIR", "spark_jobs")
+
+
 PACKAGE_LOGGER = "anomaly_detection"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 

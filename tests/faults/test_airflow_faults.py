@@ -34,8 +34,8 @@ import pytest
 from airflow_fixtures import BudgetedWaits
 from demo_process import running_demo_api
 
-from anomaly_detection.airflow_client import AirflowApiError, AirflowClient
 from anomaly_detection.runs import safe_run_id
+from devtools.airflow_client import AirflowApiError, AirflowClient
 
 airflow_standalone = airflow_fixtures.airflow_standalone  # the module-scoped fixture
 

@@ -1,7 +1,7 @@
 """Faults: a flapping API (resets, 5xx, 429, stalls, trickling and cut-off bodies, changing pages).
 
-Both readers (native :func:`~anomaly_detection.ingest.ingest` and bulk
-:func:`~anomaly_detection.bulk_ingest.ingest_to_parquet`) must end in one of two ways:
+Both readers (native :func:`~anomaly_detection.ingest.native.ingest` and bulk
+:func:`~anomaly_detection.ingest.bulk.ingest_to_parquet`) must end in one of two ways:
 
 * a complete, correct snapshot: every record of the dataset exactly once, and the flattened
   output equal to the records of the raw page files the manifest lists, or
@@ -29,10 +29,10 @@ import pytest
 from flaky_api import FlakyApi, dataset
 
 import anomaly_detection
-from anomaly_detection.bulk_ingest import ingest_to_parquet
 from anomaly_detection.config import build_config
 from anomaly_detection.errors import IngestionError
-from anomaly_detection.ingest import ingest
+from anomaly_detection.ingest.bulk import ingest_to_parquet
+from anomaly_detection.ingest.native import ingest
 
 READERS = ("native", "bulk")
 TIMEOUT = 0.5
@@ -270,10 +270,10 @@ KILLER = textwrap.dedent(
     pathlib.Path.write_bytes = dying_write
     cfg = build_config({"source": {"url": url, "records_path": "items", "pagination": {"type": "offset", "page_size": 10}, "concurrency": 1}})
     if reader == "native":
-        from anomaly_detection.ingest import ingest
+        from anomaly_detection.ingest.native import ingest
         ingest(cfg.source, cfg.processing, pathlib.Path(raw))
     else:
-        from anomaly_detection.bulk_ingest import ingest_to_parquet
+        from anomaly_detection.ingest.bulk import ingest_to_parquet
         ingest_to_parquet(cfg.source, cfg.processing, pathlib.Path(raw), pathlib.Path(raw).parent / "parts", batch_records=1)
     """
 )

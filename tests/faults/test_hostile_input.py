@@ -23,10 +23,10 @@ import pytest
 from flaky_api import Conn, FlakyApi, static
 
 import anomaly_detection
-from anomaly_detection.bulk_ingest import ingest_to_parquet
 from anomaly_detection.config import build_config
 from anomaly_detection.errors import IngestionError
-from anomaly_detection.ingest import READ_CHUNK_BYTES, ingest
+from anomaly_detection.ingest.bulk import ingest_to_parquet
+from anomaly_detection.ingest.native import READ_CHUNK_BYTES, ingest
 
 READERS = ("native", "bulk")
 MIB = 2**20
@@ -73,10 +73,10 @@ def child_run(reader: str, url: str, raw: Path, limits: dict) -> dict:
     script = textwrap.dedent(
         """
         import json, pathlib, re, resource, sys
-        from anomaly_detection.bulk_ingest import ingest_to_parquet
+        from anomaly_detection.ingest.bulk import ingest_to_parquet
         from anomaly_detection.config import build_config
         from anomaly_detection.errors import IngestionError
-        from anomaly_detection.ingest import ingest
+        from anomaly_detection.ingest.native import ingest
 
         reader, url, raw, limits = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), json.loads(sys.argv[4])
 
@@ -251,7 +251,7 @@ def test_deep_nesting_never_overflows_a_small_thread_stack(tmp_path):
     script = textwrap.dedent(
         """
         import json, threading
-        from anomaly_detection.flatten import BodyNotJson, parse_json
+        from anomaly_detection.ingest.flatten import BodyNotJson, parse_json
 
         out = {}
 

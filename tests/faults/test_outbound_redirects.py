@@ -14,8 +14,8 @@ from http_fixtures import api_server, fake_dns, second_server  # noqa: F401
 
 from anomaly_detection.config import ProcessingConfig, SourceConfig
 from anomaly_detection.errors import IngestionError
-from anomaly_detection.ingest import ingest
-from anomaly_detection.outbound import DENY_VAR, BlockedDestination, OutboundPolicy, guard_session
+from anomaly_detection.ingest.native import ingest
+from anomaly_detection.ingest.outbound import DENY_VAR, BlockedDestination, OutboundPolicy, guard_session
 
 FAULT = "redirect to a blocked address"
 METADATA = "http://169.254.169.254/latest/meta-data/"

@@ -27,11 +27,11 @@ from spark_cluster import SparkStandalone
 from spark_helpers import JOB_TIMEOUT, QUICK_JVM, java_available, make_table, write_run
 
 from anomaly_detection.config import load_config
+from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.errors import PipelineError
-from anomaly_detection.pipeline import select_stage
+from anomaly_detection.pipeline.stages import select_stage
 from anomaly_detection.runs import RunPaths
-from anomaly_detection.scored import flagged_path, read_flagged, read_sample, sample_path
-from anomaly_detection.spark_submit import done_marker, read_done, require_complete, run_spark_job
+from anomaly_detection.spark.submit import done_marker, read_done, require_complete, run_spark_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not java_available(), reason="Java is not on PATH")]
 
@@ -48,7 +48,7 @@ OVERRIDES = {
     "evaluation": {"label_column": "is_anomaly", "selection": "metric"},
     "processing": {"missing_values": "median"},  # the input only: no KMeans imputation to wait for
 }
-#: As tests/test_spark_cluster.py: C1 JIT, executors that fit the 2g workers, the same partitions
+#: As tests/integration/test_spark_cluster.py: C1 JIT, executors that fit the 2g workers, the same partitions
 #: whatever the number of live executors (so a run that lost one computes the same thing).
 RUN_CONF = {
     **QUICK_JVM,
@@ -242,7 +242,7 @@ def test_outputs_are_published_together_or_not_at_all(tmp_path):
     ones hidden; the next attempt clears the stale staging and publishes everything, marker last."""
     import logging
 
-    from spark_jobs.common import JobState, Outputs
+    from anomaly_detection.spark.jobs.common import JobState, Outputs
 
     paths = RunPaths.create(tmp_path / "runs", tmp_path / "reports", "r")
     old_flagged = flagged_path(paths.models, "kmeans")
@@ -300,8 +300,8 @@ def test_a_failure_names_the_job_the_stage_and_the_cause(tmp_path, monkeypatch):
     a zero exit status without this attempt's marker is a failure too."""
     import sys
 
-    import anomaly_detection.spark_submit as spark_submit
-    from spark_jobs.common import short_cause
+    import anomaly_detection.spark.submit as spark_submit
+    from anomaly_detection.spark.jobs.common import short_cause
 
     def fake(script: str):
         monkeypatch.setattr(

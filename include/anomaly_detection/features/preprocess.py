@@ -1,0 +1,296 @@
+"""Turn the flattened API table into a scaled numeric feature matrix, with a data summary.
+
+Stages, each a small pure function: :func:`drop_duplicate_rows`, :func:`extract_labels`,
+:func:`select_features`, :func:`minmax_scale`, :func:`impute_kmeans` / :func:`impute_median`,
+chained by :func:`preprocess`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+
+from anomaly_detection.config import ProcessingConfig
+from anomaly_detection.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MIN_ROWS = 2
+MIN_COMPLETE_ROWS_FOR_KMEANS = 20
+IMPUTATION_FIT_SAMPLE = 50_000
+ID_NAME = re.compile(r"(^|[._\-\s])(id|uuid|guid|index|idx)$", re.I)
+CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")
+TRUE_TEXTS = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "outlier"}
+FALSE_TEXTS = {"0", "false", "no", "n", "f", "normal", "inlier"}
+
+
+@dataclass
+class PreprocessResult:
+    """The output of :func:`preprocess`.
+
+    Attributes
+    ----------
+    features : ndarray of shape (n_rows, n_features)
+        Scaled, imputed feature matrix (float64, every value in [0, 1]).
+    feature_names : list of str
+    table : DataFrame of shape (n_rows, n_columns)
+        The de-duplicated flattened table; row ``i`` is row ``i`` of ``features``.
+    rows : ndarray of shape (n_rows,)
+        Position of each kept row in the input table.
+    labels : ndarray of shape (n_rows,) or None
+        Ground-truth 0/1 labels when a label column is configured.
+    summary : dict
+        Shapes, missing values, dtypes, duplicates removed, columns dropped and why.
+    """
+
+    features: np.ndarray
+    feature_names: list[str]
+    table: pd.DataFrame
+    rows: np.ndarray
+    labels: np.ndarray | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def drop_duplicate_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Remove exact duplicate rows, keeping the first of each (the index keeps the original positions)."""
+    try:
+        duplicated = table.duplicated()
+    except TypeError:  # unhashable cells
+        duplicated = table.astype(str).duplicated()
+    removed = int(duplicated.sum())
+    if removed:
+        table = table.loc[~duplicated]
+    return table, removed
+
+
+def extract_labels(table: pd.DataFrame, column: str) -> np.ndarray:
+    """Map the label column to 0/1 (1 = anomaly), naming the column and bad values on failure."""
+    if column not in table.columns:
+        raise DataError(
+            f"label column {column!r} not found; columns are: {', '.join(map(str, table.columns[:40]))}"
+        )
+    values = table[column]
+    if values.isna().any():
+        first = values.index[values.isna().to_numpy()][0]
+        raise DataError(
+            f"label column {column!r} has {int(values.isna().sum())} missing value(s), first at row {first}"
+        )
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        numeric = values.astype(float)
+        bad = ~numeric.isin([0.0, 1.0])
+        if bad.any():
+            row = values.index[bad.to_numpy()][0]
+            raise DataError(
+                f"label column {column!r} must hold 0/1 values; row {row} has {_plain(values.loc[row])!r}"
+            )
+        return numeric.to_numpy(dtype=np.int8)
+    text = values.astype(str).str.strip().str.lower()
+    bad = ~text.isin(TRUE_TEXTS | FALSE_TEXTS)
+    if bad.any():
+        row = values.index[bad.to_numpy()][0]
+        raise DataError(
+            f"label column {column!r} must hold 0/1, true/false or normal/anomaly; row {row} has {_plain(values.loc[row])!r}"
+        )
+    return text.isin(TRUE_TEXTS).to_numpy(dtype=np.int8)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _is_id_like(name: str, column: pd.Series) -> bool:
+    if ID_NAME.search(name) or CAMEL_ID.search(name):
+        return True
+    if pd.api.types.is_integer_dtype(column) and len(column) > 20:
+        diffs = np.diff(column.to_numpy())
+        return bool(diffs.size) and bool((diffs == diffs[0]).all()) and diffs[0] != 0
+    return False
+
+
+def select_features(
+    table: pd.DataFrame, processing: ProcessingConfig, *, exclude: set[str] = frozenset()
+) -> tuple[list[str], dict[str, str]]:
+    """Choose the numeric feature columns; return ``(features, dropped)`` with a reason per dropped column."""
+    dropped: dict[str, str] = {}
+    missing = [c for c in processing.include_features if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"processing.include_features names unknown column(s) {missing}; columns are: "
+            f"{', '.join(map(str, table.columns[:40]))}"
+        )
+    candidates = processing.include_features or list(table.columns)
+    features: list[str] = []
+    for name in table.columns:
+        column = table[name]
+        if name in exclude:
+            dropped[name] = "label column"
+        elif name not in candidates:
+            dropped[name] = "not in include_features"
+        elif name in processing.exclude_features:
+            dropped[name] = "in exclude_features"
+        elif not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
+            dropped[name] = f"not numeric ({column.dtype})"
+        elif column.isna().all():
+            dropped[name] = "all values missing"
+        elif not processing.include_features and _is_id_like(str(name), column):
+            dropped[name] = "looks like an identifier"
+        else:
+            values = column.to_numpy(dtype=float, na_value=np.nan)
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                dropped[name] = "no finite values"
+            elif finite.min() == finite.max():
+                dropped[name] = f"constant ({finite[0]:g})"
+            else:
+                features.append(name)
+    return features, dropped
+
+
+def log_feature_choice(features: list[str], dropped: dict[str, str], dtypes: dict[str, str]) -> None:
+    """Log why each column was dropped and which features remain; no feature left is a DataError."""
+    for name, reason in dropped.items():
+        log.info("column %r not used as a feature: %s", name, reason)
+    if not features:
+        kinds = ", ".join(f"{k} ({v})" for k, v in list(dtypes.items())[:30])
+        raise DataError(f"no usable numeric feature column; columns are: {kinds}")
+    log.info("using %d feature(s): %s", len(features), ", ".join(features))
+
+
+def minmax_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale each column to [0, 1] ignoring NaN; returns ``(scaled, minimum, maximum)``."""
+    minimum = np.nanmin(values, axis=0)
+    maximum = np.nanmax(values, axis=0)
+    span = np.where(maximum > minimum, maximum - minimum, 1.0)
+    scaled = (values - minimum) / span
+    return scaled, minimum, maximum
+
+
+def impute_median(values: np.ndarray) -> np.ndarray:
+    missing = np.isnan(values)
+    if missing.any():
+        medians = np.nanmedian(values, axis=0)
+        values = np.where(missing, medians, values)
+    return values
+
+
+def impute_kmeans(values: np.ndarray, *, n_clusters: int, random_state: int) -> tuple[np.ndarray, str]:
+    """Fill NaNs with the matching coordinate of the nearest KMeans centroid.
+
+    The centroids are fitted on complete rows (a sample of at most 50,000). A row's nearest
+    centroid is found with the squared distance over its observed coordinates only, computed
+    for all incomplete rows at once. With fewer than 20 complete rows the column medians are
+    used instead.
+
+    Returns
+    -------
+    filled : ndarray of shape (n_rows, n_features)
+    method : str
+        What was done, for the data summary.
+    """
+    missing = np.isnan(values)
+    if not missing.any():
+        return values, "none needed"
+    complete = values[~missing.any(axis=1)]
+    if len(complete) < MIN_COMPLETE_ROWS_FOR_KMEANS:
+        log.warning(
+            "only %d complete rows (< %d): imputing missing values with column medians instead of KMeans",
+            len(complete),
+            MIN_COMPLETE_ROWS_FOR_KMEANS,
+        )
+        return impute_median(values), f"median fallback ({len(complete)} complete rows)"
+    rng = np.random.default_rng(random_state)
+    if len(complete) > IMPUTATION_FIT_SAMPLE:
+        complete = complete[rng.choice(len(complete), IMPUTATION_FIT_SAMPLE, replace=False)]
+    k = max(1, min(n_clusters, len(complete) // 5))
+    centroids = KMeans(n_clusters=k, n_init=1, random_state=random_state).fit(complete).cluster_centers_
+    rows = np.flatnonzero(missing.any(axis=1))
+    filled = values.copy()
+    for start in range(0, len(rows), 100_000):
+        chunk = rows[start : start + 100_000]
+        x = values[chunk]
+        observed = ~np.isnan(x)
+        x0 = np.where(observed, x, 0.0)
+        # sum over observed j of (x_j - c_j)^2 = x0^2 . 1 - 2 x0 . c + observed . c^2
+        distance = (
+            (x0**2).sum(axis=1, keepdims=True)
+            - 2 * x0 @ centroids.T
+            + observed.astype(float) @ (centroids**2).T
+        )
+        nearest = centroids[distance.argmin(axis=1)]
+        filled[chunk] = np.where(observed, x, nearest)
+    return filled, f"kmeans ({k} clusters on {len(complete)} complete rows)"
+
+
+def preprocess(
+    table: pd.DataFrame,
+    processing: ProcessingConfig,
+    *,
+    label_column: str | None = None,
+    random_state: int = 0,
+) -> PreprocessResult:
+    """De-duplicate, choose features, scale to [0, 1] and impute missing values."""
+    rows_before, columns_before = table.shape
+    table = table.reset_index(drop=True)
+    summary: dict[str, Any] = {
+        "rows_before": int(rows_before),
+        "columns_before": int(columns_before),
+        "missing_per_column": {str(k): int(v) for k, v in table.isna().sum().items()},
+        "dtypes": {str(k): str(v) for k, v in table.dtypes.items()},
+    }
+    removed = 0
+    if processing.drop_duplicates:
+        table, removed = drop_duplicate_rows(table)
+        log.info("removed %d duplicate row(s); %d remain", removed, len(table))
+    summary["duplicates_removed"] = removed
+    if len(table) < MIN_ROWS:
+        hint = f" after removing {removed} duplicate(s)" if removed else ""
+        raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {len(table)}{hint}")
+
+    labels = extract_labels(table, label_column) if label_column else None
+    features, dropped = select_features(table, processing, exclude={label_column} if label_column else set())
+    log_feature_choice(features, dropped, summary["dtypes"])
+
+    values = np.array(table[features].to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
+    infinite = ~np.isfinite(values) & ~np.isnan(values)
+    n_infinite = int(infinite.sum())
+    if n_infinite:
+        col = features[int(np.flatnonzero(infinite.any(axis=0))[0])]
+        log.warning("%d infinite value(s) treated as missing (first in column %r)", n_infinite, col)
+        values[infinite] = np.nan
+    n_missing = int(np.isnan(values).sum())
+    scaled, minimum, maximum = minmax_scale(values)
+    if processing.missing_values == "median" or not n_missing:
+        filled, method = (impute_median(scaled), "median") if n_missing else (scaled, "none needed")
+    else:
+        filled, method = impute_kmeans(
+            scaled, n_clusters=processing.imputation_clusters, random_state=random_state
+        )
+    if n_missing:
+        log.info("imputed %d missing value(s): %s", n_missing, method)
+    summary.update(
+        rows_after=int(len(table)),
+        features=list(features),
+        columns_dropped=dropped,
+        imputed_values=n_missing,
+        imputation=method,
+        infinite_values=n_infinite,
+        scaling={
+            "method": "minmax",
+            "min": dict(zip(features, minimum.tolist())),
+            "max": dict(zip(features, maximum.tolist())),
+        },
+    )
+    return PreprocessResult(
+        features=np.ascontiguousarray(filled),
+        feature_names=features,
+        table=table,
+        rows=table.index.to_numpy(),
+        labels=labels,
+        summary=summary,
+    )

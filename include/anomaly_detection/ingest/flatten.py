@@ -1,0 +1,620 @@
+"""Turn a parsed JSON payload into a flat table.
+
+* :func:`parse_json` parses bytes (orjson first; the standard library, with a raised recursion
+  limit, for NaN/Infinity literals and deep nesting).
+* :func:`extract_records` finds the list of records in a payload.
+* :func:`flatten_records` flattens nested objects to ``parent.child`` columns without recursion.
+* :func:`finalize_frame` expands short fixed lists, serialises the rest and converts types.
+
+Hostile input
+    Invalid UTF-8 is decoded with U+FFFD replacement characters and a warning naming the source
+    and the byte offset of the first bad sequence (the raw snapshot keeps the original bytes), so
+    one mis-encoded text field does not cost the whole run. Nesting deeper than about 20,000
+    levels is a :class:`BodyNotJson` error, never a ``RecursionError`` or a crashed stack, in any
+    thread. A page whose records would flatten to more than ``max_columns`` columns is a
+    :class:`TooManyColumns` error raised before the wide frame is built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from anomaly_detection.errors import IngestionError
+
+log = logging.getLogger(__name__)
+
+_SCALARS = (str, int, float, bool, type(None))
+_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+_PARSE_RECURSION_LIMIT = 20_000
+#: Stack of the thread that runs the standard library's parser: 20,000 levels need about 4 MiB.
+_PARSE_STACK_BYTES = 64 * 2**20
+#: The fallback parser changes process-wide settings (recursion limit, new threads' stack size).
+_PARSE_LOCK = threading.Lock()
+
+
+class BodyNotJson(IngestionError):
+    """A response body that could not be parsed as JSON.
+
+    Attributes
+    ----------
+    detail : str
+        The parser's own message (with its position).
+    deep : bool
+        Whether the body is nested too deeply: a property of the data, never worth a retry.
+    """
+
+    def __init__(self, message: str, *, detail: str, deep: bool = False) -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.deep = deep
+
+
+class TooManyColumns(IngestionError):
+    """Records that would flatten to more columns than allowed (``processing.max_columns``)."""
+
+
+def parse_json(body: bytes, *, source: str) -> Any:
+    """Parse a response body, naming ``source`` and the body's start in the error.
+
+    Parameters
+    ----------
+    body : bytes
+        The response body: UTF-8 (UTF-16/32 with or without a byte order mark are read too).
+    source : str
+        Where the body came from (a URL with secrets masked), for messages.
+
+    Returns
+    -------
+    Any
+        The parsed value.
+
+    Raises
+    ------
+    BodyNotJson
+        The body is not JSON, or is nested more than about 20,000 levels deep (``deep``).
+
+    Notes
+    -----
+    Bytes that are not valid in the body's encoding are replaced with U+FFFD and logged as a
+    warning naming ``source`` and the byte offset of the first one; the body is not refused.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    text, repaired = _decode(body, source)
+    if repaired:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _parse_standard(text, body, source)
+
+
+def _decode(body: bytes, source: str) -> tuple[str, bool]:
+    """``(text, changed)``: the body decoded in the encoding JSON detection names, bad bytes replaced."""
+    encoding = json.detect_encoding(body)
+    try:
+        return body.decode(encoding), encoding != "utf-8"
+    except UnicodeDecodeError as exc:
+        log.warning(
+            "response from %s is not valid %s at byte %d (%r); undecodable bytes are read as U+FFFD "
+            "(the raw snapshot keeps the original bytes)",
+            source,
+            encoding,
+            exc.start,
+            body[exc.start : exc.start + 8],
+        )
+        return body.decode(encoding, "replace"), True
+
+
+def _parse_standard(text: str, body: bytes, source: str) -> Any:
+    """``json.loads`` (NaN/Infinity, deep nesting) in a thread whose stack fits the raised recursion limit."""
+    outcome: dict[str, Any] = {}
+
+    def parse() -> None:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, _PARSE_RECURSION_LIMIT))
+        try:
+            outcome["value"] = json.loads(text)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome["error"] = exc
+        finally:
+            sys.setrecursionlimit(limit)
+
+    with _PARSE_LOCK:
+        previous = threading.stack_size(_PARSE_STACK_BYTES)
+        try:
+            worker = threading.Thread(target=parse, name="json-parse", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+        worker.join()
+    error = outcome.get("error")
+    if error is None:
+        return outcome["value"]
+    if not isinstance(error, (RecursionError, ValueError)):
+        raise error
+    if isinstance(error, RecursionError):
+        raise BodyNotJson(
+            f"response from {source} is nested too deeply to parse (more than about {_PARSE_RECURSION_LIMIT:,} levels)",
+            detail="nested too deeply",
+            deep=True,
+        )
+    start = body[:120].decode("utf-8", "replace").strip()
+    kind = "an HTML page" if start.lower().startswith(("<!doctype html", "<html")) else "not valid JSON"
+    raise BodyNotJson(
+        f"response from {source} is {kind} ({error}); it starts with {start!r}", detail=str(error)
+    )
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _is_parallel_arrays(obj: Any) -> bool:
+    """A column layout: a dict whose values are all non-empty lists of one length, holding no objects.
+
+    A dict of lists of objects (``{"items": [{...}, ...]}``) is a container of record lists, not columns.
+    """
+    if not isinstance(obj, dict) or not obj:
+        return False
+    length = -1
+    for value in obj.values():
+        if not isinstance(value, list) or not value:
+            return False
+        if length < 0:
+            length = len(value)
+        elif len(value) != length:
+            return False
+    return not any(isinstance(item, dict) for value in obj.values() for item in value[:100])
+
+
+def _zip_columns(obj: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(obj)
+    return [dict(zip(keys, row)) for row in zip(*obj.values())]
+
+
+def _walk(payload: Any, path: str, *, source: str) -> Any:
+    node = payload
+    walked: list[str] = []
+    for part in path.split("."):
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise IngestionError(
+                    f"records_path '{path}': '{part}' is not an index of the list at "
+                    f"'{'.'.join(walked) or '<root>'}' (length {len(node)}) in the response from {source}"
+                )
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node:
+                keys = ", ".join(list(map(str, node))[:20])
+                raise IngestionError(
+                    f"records_path '{path}': key '{part}' not found at '{'.'.join(walked) or '<root>'}' "
+                    f"in the response from {source}; keys there: {keys}"
+                )
+            node = node[part]
+        else:
+            raise IngestionError(
+                f"records_path '{path}': '{'.'.join(walked) or '<root>'}' is a {type(node).__name__}, "
+                "not an object or list, "
+                f"in the response from {source}"
+            )
+        walked.append(part)
+    return node
+
+
+def _largest_record_list(payload: Any) -> tuple[str, list[Any]] | None:
+    """Breadth-first search for the longest list of objects (or of parallel-array dicts).
+
+    A list that qualifies is not searched for objects' inner lists, but its items that are
+    themselves lists are (so the data list of a ``[meta, data]`` response beats the outer pair).
+    """
+    best: tuple[str, list[Any]] | None = None
+    queue: deque[tuple[str, Any, int]] = deque([("", payload, 0)])
+    while queue:
+        path, node, depth = queue.popleft()
+        if depth > 8:
+            continue
+        if isinstance(node, list):
+            objects = sum(1 for item in node[:1000] if isinstance(item, dict))
+            qualifies = bool(node) and objects >= 0.5 * min(len(node), 1000)
+            if qualifies and (best is None or len(node) > len(best[1])):
+                best = (path, node)
+            for i, item in enumerate(node[:50]):
+                if isinstance(item, list) or (isinstance(item, dict) and not qualifies):
+                    queue.append((f"{path}.{i}" if path else str(i), item, depth + 1))
+        elif isinstance(node, dict):
+            if _is_parallel_arrays(node):
+                rows = _zip_columns(node)
+                if best is None or len(rows) > len(best[1]):
+                    best = (path, rows)
+                continue
+            for key, value in node.items():
+                if isinstance(value, (list, dict)):
+                    queue.append((f"{path}.{key}" if path else str(key), value, depth + 1))
+    return best
+
+
+def extract_records(payload: Any, records_path: str | None, *, source: str) -> tuple[list[Any], str]:
+    """Return ``(records, path_used)``.
+
+    With ``records_path`` the dotted path is followed (digits index lists, so ``1`` picks the data of
+    a ``[meta, data]`` response). Without it, a top-level list of objects is used as is, else the
+    largest list of objects anywhere in the payload. A dict of equal-length arrays (column layout)
+    is zipped into rows.
+    """
+    if records_path:
+        node = _walk(payload, records_path, source=source)
+        path = records_path
+    elif isinstance(payload, list) and (not payload or all(isinstance(x, dict) for x in payload[:1000])):
+        node, path = payload, "<root>"
+    else:
+        found = _largest_record_list(payload)
+        if found is None:
+            if isinstance(payload, list) and payload and all(isinstance(x, _SCALARS) for x in payload[:1000]):
+                node, path = payload, "<root>"
+            else:
+                shape = (
+                    f"an object with keys {', '.join(list(map(str, payload))[:20])}"
+                    if isinstance(payload, dict)
+                    else f"a {type(payload).__name__}"
+                )
+                raise IngestionError(
+                    f"no list of records found in the response from {source}: it is {shape}; "
+                    "set source.records_path to the list that holds the records"
+                )
+        else:
+            path, node = found
+            path = path or "<root>"
+    if _is_parallel_arrays(node):
+        node = _zip_columns(node)
+    if isinstance(node, dict):
+        node = [node]
+    if not isinstance(node, list):
+        raise IngestionError(
+            f"records_path '{records_path}' in the response from {source} points to a "
+            f"{type(node).__name__}, not a list of records"
+        )
+    return node, path
+
+
+# --------------------------------------------------------------------------- flattening
+
+
+@dataclass
+class FlattenStats:
+    collisions: dict[str, str] = field(default_factory=dict)
+    truncated_paths: set[str] = field(default_factory=set)
+    scalar_records: int = 0
+
+
+class _Token(str):
+    """Literal output text on the encoder's stack (as opposed to a value still to encode)."""
+
+
+def _scalar_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else "null"
+    return json.dumps(value if isinstance(value, str) else str(value), ensure_ascii=False)
+
+
+def _dumps_iterative(value: Any) -> str:
+    """Compact JSON like orjson's, without recursion (any depth); non-finite floats become null."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Token:
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append("{")
+            pending: list[Any] = [_Token("}")]
+            for i, (key, inner) in enumerate(reversed(list(item.items()))):
+                if i:
+                    pending.append(_Token(","))
+                pending.append(inner)
+                pending.append(_Token(_scalar_text(str(key)) + ":"))
+            stack.extend(pending)
+        elif isinstance(item, (list, tuple)):
+            out.append("[")
+            pending = [_Token("]")]
+            for i, inner in enumerate(reversed(item)):
+                if i:
+                    pending.append(_Token(","))
+                pending.append(inner)
+            stack.extend(pending)
+        else:
+            out.append(_scalar_text(item))
+    return "".join(out)
+
+
+def json_text(value: Any) -> str:
+    """JSON text of ``value``: orjson when it can (depth < 255, 64-bit ints), else an iterative encoder."""
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return _dumps_iterative(value)
+
+
+def flatten_record(record: Any, *, max_depth: int, stats: FlattenStats) -> dict[str, Any]:
+    """Flatten one record iteratively: nested keys join with ``.``; lists stay as lists.
+
+    Objects nested deeper than ``max_depth`` are kept as JSON text. A key that collides with an
+    earlier one after flattening gets a ``__dupN`` suffix.
+    """
+    if not isinstance(record, dict):
+        stats.scalar_records += 1
+        return {"value": record if isinstance(record, _SCALARS) else json_text(record)}
+    for value in record.values():
+        if type(value) is dict:
+            break
+    else:
+        return record  # already flat: the common case, no copy
+    out: dict[str, Any] = {}
+    stack = [("", iter(record.items()), 1)]
+    while stack:
+        prefix, items, depth = stack[-1]
+        for key, value in items:
+            name = f"{prefix}{key}"
+            if type(value) is dict and value:
+                if depth >= max_depth:
+                    stats.truncated_paths.add(name)
+                    value = json_text(value)
+                else:
+                    stack.append((name + ".", iter(value.items()), depth + 1))
+                    break
+            elif type(value) is dict:
+                value = None
+            _emit(out, name, value, stats)
+        else:
+            stack.pop()
+    return out
+
+
+_PLAIN_KINDS = frozenset(
+    {
+        "string",
+        "bytes",
+        "floating",
+        "integer",
+        "mixed-integer-float",
+        "decimal",
+        "boolean",
+        "datetime64",
+        "datetime",
+        "date",
+        "timedelta64",
+        "timedelta",
+        "time",
+        "period",
+        "empty",
+    }
+)
+
+
+def _emit(out: dict[str, Any], name: str, column: Any, stats: FlattenStats) -> None:
+    """Store ``column`` under ``name``, or under ``name__dupN`` when the name is already taken."""
+    if name in out:
+        n = 1
+        while f"{name}__dup{n}" in out:
+            n += 1
+        stats.collisions.setdefault(name, f"{name}__dup{n}")
+        name = f"{name}__dup{n}"
+    out[name] = column
+
+
+def _check_width(columns: int, max_columns: int | None, where: str) -> None:
+    if max_columns is not None and columns > max_columns:
+        raise TooManyColumns(
+            f"the records would flatten to more than processing.max_columns={max_columns} columns "
+            f"({columns} {where}); raise processing.max_columns, or point source.records_path at the list of records"
+        )
+
+
+def _check_keys(rows: list[dict[str, Any]], already: int, max_columns: int | None, where: str) -> None:
+    """Refuse ``rows`` if their distinct keys and ``already`` columns pass ``max_columns`` (the keys
+    are only gathered when the plain count of keys says they might)."""
+    if max_columns is None or already + sum(map(len, rows)) <= max_columns:
+        return
+    _check_width(already + len(set().union(*rows)), max_columns, where)
+
+
+def flatten_records(
+    records: list[Any], *, max_depth: int, stats: FlattenStats, max_columns: int | None = None
+) -> pd.DataFrame:
+    """Flatten a page of records into a frame (list values are still Python lists).
+
+    Column by column rather than record by record: each level of nested objects becomes one
+    ``DataFrame.from_records`` call, so the cost per record stays small. Names, the ``max_depth``
+    rule and the ``__dupN`` collision rule are those of :func:`flatten_record`; a key whose value
+    is an object in every record yields only its children (no all-empty parent column).
+
+    Raises
+    ------
+    TooManyColumns
+        The records would make more than ``max_columns`` columns (None: no limit). Each level's
+        keys are counted before its frame is built, so a record with a million keys costs a set
+        of its keys, not a million-column frame.
+    """
+    if not records:
+        return pd.DataFrame()
+    if not all(type(r) is dict for r in records):
+        rows = [flatten_record(r, max_depth=max_depth, stats=stats) for r in records]
+        _check_keys(rows, 0, max_columns, "distinct keys")
+        return pd.DataFrame.from_records(rows)
+    _check_keys(records, 0, max_columns, "distinct keys at the top level")
+    top = pd.DataFrame.from_records(records)
+    planned = top.shape[1]
+    out: dict[str, Any] = {}
+    stack = [iter([(str(name), top[name], 1) for name in top.columns])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        name, column, depth = item
+        if column.dtype != object or pd.api.types.infer_dtype(column, skipna=True) in _PLAIN_KINDS:
+            _emit(out, name, column, stats)
+            continue
+        values = column.to_numpy()
+        is_dict = np.fromiter((type(v) is dict for v in values), dtype=bool, count=len(values))
+        if not is_dict.any():
+            _emit(out, name, column, stats)
+            continue
+        non_empty = is_dict & np.fromiter(
+            (bool(v) if type(v) is dict else False for v in values), dtype=bool, count=len(values)
+        )
+        if depth >= max_depth and non_empty.any():
+            stats.truncated_paths.add(name)
+            _emit(
+                out,
+                name,
+                column.map(lambda v: (json_text(v) if v else None) if type(v) is dict else v),
+                stats,
+            )
+            continue
+        rest = column.where(~is_dict, None)
+        objects = [v if d else {} for v, d in zip(values, is_dict)]
+        keep_parent = bool(rest.notna().any()) or not non_empty.any()
+        _check_keys(objects, planned - (not keep_parent), max_columns, f"columns once '{name}' is flattened")
+        sub = pd.DataFrame.from_records(objects, index=column.index)
+        planned += sub.shape[1] - (not keep_parent)
+        if keep_parent:
+            _emit(out, name, rest, stats)
+        stack.append(iter([(f"{name}.{key}", sub[key], depth + 1) for key in sub.columns]))
+    return pd.DataFrame(out, index=top.index)
+
+
+# --------------------------------------------------------------------------- finalising
+
+
+@dataclass
+class ColumnNotes:
+    expanded_lists: list[str] = field(default_factory=list)
+    json_lists: list[str] = field(default_factory=list)
+    numeric_from_text: list[str] = field(default_factory=list)
+    datetimes: list[str] = field(default_factory=list)
+    #: expanded list columns whose name was already taken, e.g. ``{"c.0": "c.0__dup1"}``
+    renamed: dict[str, str] = field(default_factory=dict)
+
+
+def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNotes) -> pd.DataFrame:
+    new_columns: dict[str, pd.DataFrame | pd.Series] = {}
+    for name in frame.columns:
+        col = frame[name]
+        if col.dtype != object:
+            continue
+        is_list = col.map(type).eq(list)
+        if not is_list.any():
+            continue
+        lists = col[is_list]
+        lengths = lists.map(len)
+        scalar = lists.map(lambda v: all(isinstance(x, _SCALARS) for x in v)).all()
+        fixed = lengths.nunique() == 1 and is_list.sum() == col.notna().sum()
+        length = int(lengths.iloc[0])
+        if scalar and fixed and 0 < length <= max_list_length:
+            expanded = pd.DataFrame(lists.tolist(), index=lists.index).reindex(col.index)
+            taken = set(map(str, frame.columns)) | {
+                str(c) for r in new_columns.values() if isinstance(r, pd.DataFrame) for c in r.columns
+            }
+            names = []
+            for i in range(length):
+                wanted = candidate = f"{name}.{i}"
+                n = 0
+                while candidate in taken:
+                    n += 1
+                    candidate = f"{wanted}__dup{n}"
+                if candidate != wanted:
+                    notes.renamed[wanted] = candidate
+                taken.add(candidate)
+                names.append(candidate)
+            expanded.columns = names
+            new_columns[name] = expanded
+            notes.expanded_lists.append(str(name))
+        else:
+            new_columns[name] = col.map(lambda v: json_text(v) if isinstance(v, list) else v)
+            notes.json_lists.append(str(name))
+    if not new_columns:
+        return frame
+    parts = []
+    for name in frame.columns:
+        replacement = new_columns.get(name)
+        if replacement is None:
+            parts.append(frame[[name]])
+        elif isinstance(replacement, pd.DataFrame):
+            parts.append(replacement)
+        else:
+            parts.append(replacement.to_frame(name))
+    return pd.concat(parts, axis=1)
+
+
+_TEXT_KINDS = frozenset(
+    {"string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating", "decimal"}
+)
+
+
+def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
+    for name in frame.columns:
+        col = frame[name]
+        if (
+            col.dtype == bool
+            or pd.api.types.is_numeric_dtype(col)
+            or pd.api.types.is_datetime64_any_dtype(col)
+        ):
+            continue
+        kind = pd.api.types.infer_dtype(col, skipna=True)
+        if kind not in _TEXT_KINDS:
+            continue
+        present = col.dropna()
+        if present.empty or (kind != "string" and not present.map(type).isin((str, int, float)).all()):
+            continue
+        as_text = present.astype(str).str.strip()
+        as_text = as_text[as_text != ""]
+        if as_text.empty:
+            continue
+        head = as_text.head(200)
+        if pd.to_numeric(head, errors="coerce").notna().all():
+            numbers = pd.to_numeric(as_text, errors="coerce")
+            if numbers.notna().all():
+                frame[name] = pd.to_numeric(col.where(col.astype(str).str.strip() != ""), errors="coerce")
+                if kind in ("string", "mixed", "mixed-integer"):
+                    notes.numeric_from_text.append(str(name))
+                continue
+        if head.str.match(_ISO_TIMESTAMP).all() and as_text.str.match(_ISO_TIMESTAMP).all():
+            stamps = pd.to_datetime(as_text, format="ISO8601", utc=True, errors="coerce")
+            if stamps.notna().all():
+                frame[name] = pd.to_datetime(
+                    col.where(col.astype(str).str.strip() != ""), format="ISO8601", utc=True, errors="coerce"
+                )
+                notes.datetimes.append(str(name))
+    return frame
+
+
+def finalize_frame(frame: pd.DataFrame, *, max_list_length: int) -> tuple[pd.DataFrame, ColumnNotes]:
+    """Expand short fixed lists of scalars to indexed columns, keep the rest as JSON text, and
+    convert numeric strings to numbers and ISO timestamps to datetimes."""
+    notes = ColumnNotes()
+    frame = frame.copy()
+    frame.columns = [str(c) for c in frame.columns]
+    frame = _expand_lists(frame, max_list_length=max_list_length, notes=notes)
+    frame = _convert_text(frame, notes)
+    return frame.reset_index(drop=True), notes

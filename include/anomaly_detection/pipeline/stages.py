@@ -1,0 +1,551 @@
+"""The native pipeline as small stages that read and write files in the run directory.
+
+Each stage takes the typed config and the :class:`~anomaly_detection.runs.RunPaths` of the run,
+so the CLI can chain them in one process and an Airflow task can run any one of them, passing
+only paths. ``run_pipeline`` chains them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import requests
+import yaml
+
+from anomaly_detection import __version__, atomic
+from anomaly_detection.config import PipelineConfig, redact_url
+from anomaly_detection.detect import scored
+from anomaly_detection.detect.evaluate import ModelResult, better, choose, evaluate, select_best
+from anomaly_detection.detect.explain import Reference, explain, feature_counts, fit_reference
+from anomaly_detection.detect.grid import DetectorSettings, run_grid
+from anomaly_detection.errors import PipelineError
+from anomaly_detection.features.preprocess import preprocess
+from anomaly_detection.ingest import memory
+from anomaly_detection.ingest.native import CredentialResolver, env_credentials, ingest
+from anomaly_detection.report import insights
+from anomaly_detection.runs import SECRET_MASK, RunPaths, run_logging, utc_now
+
+log = logging.getLogger(__name__)
+
+#: Makes the HTTP session(s) ingestion uses; None: the reader's own.
+SessionFactory = Callable[[], requests.Session]
+
+
+def _read_json(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def versions() -> dict[str, str]:
+    import sklearn
+
+    return {
+        "anomaly_detection": __version__,
+        "python": platform.python_version(),
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def _storable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns with mixed types become text so parquet can store them."""
+    frame = frame.copy()
+    for name in frame.columns:
+        if frame[name].dtype == object:
+            frame[name] = frame[name].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    return frame
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def resolve_stage(config: PipelineConfig, paths: RunPaths) -> Path:
+    """Write the resolved config, secrets redacted."""
+    atomic.write_text(paths.config, yaml.safe_dump(config.redacted(), sort_keys=False))
+    log.info("run %s: resolved config written to %s", paths.run_id, paths.config)
+    return paths.config
+
+
+def ingest_stage(
+    config: PipelineConfig,
+    paths: RunPaths,
+    *,
+    credentials: CredentialResolver = env_credentials,
+    session_factory: SessionFactory | None = None,
+) -> dict[str, Any]:
+    """Fetch the API into ``raw/`` and ``flattened.parquet``.
+
+    With ``processing.mode: spark`` the pages are fetched concurrently and streamed into Parquet
+    part files (``flattened.parquet/part-NNNNNN.parquet``, :mod:`.bulk_ingest`); otherwise the
+    records are read into one frame and written as one file. ``session_factory`` makes the HTTP
+    sessions (the replay serves the raw snapshot through it).
+    """
+    started = time.perf_counter()
+    if config.processing.mode == "spark":
+        return _bulk_ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
+    session = session_factory() if session_factory else None
+    guard = memory.IngestMemoryGuard(config.processing)
+    try:
+        result = ingest(
+            config.source,
+            config.processing,
+            paths.raw,
+            credentials=credentials,
+            session=session,
+            memory_guard=guard,
+        )
+    except memory.MemoryBudgetExceeded as exc:
+        if config.processing.mode != "auto":
+            raise
+        return _route_to_spark(config, paths, exc, credentials=credentials, session_factory=session_factory)
+    estimate = guard.estimate()
+    log.info(
+        "native path: about %s needed for %s (budget %s)",
+        memory.gib(estimate.peak_bytes),
+        estimate.describe(),
+        memory.gib(guard.budget),
+    )
+    SECRET_MASK.add(*result.secrets)
+    with atomic.replacing(paths.flattened) as tmp:
+        _storable(result.frame).to_parquet(tmp, index=False)
+    info = {
+        "rows": len(result.frame),
+        "columns": int(result.frame.shape[1]),
+        "pages": len(result.pages),
+        "records_path": result.records_path,
+        "truncated_at_max_records": result.truncated,
+        "seconds": round(time.perf_counter() - started, 3),
+        "key_collisions": result.stats.collisions,
+    }
+    atomic.write_json(paths.ingest_info, info)
+    return info
+
+
+def _route_to_spark(
+    config: PipelineConfig,
+    paths: RunPaths,
+    exceeded: memory.MemoryBudgetExceeded,
+    *,
+    credentials: CredentialResolver,
+    session_factory: SessionFactory | None,
+) -> dict[str, Any]:
+    """``auto`` and too big for the native path: fetch again with the Spark path's streaming ingestion.
+
+    The pages the native reader fetched are kept in ``raw.native/``.
+    """
+    log.warning("auto: %s; routing this run to Spark", exceeded)
+    kept = paths.root / "raw.native"
+    if kept.exists():
+        shutil.rmtree(kept)
+    paths.raw.rename(kept)
+    paths.raw.mkdir()
+    return _bulk_ingest_stage(
+        config, paths, credentials=credentials, session_factory=session_factory, routed=str(exceeded)
+    )
+
+
+def _bulk_ingest_stage(
+    config: PipelineConfig,
+    paths: RunPaths,
+    *,
+    credentials: CredentialResolver,
+    session_factory: SessionFactory | None,
+    routed: str | None = None,
+) -> dict[str, Any]:
+    from anomaly_detection.ingest.bulk import ingest_to_parquet
+
+    with atomic.replacing(paths.flattened) as tmp:
+        result = ingest_to_parquet(
+            config.source,
+            config.processing,
+            paths.raw,
+            tmp,
+            credentials=credentials,
+            session_factory=session_factory,
+        )
+    info = {
+        "rows": result.records,
+        "columns": len(result.columns),
+        "pages": result.pages,
+        "requests": result.requests,
+        "records_path": config.source.records_path,
+        "truncated_at_max_records": result.truncated,
+        "seconds": result.seconds,
+        "records_per_second": round(result.records_per_second, 1),
+        "bulk": True,
+    }
+    if routed:
+        info["routed_to_spark"] = routed
+    atomic.write_json(paths.ingest_info, info)
+    return info
+
+
+def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
+    """Read ``flattened.parquet``; write ``features.parquet``, ``kept_rows.npy`` and the data summary."""
+    estimate = memory.check_parquet(paths.flattened, config.processing)
+    log.info("native path: about %s needed for %s", memory.gib(estimate.peak_bytes), estimate.describe())
+    kept = preprocess(
+        pd.read_parquet(paths.flattened),
+        config.processing,
+        label_column=config.evaluation.label_column,
+        random_state=config.modeling.random_state,
+    )
+    rows = kept.rows
+    summary = kept.summary
+    with atomic.replacing(paths.features) as tmp:
+        pd.DataFrame(kept.features, columns=kept.feature_names).to_parquet(tmp, index=False)
+    with atomic.replacing(paths.kept_rows) as tmp:
+        np.save(tmp, rows)
+    if kept.labels is not None:
+        with atomic.replacing(paths.labels) as tmp:
+            np.save(tmp, kept.labels)
+    elif paths.labels.exists():
+        paths.labels.unlink()
+    atomic.write_json(paths.summary, summary)
+    return {"rows": int(len(rows)), "features": kept.feature_names}
+
+
+def _load_features(paths: RunPaths) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    frame = pd.read_parquet(paths.features)
+    labels = np.load(paths.labels) if paths.labels.exists() else None
+    return frame.to_numpy(dtype=np.float64), list(frame.columns), labels
+
+
+def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dict[str, Any]:
+    """Tune one algorithm over its grid; write ``models/<algorithm>.json`` and its best scores."""
+    X, _, y_true = _load_features(paths)
+    settings = DetectorSettings(
+        contamination=config.modeling.contamination,
+        random_state=config.modeling.random_state,
+        fit_sample_size=config.modeling.fit_sample_size,
+        dbscan_sample_size=config.modeling.dbscan_sample_size,
+    )
+    results: list[ModelResult] = []
+    best: ModelResult | None = None
+    for detection in run_grid(algorithm, config.modeling.grid_for(algorithm), X, settings):
+        result = evaluate(
+            X,
+            detection,
+            metric=config.evaluation.metric,
+            y_true=y_true,
+            sample_size=config.evaluation.silhouette_sample_size,
+            random_state=config.modeling.random_state,
+        )
+        results.append(result)
+        if better(result, best):
+            best, best_detection = result, detection
+    assert best is not None
+    scored.write_native(
+        paths.models,
+        algorithm,
+        scores=best_detection.scores,
+        labels=best_detection.labels,
+        positions=np.load(paths.kept_rows),
+        X=X,
+        plot_sample_size=config.report.plot_sample_size,
+        top_anomalies=config.report.top_anomalies,
+        seed=config.modeling.random_state,
+    )
+    atomic.write_json(paths.models / f"{algorithm}.json", [r.to_dict() for r in results])
+    log.info("%s: best %s with %s=%s", algorithm, best.params, best.metric, best.score)
+    return {"algorithm": algorithm, "configurations": len(results), "best": best.to_dict()}
+
+
+def choose_path(config: PipelineConfig, rows: int, *, routed: str | None = None) -> tuple[str, str]:
+    """``("native" | "spark", why)`` from ``processing.mode``, the ingested row count and whether the
+    ingestion already routed the run to Spark (``routed``: why; see the memory guard)."""
+    mode, threshold = config.processing.mode, config.processing.auto_threshold_rows
+    if mode != "auto":
+        return mode, f"processing.mode is {mode}"
+    if routed:
+        return "spark", f"auto: {routed}"
+    if rows >= threshold:
+        return "spark", f"auto: {rows:,} rows >= auto_threshold_rows {threshold:,}"
+    return "native", f"auto: {rows:,} rows < auto_threshold_rows {threshold:,}"
+
+
+def spark_conf(config: PipelineConfig) -> dict[str, str]:
+    """The Spark settings of ``config.spark`` for spark-submit's ``--conf``."""
+    return {
+        "spark.driver.memory": config.spark.driver_memory,
+        "spark.executor.memory": config.spark.executor_memory,
+    }
+
+
+def spark_stage(config: PipelineConfig, paths: RunPaths, job: str) -> None:
+    """Run ``spark_jobs/<job>.py`` on the run directory through spark-submit (``spark.master``)."""
+    from anomaly_detection.spark.submit import run_spark_job
+
+    started = time.perf_counter()
+    log.info("spark-submit %s on %s", job, config.spark.master)
+    run_spark_job(job, paths.root, paths.config, master=config.spark.master, conf=spark_conf(config))
+    log.info("spark %s finished in %.1fs", job, time.perf_counter() - started)
+
+
+def _model_results(paths: RunPaths, algorithms: list[str]) -> list[ModelResult]:
+    results = []
+    for algorithm in algorithms:
+        path = paths.models / f"{algorithm}.json"
+        if path.exists():
+            results.extend(ModelResult(**entry) for entry in _read_json(path))
+    return results
+
+
+def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
+    """Robust statistics of the normal rows of a run's uniform sample (see :mod:`.explain`)."""
+    names = list(summary["features"])
+    uniform = sample[sample["sampled"].to_numpy(dtype=bool)]
+    X = uniform[scored.feature_columns(len(names))].to_numpy(dtype=np.float64)
+    return fit_reference(X, uniform["anomaly"].to_numpy() == 0, names, scaling=summary.get("scaling"))
+
+
+def select_stage(
+    config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Pick the best configuration overall; write ``anomalies.csv`` and ``results.json``."""
+    if (run_meta or {}).get("mode") == "spark":  # only a detect job that finished publishing counts
+        from anomaly_detection.spark.submit import require_complete
+
+        require_complete(paths.root, "detect", config.modeling.algorithms)
+    results = _model_results(paths, config.modeling.algorithms)
+    if not results:
+        raise PipelineError(f"no model results found in {paths.models}")
+    best_per_algorithm = {
+        a: select_best(r for r in results if r.algorithm == a) for a in config.modeling.algorithms
+    }
+    best, why = choose(results, selection=config.evaluation.selection)
+    assert best is not None
+    log.info("selection (%s): %s", config.evaluation.selection, why)
+    summary = _read_json(paths.summary)
+    flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
+    reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)))
+    explanations = explain(reference, flagged[scored.feature_columns(len(reference.names))].to_numpy())
+    anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
+    anomalies.insert(0, "top_features", [e.codes for e in explanations])
+    anomalies.insert(0, "explanation", [e.text for e in explanations])
+    anomalies.insert(0, "score", flagged["score"].to_numpy())
+    anomalies.insert(0, "rank", np.arange(1, len(flagged) + 1))
+    with atomic.replacing(paths.anomalies) as tmp:
+        anomalies.to_csv(tmp, index=False)
+    atomic.copy_file(scored.sample_path(paths.models, best.algorithm), paths.report_sample)
+
+    ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
+    warnings = [f"best model: {flag}" for flag in best.flags]
+    if config.evaluation.selection == "ensemble" and best.algorithm != "ensemble":
+        warnings.append(f"selection: {why}")
+    if not best.selectable:
+        warnings.append("no configuration passed the sanity checks; the best of the flawed ones is shown")
+    best_dict = best.to_dict()
+    results_doc = {
+        **(run_meta or {}),
+        "run_id": paths.run_id,
+        "status": "succeeded",
+        "name": config.name,
+        "source_url": redact_url(config.source.url),
+        "mode": (run_meta or {}).get("mode", "native"),
+        "rows": {
+            "ingested": ingest_info.get("rows", summary["rows_before"]),
+            "after_duplicates": summary["rows_after"],
+            "duplicates_removed": summary["duplicates_removed"],
+        },
+        "features": summary["features"],
+        "metric": config.evaluation.metric,
+        "label_column": config.evaluation.label_column,
+        "models": [r.to_dict() for r in results],
+        "best_per_algorithm": {a: (r.to_dict() if r else None) for a, r in best_per_algorithm.items()},
+        "best": best_dict,
+        "selection": {"strategy": config.evaluation.selection, "why": why},
+        "warnings": warnings,
+        "anomalies": str(paths.anomalies),
+        "report": str(paths.report),
+        "published_report": str(paths.published_report),
+        "versions": versions(),
+    }
+    atomic.write_json(paths.results, results_doc)
+    log.info(
+        "best model: %s %s, %s=%s, %d anomalies (%.2f%%)",
+        best.algorithm,
+        best.params,
+        best.metric,
+        best.score,
+        best.anomaly_count,
+        100 * best.anomaly_share,
+    )
+    return {"best": best_dict, "anomaly_count": best.anomaly_count, "results": str(paths.results)}
+
+
+def _optional(what: str, build: Callable[[], Any]) -> Any:
+    """Build an optional part of the report; a failure is logged as a warning, never fatal."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - the report is still useful without this part
+        log.warning("report: %s left out: %s: %s", what, type(exc).__name__, exc)
+        return None
+
+
+def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str, Any] | None = None) -> Path:
+    """Render ``report.html`` into the run directory and copy it to the reports directory."""
+    from anomaly_detection.report.render import ReportInputs, render_report
+
+    results = _read_json(paths.results)
+    summary = _read_json(paths.summary)
+    feature_names = list(summary["features"])
+    sample = scored.read_sample(paths.report_sample)
+    X = sample[scored.feature_columns(len(feature_names))].to_numpy(dtype=np.float64)
+    preview = scored.head(paths.flattened, config.report.preview_rows)
+    top_anomalies = pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies)
+    if decision is None and (paths.root / "decision.json").exists():
+        decision = _read_json(paths.root / "decision.json")
+    reference = _reference(summary, sample)
+    flagged_sample = sample[sample["anomaly"].to_numpy() == 1].sort_values(
+        ["score", "position"], ascending=[False, True]
+    )
+    top_explained = explain(
+        reference,
+        flagged_sample[scored.feature_columns(len(feature_names))].to_numpy()[: config.report.top_anomalies],
+    )
+    named = feature_counts(top_explained)
+    flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))[
+        "position"
+    ].to_numpy()
+    time_view = _optional(
+        "time view",
+        lambda: insights.time_view(config, paths, sample, reference, flagged_positions, list(named)),
+    )
+    history_view = _optional(
+        "run history",
+        lambda: insights.history_view(
+            config, paths, insights.history_entry(config, paths, results, reference, sample)
+        ),
+    )
+    rerun = _optional("rerun comparison", lambda: insights.rerun_view(paths, results.get("rerun_of")))
+    inputs = ReportInputs(
+        run={
+            "run_id": results["run_id"],
+            "name": results["name"],
+            "status": results["status"],
+            "source_url": results["source_url"],
+            "started_at": results.get("started_at"),
+            "finished_at": results.get("finished_at") or utc_now(),
+            "duration_seconds": results.get("duration_seconds"),
+            "versions": results["versions"],
+            "rerun_of": results.get("rerun_of"),
+        },
+        config=config.redacted(),
+        summary=summary,
+        preview=preview,
+        models=results["models"],
+        best=results["best"],
+        features=X,
+        feature_names=feature_names,
+        sample_labels=sample["anomaly"].to_numpy(),
+        scores=sample.loc[sample["sampled"], "score"].to_numpy(),
+        threshold=float(results["best"]["threshold"]),
+        top_anomalies=top_anomalies,
+        log_text=SECRET_MASK.mask(paths.log.read_text(encoding="utf-8")) if paths.log.exists() else "",
+        correlation_heatmap=config.report.correlation_heatmap,
+        decision=decision,
+        warnings=results.get("warnings", []),
+        explained_features=named,
+        explained_rows=len(top_explained),
+        explanation_reference_rows=reference.rows,
+        time_view=time_view,
+        history=history_view,
+        rerun=rerun,
+    )
+    render_report(inputs, paths.report)
+    atomic.copy_file(paths.report, paths.published_report)
+    log.info("report written to %s", paths.report)
+    return paths.report
+
+
+# --------------------------------------------------------------------------- whole run
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    paths: RunPaths
+    error: str | None = None
+    best: dict[str, Any] | None = None
+
+
+def _mark_failed(paths: RunPaths, config: PipelineConfig, error: str, meta: dict[str, Any]) -> None:
+    doc = _read_json(paths.results) if paths.results.exists() else {}
+    doc.update(
+        meta,
+        run_id=paths.run_id,
+        name=config.name,
+        status="failed",
+        error=error,
+        source_url=redact_url(config.source.url),
+    )
+    doc["raw_snapshot"] = str(paths.raw)
+    doc["log"] = str(paths.log)
+    atomic.write_json(paths.results, doc)
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    run_id: str,
+    echo: bool = False,
+    credentials: CredentialResolver = env_credentials,
+    on_stage: Callable[[str], None] | None = None,
+    rerun_of: str | None = None,
+    session_factory: SessionFactory | None = None,
+) -> RunOutcome:
+    """Run every native stage in this process. Failures are recorded, never raised past here."""
+    paths = RunPaths.create(config.output.runs_dir, config.output.reports_dir, run_id)
+    SECRET_MASK.add(*config.secret_values())
+    started_at, clock = utc_now(), time.perf_counter()
+    meta: dict[str, Any] = {"started_at": started_at, "rerun_of": rerun_of}
+    with run_logging(paths, echo=echo):
+        try:
+            resolve_stage(config, paths)
+            if on_stage:
+                on_stage("ingest")
+            ingested = ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
+            path, why = choose_path(config, ingested["rows"], routed=ingested.get("routed_to_spark"))
+            log.info("%s path (%s)", path, why)
+            meta["mode"] = path
+            if path == "spark":
+                for job in ("preprocess", "detect"):
+                    if on_stage:
+                        on_stage(f"spark {job}")
+                    spark_stage(config, paths, job)
+            else:
+                if on_stage:
+                    on_stage("preprocess")
+                preprocess_stage(config, paths)
+                for algorithm in config.modeling.algorithms:
+                    if on_stage:
+                        on_stage(f"detect {algorithm}")
+                    detect_stage(config, paths, algorithm)
+            meta.update(finished_at=utc_now(), duration_seconds=round(time.perf_counter() - clock, 3))
+            outcome = select_stage(config, paths, run_meta=meta)
+            if on_stage:
+                on_stage("report")
+            report_stage(config, paths)
+            log.info("run %s finished in %.2fs", paths.run_id, time.perf_counter() - clock)
+            return RunOutcome(paths.run_id, "succeeded", paths, best=outcome["best"])
+        except PipelineError as exc:
+            log.error("run failed: %s", exc)
+            _mark_failed(paths, config, str(exc), meta)
+            return RunOutcome(paths.run_id, "failed", paths, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - recorded with its traceback, then reported
+            log.exception("run failed unexpectedly")
+            message = f"{type(exc).__name__}: {exc}"
+            _mark_failed(paths, config, message, meta)
+            return RunOutcome(paths.run_id, "failed", paths, error=message)

@@ -1,0 +1,487 @@
+"""Spark version of ``preprocess_stage``: the same rules and summary, from Spark DataFrames.
+
+    spark-submit spark_jobs/preprocess.py --run-dir DIR --config DIR/config.resolved.yaml
+
+Reads ``flattened.parquet`` (one file, or the part files of bulk ingestion) and writes
+``features.spark.parquet``, a directory of Spark part files with ``_pos`` (the row's position in
+``flattened.parquet``), the scaled features ``f0``, ``f1``, ... (named in ``data_summary.json``'s
+``features``) and, with a label column, ``_label``; and ``data_summary.json`` with the fields
+:func:`anomaly_detection.pipeline.stages.preprocess_stage` writes. No row passes through the driver:
+only aggregates and the imputation's bounded fit sample do. The rules are those of
+:mod:`anomaly_detection.features.preprocess`:
+
+* duplicates: rows equal over every original column; the first occurrence (lowest position) stays;
+* label column: 0/1, true/false or normal/anomaly, the same error messages;
+* features: numeric or boolean columns, dropping all-missing, ID-like (same name patterns; an
+  integer column stepping by a constant), constant and non-finite ones, honouring
+  ``include_features`` / ``exclude_features``, with the same reasons in the summary;
+* +-inf becomes missing; MinMax scaling from min/max aggregates (bit-identical to numpy);
+* missing values take the coordinate of the nearest KMeans centroid (pyspark.ml KMeans fitted on
+  at most 50,000 complete rows, distance over the observed coordinates); with fewer than 20
+  complete rows, or ``missing_values: median``, the column median (``approxQuantile``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+from anomaly_detection import atomic
+from anomaly_detection.config import PipelineConfig
+from anomaly_detection.errors import DataError, PipelineError
+from anomaly_detection.features.preprocess import (
+    CAMEL_ID,
+    FALSE_TEXTS,
+    ID_NAME,
+    IMPUTATION_FIT_SAMPLE,
+    MIN_COMPLETE_ROWS_FOR_KMEANS,
+    MIN_ROWS,
+    TRUE_TEXTS,
+    log_feature_choice,
+)
+from anomaly_detection.runs import RunPaths
+from anomaly_detection.spark.jobs.common import (
+    POS,
+    Outputs,
+    current_job,
+    is_numeric_dtype,
+    missing_expr,
+    pandas_dtypes,
+    parse_args,
+    read_positioned,
+    run_job,
+    stage,
+    write_parts,
+)
+
+NAME = "preprocess"
+#: Relative error of ``approxQuantile`` for the median fallback (exact up to this many rows).
+MEDIAN_EXACT_ROWS = 200_000
+MEDIAN_RELATIVE_ERROR = 1e-4
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("spark_jobs/preprocess.py", "Spark preprocessing of a run directory.", argv)
+    return run_job(NAME, args, preprocess_job)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger) -> None:
+    """Stage ``features.spark.parquet`` and ``data_summary.json``, publish both, then mark the job done.
+
+    Starting removes this job's marker and outputs and every detect marker (their results came
+    from the features this job replaces).
+    """
+    stage("check inputs")
+    if not paths.flattened.exists():
+        raise PipelineError(f"{paths.flattened} not found: run the ingest stage first")
+    detect_markers = sorted(
+        p.name[len("spark_") : -len(".done.json")] for p in paths.root.glob("spark_detect*.done.json")
+    )
+    with Outputs(paths, current_job()) as outputs:
+        outputs.start([paths.spark_features, paths.summary], invalidate=["detect", *detect_markers])
+        _preprocess(spark, config, paths, log, outputs)
+        stage("publish")
+        outputs.commit()
+
+
+def _preprocess(
+    spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, outputs: Outputs
+) -> None:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType, FloatType
+
+    started = time.perf_counter()
+    processing = config.processing
+    label = config.evaluation.label_column
+    stage(f"read {paths.flattened.name}")
+    dtypes = pandas_dtypes(paths.flattened)
+    names = list(dtypes)
+    col = {name: f"c{i}" for i, name in enumerate(names)}
+    table = read_positioned(spark, paths.flattened, names)
+    floating = {n for n in names if isinstance(table.schema[col[n]].dataType, (DoubleType, FloatType))}
+
+    def missing(name: str) -> Any:
+        return missing_expr(F.col(col[name]), name in floating)
+
+    # -- what the table looks like before anything is removed (one pass)
+    before = table.agg(
+        F.count(F.lit(1)).alias("_rows"),
+        *(F.coalesce(F.sum(missing(n).cast("long")), F.lit(0)).alias(col[n]) for n in names),
+    ).first()
+    rows_before = int(before["_rows"])
+    summary: dict[str, Any] = {
+        "rows_before": rows_before,
+        "columns_before": len(names),
+        "missing_per_column": {n: int(before[col[n]]) for n in names},
+        "dtypes": {n: str(d) for n, d in dtypes.items()},
+    }
+    log.info("read %s: %d rows x %d columns", paths.flattened.name, rows_before, len(names))
+
+    # -- duplicates: equal over every original column; keep the first occurrence's position
+    stage("remove duplicates")
+    if processing.drop_duplicates and names:
+        kept = table.groupBy(*(col[n] for n in names)).agg(F.min(POS).alias(POS))
+    else:
+        kept = table
+    kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+    rows_after = kept.count()
+    removed = rows_before - rows_after if processing.drop_duplicates else 0
+    if processing.drop_duplicates:
+        log.info("removed %d duplicate row(s); %d remain", removed, rows_after)
+    summary["duplicates_removed"] = removed
+    if rows_after < MIN_ROWS:
+        hint = f" after removing {removed} duplicate(s)" if removed else ""
+        raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {rows_after}{hint}")
+
+    if label and label not in col:
+        raise DataError(f"label column {label!r} not found; columns are: {', '.join(names[:40])}")
+    labels = _Label(label, col[label], dtypes[label], label in floating) if label else None
+
+    # -- feature selection (one pass of aggregates, which also checks the label column)
+    stage("select features")
+    features, dropped, stats = _select_features(
+        kept, processing, names, col, dtypes, floating, rows_after, labels
+    )
+    log_feature_choice(features, dropped, summary["dtypes"])
+
+    # -- +-inf to missing, MinMax scaling (min/max of the finite values, as numpy's nanmin/nanmax)
+    n_infinite = sum(stats[n]["infinite"] for n in features)
+    if n_infinite:
+        first = next(n for n in features if stats[n]["infinite"])
+        log.warning("%d infinite value(s) treated as missing (first in column %r)", n_infinite, first)
+    n_missing = sum(rows_after - stats[n]["finite"] for n in features)
+    minimum = [stats[n]["min"] for n in features]
+    maximum = [stats[n]["max"] for n in features]
+    fcols = [f"f{j}" for j in range(len(features))]
+    scaled_cols = []
+    for j, name in enumerate(features):
+        value = F.col(col[name]).cast("double")
+        finite = F.when(~(F.isnan(value) | value.isin(math.inf, -math.inf)), value)  # null stays null
+        span = maximum[j] - minimum[j] if maximum[j] > minimum[j] else 1.0
+        scaled_cols.append(((finite - F.lit(minimum[j])) / F.lit(span)).alias(fcols[j]))
+    extra = [labels.expression.alias("_label")] if labels is not None else []
+    scaled = kept.select(POS, *scaled_cols, *extra)
+
+    # -- imputation
+    stage("impute missing values")
+    if processing.missing_values == "median" or not n_missing:
+        if n_missing:
+            filled_cols, method = _median_fill(scaled, fcols, rows_after), "median"
+        else:
+            filled_cols, method = [F.col(c) for c in fcols], "none needed"
+    else:
+        scaled = scaled.persist(StorageLevel.MEMORY_AND_DISK)
+        scaled, filled_cols, method = _kmeans_fill(
+            scaled, fcols, processing.imputation_clusters, config.modeling.random_state, rows_after, log
+        )
+    if n_missing:
+        log.info("imputed %d missing value(s): %s", n_missing, method)
+    out = scaled.select(
+        POS, *(c.alias(name) for c, name in zip(filled_cols, fcols)), *(["_label"] if extra else [])
+    )
+
+    # -- write: Spark's part files, nothing through the driver (staged until the job is done)
+    stage(f"write {paths.spark_features.name}")
+    write_parts(out, outputs.path(paths.spark_features))
+    summary.update(
+        rows_after=int(rows_after),
+        features=list(features),
+        columns_dropped=dropped,
+        imputed_values=int(n_missing),
+        imputation=method,
+        infinite_values=int(n_infinite),
+        scaling={
+            "method": "minmax",
+            "min": dict(zip(features, minimum)),
+            "max": dict(zip(features, maximum)),
+        },
+    )
+    atomic.write_json(outputs.path(paths.summary), summary)
+    log.info(
+        "wrote %s (%d rows x %d features%s) and %s in %.1fs",
+        paths.spark_features.name,
+        rows_after,
+        len(features),
+        ", with labels" if extra else "",
+        paths.summary.name,
+        time.perf_counter() - started,
+    )
+
+
+# --------------------------------------------------------------------------- labels
+
+
+class _Label:
+    """The label column the way ``extract_labels`` reads it: its 0/1 expression, the aggregates that
+    check it (computed in the feature-selection pass) and the same error messages."""
+
+    def __init__(self, name: str, column: str, dtype: Any, floating: bool) -> None:
+        from pyspark.sql import functions as F
+
+        self.name = name
+        self.value = F.col(column)
+        self.missing = missing_expr(self.value, floating)
+        if is_numeric_dtype(dtype):
+            number = self.value.cast("double")
+            self.bad = ~number.isin(0.0, 1.0)
+            self.message = "label column {name!r} must hold 0/1 values; row {row} has {value!r}"
+            self.expression = number.cast("byte")
+        else:
+            text = F.lower(F.regexp_replace(self.value.cast("string"), r"(?U)^\s+|\s+$", ""))
+            self.bad = ~text.isin(*sorted(TRUE_TEXTS | FALSE_TEXTS))
+            self.message = (
+                "label column {name!r} must hold 0/1, true/false or normal/anomaly; row {row} has {value!r}"
+            )
+            self.expression = text.isin(*sorted(TRUE_TEXTS)).cast("byte")
+
+    def aggregates(self) -> list[Any]:
+        from pyspark.sql import functions as F
+
+        return [
+            F.count(F.when(self.missing, 1)).alias("_label_missing"),
+            F.min(F.when(self.missing, F.col(POS))).alias("_label_first_missing"),
+            F.count(F.when(~self.missing & self.bad, 1)).alias("_label_bad"),
+        ]
+
+    def check(self, kept: Any, agg: dict[str, Any]) -> None:
+        if agg["_label_missing"]:
+            count, first = agg["_label_missing"], agg["_label_first_missing"]
+            raise DataError(f"label column {self.name!r} has {count} missing value(s), first at row {first}")
+        if agg["_label_bad"]:
+            row, value = kept.where(self.bad).orderBy(POS).select(POS, self.value).limit(1).collect()[0]
+            raise DataError(self.message.format(name=self.name, row=row, value=value))
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _select_features(
+    kept: Any,
+    processing: Any,
+    names: list[str],
+    col: dict[str, str],
+    dtypes: dict[str, Any],
+    floating: set[str],
+    rows: int,
+    labels: _Label | None,
+) -> tuple[list[str], dict[str, str], dict[str, dict[str, Any]]]:
+    """The rules of ``anomaly_detection.features.preprocess.select_features`` from one pass of Spark aggregates.
+
+    The same pass checks the label column first (the native order). Returns ``(features, dropped,
+    stats)``; ``stats[name]`` holds the finite count, finite min/max and the number of +-inf values
+    of each feature.
+    """
+    from pyspark.sql import functions as F
+
+    label = labels.name if labels else None
+    candidates = set(processing.include_features or names)
+    numeric = [
+        n
+        for n in names
+        if n != label
+        and n in candidates
+        and n not in processing.exclude_features
+        and is_numeric_dtype(dtypes[n])
+    ]
+    sequence_check = [
+        n
+        for n in numeric
+        if not processing.include_features and rows > 20 and pd_is_integer(dtypes[n]) and not _id_name(n)
+    ]
+    aggregates = []
+    for n in numeric:
+        value = F.col(col[n]).cast("double")
+        infinite = value.isin(math.inf, -math.inf)
+        finite = ~(value.isNull() | F.isnan(value) | infinite)
+        aggregates += [
+            F.count(F.when(~missing_expr(F.col(col[n]), n in floating), 1)).alias(f"{col[n]}_present"),
+            F.count(F.when(finite, 1)).alias(f"{col[n]}_finite"),
+            F.min(F.when(finite, value)).alias(f"{col[n]}_min"),
+            F.max(F.when(finite, value)).alias(f"{col[n]}_max"),
+            F.count(F.when(infinite, 1)).alias(f"{col[n]}_inf"),
+        ]
+    for n in sequence_check:  # cheap necessary conditions of an arithmetic sequence, exact integers
+        exact = F.col(col[n]).cast("decimal(38,0)")
+        aggregates += [
+            F.count(exact).alias(f"{col[n]}_n"),
+            F.min(exact).alias(f"{col[n]}_lo"),
+            F.max(exact).alias(f"{col[n]}_hi"),
+            F.sum(exact).alias(f"{col[n]}_sum"),
+        ]
+    if labels is not None:
+        aggregates += labels.aggregates()
+    agg = kept.agg(*aggregates).first().asDict() if aggregates else {}
+    if labels is not None:
+        labels.check(kept, agg)
+    unknown = [c for c in processing.include_features if c not in col]
+    if unknown:
+        raise DataError(
+            f"processing.include_features names unknown column(s) {unknown}; columns are: {', '.join(names[:40])}"
+        )
+
+    features: list[str] = []
+    dropped: dict[str, str] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    for name in names:
+        c = col[name]
+        if name == label:
+            dropped[name] = "label column"
+        elif name not in candidates:
+            dropped[name] = "not in include_features"
+        elif name in processing.exclude_features:
+            dropped[name] = "in exclude_features"
+        elif not is_numeric_dtype(dtypes[name]):
+            dropped[name] = f"not numeric ({dtypes[name]})"
+        elif agg[f"{c}_present"] == 0:
+            dropped[name] = "all values missing"
+        elif not processing.include_features and (
+            _id_name(name) or (name in sequence_check and _is_step_sequence(kept, c, agg, rows))
+        ):
+            dropped[name] = "looks like an identifier"
+        elif agg[f"{c}_finite"] == 0:
+            dropped[name] = "no finite values"
+        elif agg[f"{c}_min"] == agg[f"{c}_max"]:
+            dropped[name] = f"constant ({agg[f'{c}_min']:g})"
+        else:
+            features.append(name)
+            stats[name] = {
+                "finite": int(agg[f"{c}_finite"]),
+                "min": float(agg[f"{c}_min"]),
+                "max": float(agg[f"{c}_max"]),
+                "infinite": int(agg[f"{c}_inf"]),
+            }
+    return features, dropped, stats
+
+
+def pd_is_integer(dtype: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_integer_dtype(dtype))
+
+
+def _id_name(name: str) -> bool:
+    """The name half of ``anomaly_detection.features.preprocess._is_id_like`` (same patterns)."""
+    return bool(ID_NAME.search(name) or CAMEL_ID.search(name))
+
+
+def _is_step_sequence(kept: Any, c: str, agg: dict[str, Any], rows: int) -> bool:
+    """Whether integer column ``c``, in row order, steps by one non-zero constant (the native ID rule).
+
+    The aggregates already computed rule out almost every column: an arithmetic sequence of ``n``
+    terms has no gaps in its count, ``(max - min)`` divisible by ``n - 1`` and sum
+    ``n * (min + max) / 2``. Only a column passing those gets the exact check, a ``lag`` over the
+    row order (a window without partitions: one task, acceptable for the rare true ID column).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    n, lo, hi, total = (agg[f"{c}_{k}"] for k in ("n", "lo", "hi", "sum"))
+    if n != rows or lo is None or lo == hi:
+        return False
+    lo, hi, total = int(lo), int(hi), int(total)
+    if (hi - lo) % (rows - 1) or 2 * total != rows * (lo + hi):
+        return False
+    exact = F.col(c).cast("decimal(38,0)")
+    step = exact - F.lag(exact).over(Window.orderBy(POS))
+    low, high = kept.select(step.alias("_d")).agg(F.min("_d"), F.max("_d")).first()
+    return low is not None and low == high and low != 0
+
+
+# --------------------------------------------------------------------------- imputation
+
+
+def _median_fill(scaled: Any, fcols: list[str], rows: int) -> list[Any]:
+    """Fill with the column medians (``approxQuantile``; exact up to ``MEDIAN_EXACT_ROWS`` rows).
+
+    approxQuantile returns an observed value, so with an even count it picks one of the two middle
+    values where numpy's nanmedian averages them.
+    """
+    from pyspark.sql import functions as F
+
+    error = 0.0 if rows <= MEDIAN_EXACT_ROWS else MEDIAN_RELATIVE_ERROR
+    medians = scaled.approxQuantile(fcols, [0.5], error)
+    return [F.coalesce(F.col(c), F.lit(float(m[0]))) for c, m in zip(fcols, medians)]
+
+
+def _kmeans_fill(
+    scaled: Any, fcols: list[str], n_clusters: int, seed: int, rows: int, log: logging.Logger
+) -> tuple[Any, list[Any], str]:
+    """Fill each missing value with the matching coordinate of the nearest KMeans centroid.
+
+    Returns the frame to select from, the filled column expressions and the method for the summary.
+
+    The centroids come from pyspark.ml KMeans fitted on at most 50,000 complete rows; a row's nearest
+    centroid is found with the squared distance over its observed coordinates only, as a Spark
+    expression (no Python worker). Fewer than 20 complete rows: column medians instead.
+    """
+    from pyspark import StorageLevel
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql import functions as F
+
+    complete = scaled.where(functools.reduce(lambda a, b: a & b, (F.col(c).isNotNull() for c in fcols)))
+    # each KMeans iteration runs one task per partition: a handful of partitions for the fit rows
+    fit = VectorAssembler(inputCols=fcols, outputCol="_v").transform(complete).select("_v")
+    fit = fit.coalesce(max(1, scaled.sparkSession.sparkContext.defaultParallelism)).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    n_complete = n_fit = fit.count()
+    if n_complete < MIN_COMPLETE_ROWS_FOR_KMEANS:
+        fit.unpersist()
+        log.warning(
+            "only %d complete rows (< %d): imputing missing values with column medians instead of KMeans",
+            n_complete,
+            MIN_COMPLETE_ROWS_FOR_KMEANS,
+        )
+        return scaled, _median_fill(scaled, fcols, rows), f"median fallback ({n_complete} complete rows)"
+    if n_complete > IMPUTATION_FIT_SAMPLE:
+        fraction = min(1.0, 1.05 * IMPUTATION_FIT_SAMPLE / n_complete)
+        sample = fit.sample(withReplacement=False, fraction=fraction, seed=seed).limit(IMPUTATION_FIT_SAMPLE)
+        sample = sample.persist(StorageLevel.MEMORY_AND_DISK)
+        n_fit = sample.count()
+        fit.unpersist()
+        fit = sample
+    k = max(1, min(n_clusters, n_fit // 5))
+    model = KMeans(k=k, seed=seed, maxIter=300, featuresCol="_v").fit(fit)
+    centroids = [[float(v) for v in center] for center in model.clusterCenters()]
+    fit.unpersist()
+    # squared distance to each centroid over the observed coordinates, then the first nearest
+    # (1-based, ties to the lowest index like argmin); only rows with a missing value need it
+    distances = [
+        functools.reduce(
+            lambda a, b: a + b,
+            (
+                F.when(F.col(c).isNotNull(), (F.col(c) - F.lit(center[j])) ** 2).otherwise(F.lit(0.0))
+                for j, c in enumerate(fcols)
+            ),
+        )
+        for center in centroids
+    ]
+    array = F.array(*distances)
+    incomplete = functools.reduce(lambda a, b: a | b, (F.col(c).isNull() for c in fcols))
+    nearest = F.when(incomplete, F.array_position(array, F.array_min(array)).cast("int"))
+    # a column of its own: Spark keeps it computed once per row instead of inlining it into every
+    # filled feature (which also grows the generated code past the JVM's 64 KB method limit)
+    with_nearest = scaled.select("*", nearest.alias("_nearest"))
+    filled = [
+        F.coalesce(
+            F.col(c), F.element_at(F.array(*(F.lit(center[j]) for center in centroids)), F.col("_nearest"))
+        )
+        for j, c in enumerate(fcols)
+    ]
+    return with_nearest, filled, f"kmeans ({len(centroids)} clusters on {n_fit} complete rows)"
+
+
+# --------------------------------------------------------------------------- output
+
+
+if __name__ == "__main__":
+    sys.exit(main())

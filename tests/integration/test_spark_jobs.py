@@ -1,0 +1,256 @@
+"""The Spark jobs (spark_jobs/preprocess.py, spark_jobs/detect.py) run through real spark-submit in
+local[2] on a generated run directory, compared with the native preprocessing and KMeans, then
+read by the native select and report stages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from spark_helpers import (
+    JOB_TIMEOUT,
+    N_DUPLICATES,
+    N_OUTLIERS,
+    N_ROWS,
+    QUICK_JVM,
+    java_available,
+    make_table,
+    requires_spark,
+    spark_features,
+    write_run,
+)
+
+from anomaly_detection.config import load_config
+from anomaly_detection.detect.detectors.centroids import kmeans
+from anomaly_detection.detect.grid import DetectorSettings
+from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
+from anomaly_detection.errors import PipelineError
+from anomaly_detection.features.preprocess import preprocess
+from anomaly_detection.pipeline.stages import report_stage, select_stage
+from anomaly_detection.runs import spark_jobs_dir
+from anomaly_detection.spark.submit import (
+    failure_cause,
+    job_application_args,
+    run_spark_job,
+    spark_env,
+    spark_submit_command,
+    spark_submit_executable,
+)
+
+pytestmark = pytest.mark.slow
+MASTER = "local[2]"
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def spark_run(tmp_path_factory):
+    if not java_available():
+        pytest.skip("Java is not on PATH")
+    root = tmp_path_factory.mktemp("spark")
+    table, planted = make_table()
+    overrides = {
+        "modeling": {"algorithms": ["kmeans"], "grids": {"kmeans": {"simple": {"n_clusters": [4, 6]}}}},
+        "evaluation": {"label_column": "is_anomaly"},
+    }
+    paths, config_path = write_run(root, table, overrides)
+    for job, extra in (("preprocess", ()), ("detect", ("--algorithm", "kmeans"))):
+        started = time.perf_counter()
+        run_spark_job(
+            job, paths.root, config_path, master=MASTER, extra_args=extra, conf=QUICK_JVM, timeout=JOB_TIMEOUT
+        )
+        TIMINGS[job] = time.perf_counter() - started
+    config = load_config(config_path)
+    native = preprocess(
+        pd.read_parquet(paths.flattened),
+        config.processing,
+        label_column=config.evaluation.label_column,
+        random_state=config.modeling.random_state,
+    )
+    return {"paths": paths, "config": config, "table": table, "planted": planted, "native": native}
+
+
+# --------------------------------------------------------------------------- the helper (no JVM)
+
+
+def test_spark_submit_command_line(tmp_path):
+    command = spark_submit_command(
+        "detect",
+        tmp_path,
+        tmp_path / "c.yaml",
+        master=MASTER,
+        extra_args=["--algorithm", "kmeans"],
+        conf={"spark.executor.memory": "1g"},
+    )
+    assert command[0] == str(spark_submit_executable()) and Path(command[0]).is_file()
+    assert command[1:3] == ["--master", MASTER]
+    confs = dict(command[i + 1].split("=", 1) for i, part in enumerate(command) if part == "--conf")
+    assert confs["spark.pyspark.python"] == sys.executable
+    assert confs["spark.pyspark.driver.python"] == sys.executable
+    assert confs["spark.driver.host"] == confs["spark.driver.bindAddress"] == "127.0.0.1"
+    assert confs["spark.ui.enabled"] == "false" and confs["spark.executor.memory"] == "1g"
+    script = command.index(str(spark_jobs_dir() / "detect.py"))
+    assert command[script + 1 :] == [
+        *job_application_args(tmp_path, tmp_path / "c.yaml"),
+        "--algorithm",
+        "kmeans",
+    ]
+    assert job_application_args("r", "c", "kmeans") == [
+        "--run-dir",
+        "r",
+        "--config",
+        "c",
+        "--algorithm",
+        "kmeans",
+    ]
+    cluster = spark_submit_command("preprocess", tmp_path, tmp_path / "c.yaml", master="spark://h:7077")
+    assert not any(part.startswith("spark.driver.host") for part in cluster)
+    assert spark_env(MASTER, {})["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert failure_cause("WARN x\nerror: DataError: no rows\nmore\n") == "DataError: no rows"
+    assert failure_cause("a\nb\n", tail=1) == "b"
+    with pytest.raises(PipelineError, match="unknown Spark job"):
+        spark_submit_command("nope", tmp_path, tmp_path / "c.yaml")
+
+
+def test_spark_submit_module_does_not_import_pyspark():
+    code = (
+        "import sys, anomaly_detection.spark.submit as s; "
+        "s.spark_submit_command('preprocess', 'r', 'c'); "
+        "assert 'pyspark' not in sys.modules, 'pyspark imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+@requires_spark
+def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
+    paths, native = spark_run["paths"], spark_run["native"]
+    assert paths.spark_features.is_dir() and not paths.features.exists() and not paths.kept_rows.exists()
+    kept, features, labels = spark_features(paths)
+    summary = json.loads(paths.summary.read_text())
+
+    assert kept.dtype == np.int64
+    assert features.shape == (N_ROWS, 5) and (features.dtypes == np.float64).all()
+    assert np.array_equal(kept, native.rows)  # the same duplicates removed, the first of each kept
+    assert np.array_equal(labels, native.labels)
+    assert list(features.columns) == native.feature_names == ["x", "y", "z", "count", "flag"]
+    values = features.to_numpy()
+    assert not np.isnan(values).any() and values.min() >= 0.0 and values.max() <= 1.0
+
+    assert list(summary) == list(native.summary)  # same keys, same order
+    for key in summary:
+        if key != "imputation":
+            assert summary[key] == native.summary[key], key
+    assert summary["duplicates_removed"] == N_DUPLICATES
+    assert summary["imputed_values"] == 61 and summary["infinite_values"] == 1
+    assert summary["imputation"].startswith("kmeans (")
+    dropped = summary["columns_dropped"]
+    assert dropped["event_id"] == dropped["seq"] == "looks like an identifier"
+    assert dropped["const"] == "constant (3)"
+    assert dropped["city"].startswith("not numeric") and dropped["meta.note"].startswith("not numeric")
+    assert dropped["seen_at"].startswith("not numeric (datetime64")
+    assert dropped["empty"] == "all values missing" and dropped["is_anomaly"] == "label column"
+
+    # observed values are scaled exactly as natively; imputed ones come from Spark's own centroids
+    raw = spark_run["table"].iloc[kept][native.feature_names].to_numpy(dtype=float)
+    observed = np.isfinite(raw)
+    assert np.array_equal(values[observed], native.features[observed])
+
+
+@requires_spark
+def test_detect_job_agrees_with_native_kmeans(spark_run):
+    paths, config = spark_run["paths"], spark_run["config"]
+    results = json.loads((paths.models / "kmeans.json").read_text())
+    assert [r["params"] for r in results] == [{"n_clusters": 4}, {"n_clusters": 6}]
+    expected = int(np.ceil(config.modeling.contamination * N_ROWS))
+    assert all(r["anomaly_count"] == expected and r["info"]["engine"] == "spark" for r in results)
+    best = max(results, key=lambda r: r["score"])
+
+    flagged = read_flagged(flagged_path(paths.models, "kmeans"))
+    assert flagged_path(paths.models, "kmeans").is_dir()  # Spark's part files, not a driver write
+    assert len(flagged) == expected and flagged["position"].is_unique
+    assert (flagged["score"] > best["threshold"]).all()
+    # the report sample: a random sample of every row (2,000 <= plot_sample_size) plus the top list
+    sample = read_sample(sample_path(paths.models, "kmeans"))
+    assert len(sample) == N_ROWS and sample["sampled"].all()
+    assert sample["anomaly"].sum() == expected
+    assert set(sample.loc[sample["anomaly"] == 1, "position"]) == set(flagged["position"])
+    # the threshold is the approxQuantile cut: every anomaly scores above it, no normal row does
+    assert sample.loc[sample["anomaly"] == 0, "score"].max() <= best["threshold"]
+
+    kept, features, _ = spark_features(paths)
+    assert np.array_equal(sample["position"].to_numpy(), kept)
+    np.testing.assert_array_equal(
+        sample[[f"f{j}" for j in range(features.shape[1])]].to_numpy(), features.to_numpy()
+    )
+    settings = DetectorSettings(
+        contamination=config.modeling.contamination, random_state=config.modeling.random_state
+    )
+    native = kmeans(features.to_numpy(), best["params"], settings)
+    agreement = len(np.intersect1d(kept[native.labels == 1], flagged["position"])) / native.labels.sum()
+    print(
+        f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; timings {TIMINGS}"
+    )
+    assert agreement >= 0.8
+
+    # the internal metrics of the best split equal scikit-learn's on the same rows; the silhouette
+    # is ClusteringEvaluator's squared-Euclidean one
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    split = np.isin(kept, flagged["position"]).astype(int)
+    X = features.to_numpy()
+    assert best["silhouette"] == pytest.approx(silhouette_score(X, split, metric="sqeuclidean"), rel=1e-9)
+    assert best["davies_bouldin"] == pytest.approx(davies_bouldin_score(X, split), rel=1e-9)
+    assert best["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(X, split), rel=1e-9)
+    assert best["info"]["n_clusters"] == best["params"]["n_clusters"]
+
+    # every planted outlier is flagged
+    assert set(spark_run["planted"]) <= set(flagged["position"])
+    assert best["recall"] == 1.0
+
+
+@requires_spark
+def test_native_select_and_report_read_the_spark_outputs(spark_run):
+    paths, config = spark_run["paths"], spark_run["config"]
+    assert not paths.ingest_info.exists()  # select tolerates its absence
+    outcome = select_stage(config, paths)
+    results = json.loads(paths.results.read_text())
+    assert results["status"] == "succeeded"
+    assert (
+        results["best"]["algorithm"] == "kmeans"
+        and outcome["anomaly_count"] == results["best"]["anomaly_count"]
+    )
+    anomalies = pd.read_csv(paths.anomalies)
+    assert len(anomalies) == results["best"]["anomaly_count"]
+    assert set(anomalies["is_anomaly"]) <= {0, 1} and anomalies["is_anomaly"].sum() == N_OUTLIERS
+    assert anomalies["rank"].tolist() == list(range(1, len(anomalies) + 1))
+    assert anomalies["score"].is_monotonic_decreasing
+    # the CSV holds the original fields of the flagged positions
+    flagged = read_flagged(flagged_path(paths.models, "kmeans"))
+    original = spark_run["table"].iloc[flagged["position"]].reset_index(drop=True)
+    np.testing.assert_array_equal(anomalies["seq"].to_numpy(), original["seq"].to_numpy())
+    report = report_stage(config, paths)
+    assert report.is_file() and paths.published_report.is_file()
+    assert "spark preprocess" in paths.log.read_text()  # the jobs log into the run's pipeline.log
+
+
+@requires_spark
+def test_preprocess_job_without_numeric_column_fails_with_one_line_cause(tmp_path):
+    table = pd.DataFrame({"name": [f"n{i}" for i in range(30)], "city": ["Lyon", "Oslo", "Lima"] * 10})
+    paths, config_path = write_run(tmp_path, table, {})
+    command = spark_submit_command("preprocess", paths.root, config_path, master=MASTER, conf=QUICK_JVM)
+    done = subprocess.run(command, capture_output=True, text=True, env=spark_env(MASTER), timeout=JOB_TIMEOUT)
+    assert done.returncode != 0
+    causes = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert causes == [
+        "error: DataError: no usable numeric feature column; columns are: name (str), city (str)"
+    ]
+    assert failure_cause(done.stderr).startswith("DataError: no usable numeric feature column")
+    assert not paths.spark_features.exists()
