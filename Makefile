@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PORT ?= 8765
 
-.PHONY: install demo demo-cli stop test bench check-java clean-runs help
+.PHONY: install demo demo-cli stop test test-quick lint bench check-java clean-runs help
 
 help:
 	@echo "make demo      install if needed, start the demo API and Airflow, trigger a run, wait at the review gate"
 	@echo "make stop      stop what make demo started"
 	@echo "make demo-cli  the same pipeline without Airflow (CLI), prints the report path"
-	@echo "make test    install if needed and run every test"
+	@echo "make test       install if needed, ruff checks, then every test (<= 20 min)"
+	@echo "make test-quick install if needed, ruff checks, then the pure unit tests (<= 3 min)"
+	@echo "make lint       ruff lint and format checks"
 	@echo "make bench   run the benchmarks under bench/"
 
 check-java:
@@ -35,6 +37,12 @@ demo-cli: install
 
 test: install
 	@scripts/test.sh
+
+test-quick: install
+	@scripts/test.sh --quick
+
+lint: install
+	@scripts/lint.sh
 
 bench: install
 	$(BIN)/python bench/native_scale.py
