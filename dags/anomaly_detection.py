@@ -161,7 +161,7 @@ def _credentials(source):
     """Auth from an Airflow connection (source.auth.conn_id), else from environment variables."""
     from airflow.sdk.log import mask_secret
 
-    from anomaly_detection.ingest.native import env_credentials
+    from anomaly_detection.ingest.auth import env_credentials
 
     auth = source.auth
     if not auth.conn_id:

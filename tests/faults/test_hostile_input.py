@@ -26,7 +26,8 @@ import anomaly_detection
 from anomaly_detection.config import build_config
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest.bulk import ingest_to_parquet
-from anomaly_detection.ingest.native import READ_CHUNK_BYTES, ingest
+from anomaly_detection.ingest.http import READ_CHUNK_BYTES
+from anomaly_detection.ingest.native import ingest
 
 READERS = ("native", "bulk")
 MIB = 2**20

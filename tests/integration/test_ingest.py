@@ -14,7 +14,8 @@ import pytest
 
 from anomaly_detection.config import build_config
 from anomaly_detection.errors import ConfigError, IngestionError
-from anomaly_detection.ingest.native import ingest, with_params
+from anomaly_detection.ingest.http import with_params
+from anomaly_detection.ingest.native import ingest
 
 try:
     from http_fixtures import ApiServer, api_server, json_body, unused_port  # noqa: F401

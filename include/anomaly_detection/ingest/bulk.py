@@ -4,8 +4,9 @@
 ``parts_dir/part-NNNNNN.parquet`` named after the first page they hold (``NNNNNN`` = page - 1): one
 per ``batch_records`` records (10,000 by default, consecutive pages together) so that
 ``spark.read.parquet(parts_dir)`` and ``pandas.read_parquet(parts_dir)`` read the records as one
-table. Fetching, retries, auth and secret masking are those of :class:`~.ingest.ApiReader`; each
-page is flattened by :func:`~.flatten.flatten_records`, the native path's flattening.
+table. Fetching, retries, auth and secret masking are those of :class:`~.reader.ApiReader`; each
+page is flattened by :func:`~.flatten.flatten_records`, the native path's flattening, and typed and
+written by :mod:`.parquet`.
 
 Pagination
     ``offset`` and ``page`` pagination have URLs that can be computed ahead: ``source.concurrency``
@@ -59,7 +60,7 @@ Column types (the same in every part)
 
 Raw snapshot
     Every response body is saved gzip-compressed to ``raw_dir/page-000001.json.gz`` (the suffix
-    follows the content type, like :mod:`.ingest`) before it is parsed, failed attempts' last body
+    follows the content type, like :mod:`.native`; see :mod:`.snapshot`) before it is parsed, failed attempts' last body
     included, each through a temporary name and a rename (a killed process leaves no half file
     under a final name). ``raw_dir/manifest.jsonl`` gets one JSON line per saved page once it has
     been read, in page order, each line one ``write(2)`` to a file opened for appending (so a
@@ -70,7 +71,7 @@ Raw snapshot
     kept and listed last, with null records.
 
 Faults and limits
-    As in :mod:`.ingest`: transient faults are retried; a 200 whose JSON-like body does not parse
+    As in :mod:`.native`: transient faults are retried; a 200 whose JSON-like body does not parse
     is kept as ``page-000001.attempt1.json.gz`` (named in ``set_aside``) and fetched again (by the
     thread that writes, so parsing stays off the fetching threads); a body over
     ``source.max_response_bytes`` is an error that keeps what arrived as
@@ -89,57 +90,39 @@ removed first, so a rerun never mixes with the files of a previous run.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import requests
 
-from anomaly_detection import atomic
 from anomaly_detection.config import ProcessingConfig, SourceConfig
 from anomaly_detection.errors import IngestionError
-from anomaly_detection.ingest.flatten import FlattenStats, TooManyColumns, flatten_records, json_text
-from anomaly_detection.ingest.native import (
-    ApiReader,
-    CredentialResolver,
-    Fetched,
-    PageRecord,
-    env_credentials,
-    iter_pages,
-    prefetch,
-    read_records,
-    with_params,
+from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
+from anomaly_detection.ingest.flatten import (
+    FlattenStats,
 )
 from anomaly_detection.ingest.outbound import guarded_session
+from anomaly_detection.ingest.pagination import iter_pages, planned_urls, prefetch, read_records
+from anomaly_detection.ingest.parquet import PartWriter, TypedBatch, typed_batches
+from anomaly_detection.ingest.reader import ApiReader, Fetched
+from anomaly_detection.ingest.snapshot import GzipSnapshot, RawPage
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.jsonl"
-#: zlib level 1: a quarter of level 6's CPU time for files about a fifth larger.
-GZIP_LEVEL = 1
 PROGRESS_SECONDS = 5.0
+
+
 #: Records flattened and written per part file (consecutive pages together).
 BATCH_RECORDS = 10_000
-#: Integers up to this magnitude are exact in a float64.
-EXACT_INT = 2**53
-
-_NUMERIC_KINDS = frozenset({"integer", "floating", "mixed-integer-float", "decimal"})
 
 
 @dataclass
@@ -180,17 +163,6 @@ class BulkIngestResult:
         return self.records / self.seconds if self.seconds > 0 else float("nan")
 
 
-@dataclass
-class RawPage(PageRecord):
-    """A manifest line: :class:`~.ingest.PageRecord` plus the body's digest and compressed size."""
-
-    sha256: str = ""
-    stored_bytes: int = 0
-
-
-# --------------------------------------------------------------------------- fetching
-
-
 class RateLimiter:
     """Space calls to :meth:`acquire` at least ``1 / per_second`` apart, across all threads."""
 
@@ -210,11 +182,10 @@ class RateLimiter:
 
 
 class BulkReader(ApiReader):
-    """An :class:`~.ingest.ApiReader` that threads can share.
+    """An :class:`~anomaly_detection.ingest.reader.ApiReader` that threads can share.
 
-    Each thread gets its own session (from ``session_factory``, else a plain one); bodies are
-    saved gzip-compressed; the manifest is appended one JSON line per page (see the module
-    docstring) instead of rewritten, and no page list is kept in memory.
+    Each thread gets its own session (from ``session_factory``, else a plain one); requests are
+    spaced by ``limiter``; bodies go to a :class:`~anomaly_detection.ingest.snapshot.GzipSnapshot`.
     """
 
     def __init__(
@@ -228,16 +199,20 @@ class BulkReader(ApiReader):
         session_factory: Callable[[], requests.Session] | None = None,
     ) -> None:
         self._new_session = session_factory or guarded_session
-        super().__init__(source, raw_dir, credentials=credentials, session=self._new_session(), sleep=sleep)
+        super().__init__(
+            source,
+            raw_dir,
+            credentials=credentials,
+            session=self._new_session(),
+            sleep=sleep,
+            snapshot=GzipSnapshot(Path(raw_dir)),
+        )
         self.limiter = limiter
-        self.manifest_path = self.raw_dir / MANIFEST_NAME
+        self.manifest_path = self.snapshot.manifest_path
         self.requests = 0
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sessions: list[requests.Session] = [self.session]
-        self._manifest = os.open(
-            self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644
-        )
 
     def _thread_session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -256,91 +231,11 @@ class BulkReader(ApiReader):
             self.requests += 1
         return self._send(self._thread_session(), url, headers)
 
-    def _file_name(self, page: int, suffix: str) -> str:
-        return f"page-{page:06d}{suffix}.gz"
-
-    def _store(self, name: str, body: bytes) -> int:
-        packed = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-        atomic.write_bytes(self.raw_dir / name, packed)
-        return len(packed)
-
-    def _record(self, body: bytes, stored: int, **fields: Any) -> RawPage:
-        return RawPage(**fields, sha256=hashlib.sha256(body).hexdigest(), stored_bytes=stored)
-
-    def _list(self, record: PageRecord) -> None:
-        """Nothing to do: a page's manifest line is written by :meth:`settle`."""
-
-    def _forget(self, record: PageRecord) -> None:
-        """Nothing to do: a page is listed only once :meth:`settle` is called."""
-
-    def settle(self, record: PageRecord, records: int | None) -> None:
-        record.records = records  # type: ignore[assignment]  # None: the page could not be read
-        line = orjson.dumps(vars(record)) + b"\n"
-        with self._lock:
-            written = os.write(self._manifest, line)
-        if written != len(line):
-            raise OSError(
-                f"only {written} of {len(line)} bytes of a manifest line were written to {self.manifest_path}"
-            )
-
     def close(self) -> None:
+        super().close()
         with self._lock:
-            if self._manifest >= 0:
-                os.close(self._manifest)
-                self._manifest = -1
             for session in self._sessions:
                 session.close()
-
-
-@dataclass
-class _Page:
-    """One page, flattened and typed (the unit held in memory)."""
-
-    number: int
-    rows: int
-    columns: dict[str, pa.Array]
-    stats: FlattenStats = field(default_factory=FlattenStats)
-    #: API pages in this unit: consecutive pages are flattened and written together (``batch_records``).
-    pages: int = 1
-    #: The URL of its first page (secrets masked), for messages.
-    url: str = ""
-
-    def head(self, rows: int) -> _Page:
-        return _Page(
-            self.number,
-            rows,
-            {k: v.slice(0, rows) for k, v in self.columns.items()},
-            self.stats,
-            self.pages,
-            self.url,
-        )
-
-
-def typed_records(
-    records: list[Any], max_depth: int, max_columns: int | None = None
-) -> tuple[int, dict[str, pa.Array], FlattenStats]:
-    """Flatten records as the native path does, then type each column (see the module docstring).
-
-    Raises :class:`~.flatten.TooManyColumns` before building a frame wider than ``max_columns``.
-    """
-    stats = FlattenStats()
-    frame = flatten_records(records, max_depth=max_depth, stats=stats, max_columns=max_columns)
-    return len(records), {str(name): typed_column(frame[name]) for name in frame.columns}, stats
-
-
-def planned_urls(source: SourceConfig) -> Iterator[tuple[int, str]]:
-    """``(page number, URL)`` of every page offset/page pagination may need, within the limits."""
-    pagination = source.pagination
-    base = with_params(source.url, dict(source.params))
-    count = pagination.max_pages
-    if source.max_records is not None:
-        count = min(count, math.ceil(source.max_records / pagination.page_size))
-    for index in range(count):
-        if pagination.type == "offset":
-            where = {pagination.offset_param: index * pagination.page_size}
-        else:
-            where = {pagination.page_param: pagination.start_page + index}
-        yield index + 1, with_params(base, {**where, pagination.limit_param: pagination.page_size})
 
 
 def _concurrent_pages(
@@ -399,7 +294,7 @@ def _read_page(
     record = fetched.record
     assert isinstance(record, RawPage)
     if record.page > 1 and record.sha256 == previous:
-        reader.settle(record, None)
+        reader.snapshot.settle(record, None)
         return record, None
     records, _ = read_records(reader, url, fetched, source.records_path)
     page_size = source.pagination.page_size
@@ -419,7 +314,7 @@ def _settle_unread(reader: BulkReader, futures: list[Future[Fetched]]) -> None:
     wait(futures)
     for future in futures:
         if not future.cancelled() and future.exception() is None:
-            reader.settle(future.result().record, None)
+            reader.snapshot.settle(future.result().record, None)
 
 
 def _sequential_pages(reader: BulkReader, source: SourceConfig) -> Iterator[tuple[int, str, list[Any]]]:
@@ -430,218 +325,6 @@ def _sequential_pages(reader: BulkReader, source: SourceConfig) -> Iterator[tupl
             yield number, reader.safe_url(url), records
     except IngestionError as exc:
         raise IngestionError(f"page {number + 1}: {exc}") from None
-
-
-def _typed_batch(
-    first: int, url: str, records: list[Any], pages: int, max_depth: int, max_columns: int | None
-) -> _Page:
-    try:
-        return _Page(first, *typed_records(records, max_depth, max_columns), pages=pages, url=url)
-    except TooManyColumns as exc:
-        raise TooManyColumns(
-            f"page {first}: {exc} (in the records of {pages} page(s) from {url} on)"
-        ) from None
-
-
-def _typed_batches(
-    pages: Iterator[tuple[int, str, list[Any]]],
-    max_depth: int,
-    batch_records: int,
-    max_columns: int | None = None,
-) -> Iterator[_Page]:
-    """Consecutive pages' records flattened and typed together, at least ``batch_records`` at a time
-    (the last batch may hold fewer): flattening and writing a part file have a fixed cost that
-    small pages would otherwise pay every time."""
-    batch: list[Any] = []
-    first, url, count = 0, "", 0
-    try:
-        for number, page_url, records in pages:
-            if not count:
-                first, url = number, page_url
-            batch.extend(records)
-            count += 1
-            if len(batch) >= batch_records:
-                yield _typed_batch(first, url, batch, count, max_depth, max_columns)
-                batch, first, count = [], 0, 0
-        if count:
-            yield _typed_batch(first, url, batch, count, max_depth, max_columns)
-    finally:
-        close = getattr(pages, "close", None)
-        if close is not None:
-            close()
-
-
-# --------------------------------------------------------------------------- types
-
-
-def number_text(value: float | int) -> str | None:
-    """A number as text: integers exactly, integral floats without a fraction, others shortest."""
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    if value.is_integer() and abs(value) <= EXACT_INT:
-        return str(int(value))
-    return repr(value)
-
-
-def value_text(value: Any) -> str | None:
-    """Any flattened value as the text a ``string`` column holds (None stays null)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return number_text(value.item() if isinstance(value, np.generic) else value)
-    if isinstance(value, (list, dict, tuple)):
-        return json_text(value)
-    return str(value)
-
-
-def _text_array(values: list[Any]) -> pa.Array:
-    texts = []
-    for value in values:
-        kind = type(value)
-        if kind is str or value is None:
-            texts.append(value)
-        elif kind is list or kind is dict:  # the common case of a text column: lists as JSON
-            texts.append(json_text(value))
-        else:
-            texts.append(value_text(value))
-    return pa.array(texts, type=pa.string())
-
-
-def _exact_in_float(values: np.ndarray) -> bool:
-    return values.size == 0 or (int(values.max()) <= EXACT_INT and int(values.min()) >= -EXACT_INT)
-
-
-def typed_column(column: pd.Series) -> pa.Array:
-    """One page's column under the type rule: ``double``, ``bool``, ``string`` or ``null`` (no value)."""
-    dtype = column.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return pa.array(column.to_numpy(), type=pa.bool_())
-    if pd.api.types.is_integer_dtype(dtype):
-        values = column.to_numpy()
-        if not _exact_in_float(values):
-            return _text_array(values.tolist())
-        return pa.array(values.astype(np.float64), type=pa.float64())
-    if pd.api.types.is_float_dtype(dtype):
-        return pa.array(column.to_numpy(dtype=np.float64), type=pa.float64(), from_pandas=True)
-    kind = pd.api.types.infer_dtype(column, skipna=True)
-    if kind == "empty":
-        return pa.nulls(len(column))
-    if kind == "string":
-        return pa.array(column, type=pa.string(), from_pandas=True)
-    if kind == "boolean":
-        return pa.array(column, type=pa.bool_(), from_pandas=True)
-    values = column.tolist()
-    if kind in _NUMERIC_KINDS:
-        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-        if all(-EXACT_INT <= v <= EXACT_INT for v in ints):
-            return pa.array(
-                [None if v is None else float(v) for v in values], type=pa.float64(), from_pandas=True
-            )
-    return _text_array(values)
-
-
-def widen(known: pa.DataType, seen: pa.DataType) -> pa.DataType:
-    """The type of a column known as ``known`` once a page shows it as ``seen``."""
-    if known == seen or pa.types.is_null(seen):
-        return known
-    if pa.types.is_null(known):
-        return seen
-    return pa.string()
-
-
-def _stored(kind: pa.DataType) -> pa.DataType:
-    return pa.string() if pa.types.is_null(kind) else kind
-
-
-def conform(array: pa.Array | pa.ChunkedArray | None, kind: pa.DataType, rows: int) -> pa.Array:
-    """``array`` (or nulls when absent) as the stored type of ``kind``."""
-    target = _stored(kind)
-    if array is None:
-        return pa.nulls(rows, type=target)
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if array.type == target:
-        return array
-    if array.null_count == len(array):
-        return pa.nulls(rows, type=target)
-    if pa.types.is_string(target):
-        return _text_array(array.to_pylist())
-    raise AssertionError(f"cannot store {array.type} as {target}")  # widen() never asks for this
-
-
-class PartWriter:
-    """Write pages as part files under one growing schema; :meth:`finish` unifies the older parts."""
-
-    def __init__(self, parts_dir: Path, max_columns: int | None = None) -> None:
-        self.parts_dir = Path(parts_dir)
-        self.max_columns = max_columns
-        self.kinds: dict[str, pa.DataType] = {}
-        self.schema = pa.schema([])
-        self._version = 0
-        self._parts: list[tuple[str, int]] = []
-
-    def write(self, page: _Page) -> None:
-        changed = False
-        for name, array in page.columns.items():
-            known = self.kinds.get(name)
-            kind = array.type if known is None else widen(known, array.type)
-            if kind != known:
-                self.kinds[name] = kind
-                changed = True
-        if self.max_columns is not None and len(self.kinds) > self.max_columns:
-            raise TooManyColumns(
-                f"page {page.number}: the pages so far have {len(self.kinds)} distinct columns, "
-                f"more than processing.max_columns={self.max_columns} (from {page.url})"
-            )
-        if changed:
-            self.schema = pa.schema([(name, _stored(kind)) for name, kind in self.kinds.items()])
-            self._version += 1
-        arrays = [conform(page.columns.get(name), kind, page.rows) for name, kind in self.kinds.items()]
-        name = f"part-{page.number - 1:06d}.parquet"
-        self._write(name, pa.Table.from_arrays(arrays, schema=self.schema))
-        self._parts.append((name, self._version))
-
-    def _write(self, name: str, table: pa.Table) -> None:
-        # a dot file is invisible to Spark and pyarrow until it is complete
-        temporary = self.parts_dir / f".{name}.tmp"
-        # dictionary-encode text only: numbers are mostly distinct, so a dictionary costs time and space
-        text = [field.name for field in table.schema if pa.types.is_string(field.type)]
-        pq.write_table(table, temporary, use_dictionary=text)
-        os.replace(temporary, self.parts_dir / name)
-
-    def finish(self) -> int:
-        """Rewrite the parts written under an older schema; return how many were rewritten."""
-        stale = [name for name, version in self._parts if version != self._version]
-        for name in stale:
-            table = pq.read_table(self.parts_dir / name)
-            present = set(table.column_names)
-            arrays = [
-                conform(table.column(n) if n in present else None, kind, table.num_rows)
-                for n, kind in self.kinds.items()
-            ]
-            self._write(name, pa.Table.from_arrays(arrays, schema=self.schema))
-        if stale:
-            log.info(
-                "rewrote %d earlier part file(s) to the final schema (%d columns)",
-                len(stale),
-                len(self.kinds),
-            )
-        return len(stale)
-
-    @property
-    def columns(self) -> dict[str, str]:
-        return {name: str(_stored(kind)) for name, kind in self.kinds.items()}
-
-
-# --------------------------------------------------------------------------- driver
 
 
 def _clear(directory: Path, *patterns: str) -> None:
@@ -658,7 +341,7 @@ class _Progress:
         self.pages = 0
         self.stats = FlattenStats()
 
-    def add(self, page: _Page) -> None:
+    def add(self, page: TypedBatch) -> None:
         self.records += page.rows
         self.pages += page.pages
         for original, renamed in page.stats.collisions.items():
@@ -756,7 +439,7 @@ def ingest_to_parquet(
             fetched = (
                 _concurrent_pages(reader, source, pool) if computed else _sequential_pages(reader, source)
             )
-            pages = _typed_batches(fetched, processing.max_depth, batch_records, processing.max_columns)
+            pages = typed_batches(fetched, processing.max_depth, batch_records, processing.max_columns)
             if not computed:
                 pages = prefetch(
                     pages, depth=2

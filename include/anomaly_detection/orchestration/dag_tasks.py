@@ -19,7 +19,7 @@ from typing import Any
 from anomaly_detection import atomic
 from anomaly_detection.config import PipelineConfig, build_config, expand_dotted, read_config_file
 from anomaly_detection.errors import ConfigError
-from anomaly_detection.ingest.native import CredentialResolver, env_credentials
+from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
 from anomaly_detection.runs import (
     SECRET_MASK,
     RunPaths,

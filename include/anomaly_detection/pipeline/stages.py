@@ -31,7 +31,8 @@ from anomaly_detection.detect.grid import DetectorSettings, run_grid
 from anomaly_detection.errors import PipelineError
 from anomaly_detection.features.preprocess import preprocess
 from anomaly_detection.ingest import memory
-from anomaly_detection.ingest.native import CredentialResolver, env_credentials, ingest
+from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
+from anomaly_detection.ingest.native import ingest
 from anomaly_detection.report import insights
 from anomaly_detection.runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
