@@ -252,7 +252,7 @@ def test_deep_nesting_never_overflows_a_small_thread_stack(tmp_path):
     script = textwrap.dedent(
         """
         import json, threading
-        from anomaly_detection.ingest.flatten import BodyNotJson, parse_json
+        from anomaly_detection.ingest.parse import BodyNotJson, parse_json
 
         out = {}
 

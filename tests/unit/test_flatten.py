@@ -12,13 +12,13 @@ import pytest
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest.flatten import (
     FlattenStats,
-    extract_records,
     finalize_frame,
     flatten_record,
     flatten_records,
     json_text,
-    parse_json,
 )
+from anomaly_detection.ingest.parse import parse_json
+from anomaly_detection.ingest.records import extract_records
 
 
 def table(records, *, max_depth=32, max_list_length=10):
@@ -422,7 +422,7 @@ def test_utf16_and_byte_order_marks_are_read():
 
 
 def test_body_not_json_tells_a_cut_off_body_from_a_deep_one():
-    from anomaly_detection.ingest.flatten import BodyNotJson
+    from anomaly_detection.ingest.parse import BodyNotJson
 
     with pytest.raises(BodyNotJson) as info:
         parse_json(b'{"items": [1, 2', source="http://x/cut")

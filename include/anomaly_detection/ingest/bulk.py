@@ -107,9 +107,7 @@ import requests
 from anomaly_detection.config import ProcessingConfig, SourceConfig
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
-from anomaly_detection.ingest.flatten import (
-    FlattenStats,
-)
+from anomaly_detection.ingest.flatten import FlattenStats
 from anomaly_detection.ingest.outbound import guarded_session
 from anomaly_detection.ingest.pagination import iter_pages, planned_urls, prefetch, read_records
 from anomaly_detection.ingest.parquet import PartWriter, TypedBatch, typed_batches

@@ -1,18 +1,11 @@
-"""Turn a parsed JSON payload into a flat table.
+"""Flatten records to a table: nested objects become ``parent.child`` columns (without recursion),
+short fixed lists indexed columns, other lists JSON text; then types are converted.
 
-* :func:`parse_json` parses bytes (orjson first; the standard library, with a raised recursion
-  limit, for NaN/Infinity literals and deep nesting).
-* :func:`extract_records` finds the list of records in a payload.
-* :func:`flatten_records` flattens nested objects to ``parent.child`` columns without recursion.
+* :func:`flatten_records` flattens a page's records into a frame.
 * :func:`finalize_frame` expands short fixed lists, serialises the rest and converts types.
 
-Hostile input
-    Invalid UTF-8 is decoded with U+FFFD replacement characters and a warning naming the source
-    and the byte offset of the first bad sequence (the raw snapshot keeps the original bytes), so
-    one mis-encoded text field does not cost the whole run. Nesting deeper than about 20,000
-    levels is a :class:`BodyNotJson` error, never a ``RecursionError`` or a crashed stack, in any
-    thread. A page whose records would flatten to more than ``max_columns`` columns is a
-    :class:`TooManyColumns` error raised before the wide frame is built.
+A page whose records would flatten to more than ``max_columns`` columns is a
+:class:`TooManyColumns` error raised before the wide frame is built.
 """
 
 from __future__ import annotations
@@ -20,9 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
-import threading
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,262 +24,14 @@ from anomaly_detection.errors import IngestionError
 
 log = logging.getLogger(__name__)
 
-_SCALARS = (str, int, float, bool, type(None))
+SCALAR_TYPES = (str, int, float, bool, type(None))
+
+
 _ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
-_PARSE_RECURSION_LIMIT = 20_000
-#: Stack of the thread that runs the standard library's parser: 20,000 levels need about 4 MiB.
-_PARSE_STACK_BYTES = 64 * 2**20
-#: The fallback parser changes process-wide settings (recursion limit, new threads' stack size).
-_PARSE_LOCK = threading.Lock()
-
-
-class BodyNotJson(IngestionError):
-    """A response body that could not be parsed as JSON.
-
-    Attributes
-    ----------
-    detail : str
-        The parser's own message (with its position).
-    deep : bool
-        Whether the body is nested too deeply: a property of the data, never worth a retry.
-    """
-
-    def __init__(self, message: str, *, detail: str, deep: bool = False) -> None:
-        super().__init__(message)
-        self.detail = detail
-        self.deep = deep
 
 
 class TooManyColumns(IngestionError):
     """Records that would flatten to more columns than allowed (``processing.max_columns``)."""
-
-
-def parse_json(body: bytes, *, source: str) -> Any:
-    """Parse a response body, naming ``source`` and the body's start in the error.
-
-    Parameters
-    ----------
-    body : bytes
-        The response body: UTF-8 (UTF-16/32 with or without a byte order mark are read too).
-    source : str
-        Where the body came from (a URL with secrets masked), for messages.
-
-    Returns
-    -------
-    Any
-        The parsed value.
-
-    Raises
-    ------
-    BodyNotJson
-        The body is not JSON, or is nested more than about 20,000 levels deep (``deep``).
-
-    Notes
-    -----
-    Bytes that are not valid in the body's encoding are replaced with U+FFFD and logged as a
-    warning naming ``source`` and the byte offset of the first one; the body is not refused.
-    """
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    text, repaired = _decode(body, source)
-    if repaired:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass
-    return _parse_standard(text, body, source)
-
-
-def _decode(body: bytes, source: str) -> tuple[str, bool]:
-    """``(text, changed)``: the body decoded in the encoding JSON detection names, bad bytes replaced."""
-    encoding = json.detect_encoding(body)
-    try:
-        return body.decode(encoding), encoding != "utf-8"
-    except UnicodeDecodeError as exc:
-        log.warning(
-            "response from %s is not valid %s at byte %d (%r); undecodable bytes are read as U+FFFD "
-            "(the raw snapshot keeps the original bytes)",
-            source,
-            encoding,
-            exc.start,
-            body[exc.start : exc.start + 8],
-        )
-        return body.decode(encoding, "replace"), True
-
-
-def _parse_standard(text: str, body: bytes, source: str) -> Any:
-    """``json.loads`` (NaN/Infinity, deep nesting) in a thread whose stack fits the raised recursion limit."""
-    outcome: dict[str, Any] = {}
-
-    def parse() -> None:
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, _PARSE_RECURSION_LIMIT))
-        try:
-            outcome["value"] = json.loads(text)
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            outcome["error"] = exc
-        finally:
-            sys.setrecursionlimit(limit)
-
-    with _PARSE_LOCK:
-        previous = threading.stack_size(_PARSE_STACK_BYTES)
-        try:
-            worker = threading.Thread(target=parse, name="json-parse", daemon=True)
-            worker.start()
-        finally:
-            threading.stack_size(previous)
-        worker.join()
-    error = outcome.get("error")
-    if error is None:
-        return outcome["value"]
-    if not isinstance(error, (RecursionError, ValueError)):
-        raise error
-    if isinstance(error, RecursionError):
-        raise BodyNotJson(
-            f"response from {source} is nested too deeply to parse (more than about {_PARSE_RECURSION_LIMIT:,} levels)",
-            detail="nested too deeply",
-            deep=True,
-        )
-    start = body[:120].decode("utf-8", "replace").strip()
-    kind = "an HTML page" if start.lower().startswith(("<!doctype html", "<html")) else "not valid JSON"
-    raise BodyNotJson(
-        f"response from {source} is {kind} ({error}); it starts with {start!r}", detail=str(error)
-    )
-
-
-# --------------------------------------------------------------------------- records
-
-
-def _is_parallel_arrays(obj: Any) -> bool:
-    """A column layout: a dict whose values are all non-empty lists of one length, holding no objects.
-
-    A dict of lists of objects (``{"items": [{...}, ...]}``) is a container of record lists, not columns.
-    """
-    if not isinstance(obj, dict) or not obj:
-        return False
-    length = -1
-    for value in obj.values():
-        if not isinstance(value, list) or not value:
-            return False
-        if length < 0:
-            length = len(value)
-        elif len(value) != length:
-            return False
-    return not any(isinstance(item, dict) for value in obj.values() for item in value[:100])
-
-
-def _zip_columns(obj: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = list(obj)
-    return [dict(zip(keys, row)) for row in zip(*obj.values())]
-
-
-def _walk(payload: Any, path: str, *, source: str) -> Any:
-    node = payload
-    walked: list[str] = []
-    for part in path.split("."):
-        if isinstance(node, list):
-            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-                raise IngestionError(
-                    f"records_path '{path}': '{part}' is not an index of the list at "
-                    f"'{'.'.join(walked) or '<root>'}' (length {len(node)}) in the response from {source}"
-                )
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            if part not in node:
-                keys = ", ".join(list(map(str, node))[:20])
-                raise IngestionError(
-                    f"records_path '{path}': key '{part}' not found at '{'.'.join(walked) or '<root>'}' "
-                    f"in the response from {source}; keys there: {keys}"
-                )
-            node = node[part]
-        else:
-            raise IngestionError(
-                f"records_path '{path}': '{'.'.join(walked) or '<root>'}' is a {type(node).__name__}, "
-                "not an object or list, "
-                f"in the response from {source}"
-            )
-        walked.append(part)
-    return node
-
-
-def _largest_record_list(payload: Any) -> tuple[str, list[Any]] | None:
-    """Breadth-first search for the longest list of objects (or of parallel-array dicts).
-
-    A list that qualifies is not searched for objects' inner lists, but its items that are
-    themselves lists are (so the data list of a ``[meta, data]`` response beats the outer pair).
-    """
-    best: tuple[str, list[Any]] | None = None
-    queue: deque[tuple[str, Any, int]] = deque([("", payload, 0)])
-    while queue:
-        path, node, depth = queue.popleft()
-        if depth > 8:
-            continue
-        if isinstance(node, list):
-            objects = sum(1 for item in node[:1000] if isinstance(item, dict))
-            qualifies = bool(node) and objects >= 0.5 * min(len(node), 1000)
-            if qualifies and (best is None or len(node) > len(best[1])):
-                best = (path, node)
-            for i, item in enumerate(node[:50]):
-                if isinstance(item, list) or (isinstance(item, dict) and not qualifies):
-                    queue.append((f"{path}.{i}" if path else str(i), item, depth + 1))
-        elif isinstance(node, dict):
-            if _is_parallel_arrays(node):
-                rows = _zip_columns(node)
-                if best is None or len(rows) > len(best[1]):
-                    best = (path, rows)
-                continue
-            for key, value in node.items():
-                if isinstance(value, (list, dict)):
-                    queue.append((f"{path}.{key}" if path else str(key), value, depth + 1))
-    return best
-
-
-def extract_records(payload: Any, records_path: str | None, *, source: str) -> tuple[list[Any], str]:
-    """Return ``(records, path_used)``.
-
-    With ``records_path`` the dotted path is followed (digits index lists, so ``1`` picks the data of
-    a ``[meta, data]`` response). Without it, a top-level list of objects is used as is, else the
-    largest list of objects anywhere in the payload. A dict of equal-length arrays (column layout)
-    is zipped into rows.
-    """
-    if records_path:
-        node = _walk(payload, records_path, source=source)
-        path = records_path
-    elif isinstance(payload, list) and (not payload or all(isinstance(x, dict) for x in payload[:1000])):
-        node, path = payload, "<root>"
-    else:
-        found = _largest_record_list(payload)
-        if found is None:
-            if isinstance(payload, list) and payload and all(isinstance(x, _SCALARS) for x in payload[:1000]):
-                node, path = payload, "<root>"
-            else:
-                shape = (
-                    f"an object with keys {', '.join(list(map(str, payload))[:20])}"
-                    if isinstance(payload, dict)
-                    else f"a {type(payload).__name__}"
-                )
-                raise IngestionError(
-                    f"no list of records found in the response from {source}: it is {shape}; "
-                    "set source.records_path to the list that holds the records"
-                )
-        else:
-            path, node = found
-            path = path or "<root>"
-    if _is_parallel_arrays(node):
-        node = _zip_columns(node)
-    if isinstance(node, dict):
-        node = [node]
-    if not isinstance(node, list):
-        raise IngestionError(
-            f"records_path '{records_path}' in the response from {source} points to a "
-            f"{type(node).__name__}, not a list of records"
-        )
-    return node, path
-
-
-# --------------------------------------------------------------------------- flattening
 
 
 @dataclass
@@ -363,7 +105,7 @@ def flatten_record(record: Any, *, max_depth: int, stats: FlattenStats) -> dict[
     """
     if not isinstance(record, dict):
         stats.scalar_records += 1
-        return {"value": record if isinstance(record, _SCALARS) else json_text(record)}
+        return {"value": record if isinstance(record, SCALAR_TYPES) else json_text(record)}
     for value in record.values():
         if type(value) is dict:
             break
@@ -504,9 +246,6 @@ def flatten_records(
     return pd.DataFrame(out, index=top.index)
 
 
-# --------------------------------------------------------------------------- finalising
-
-
 @dataclass
 class ColumnNotes:
     expanded_lists: list[str] = field(default_factory=list)
@@ -528,7 +267,7 @@ def _expand_lists(frame: pd.DataFrame, *, max_list_length: int, notes: ColumnNot
             continue
         lists = col[is_list]
         lengths = lists.map(len)
-        scalar = lists.map(lambda v: all(isinstance(x, _SCALARS) for x in v)).all()
+        scalar = lists.map(lambda v: all(isinstance(x, SCALAR_TYPES) for x in v)).all()
         fixed = lengths.nunique() == 1 and is_list.sum() == col.notna().sum()
         length = int(lengths.iloc[0])
         if scalar and fixed and 0 < length <= max_list_length:

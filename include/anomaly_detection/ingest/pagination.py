@@ -20,11 +20,9 @@ import requests
 
 from anomaly_detection.config import SourceConfig
 from anomaly_detection.errors import IngestionError
-from anomaly_detection.ingest.flatten import (
-    extract_records,
-)
 from anomaly_detection.ingest.http import with_params
 from anomaly_detection.ingest.reader import ApiReader, Fetched
+from anomaly_detection.ingest.records import extract_records
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anomaly_detection.ingest.flatten import (
-    FlattenStats,
-    TooManyColumns,
-    flatten_records,
-    json_text,
-)
+from anomaly_detection.ingest.flatten import FlattenStats, TooManyColumns, flatten_records, json_text
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,6 @@ import requests
 from anomaly_detection.config import REDACTED, SourceConfig, looks_secret, redact_url
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest.auth import CredentialResolver, env_credentials, secret_values
-from anomaly_detection.ingest.flatten import (
-    BodyNotJson,
-    parse_json,
-)
 from anomaly_detection.ingest.http import (
     MAX_REDIRECTS,
     RETRY_STATUSES,
@@ -59,6 +55,7 @@ from anomaly_detection.ingest.http import (
     with_params,
 )
 from anomaly_detection.ingest.outbound import guarded_session
+from anomaly_detection.ingest.parse import BodyNotJson, parse_json
 from anomaly_detection.ingest.snapshot import JsonSnapshot, PageRecord, Snapshot
 
 log = logging.getLogger(__name__)
