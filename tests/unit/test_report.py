@@ -11,13 +11,9 @@ import pandas as pd
 import pytest
 
 from anomaly_detection.report import plots
-from anomaly_detection.report.render import (
-    ReportInputs,
-    format_cell,
-    format_number,
-    format_percent,
-    render_report,
-)
+from anomaly_detection.report.format import format_cell, format_number, format_percent
+from anomaly_detection.report.inputs import ReportInputs
+from anomaly_detection.report.render import render_report
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

@@ -396,7 +396,8 @@ def _optional(what: str, build: Callable[[], Any]) -> Any:
 
 def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str, Any] | None = None) -> Path:
     """Render ``report.html`` into the run directory and copy it to the reports directory."""
-    from anomaly_detection.report.render import ReportInputs, render_report
+    from anomaly_detection.report.inputs import ReportInputs
+    from anomaly_detection.report.render import render_report
 
     results = _read_json(paths.results)
     summary = _read_json(paths.summary)
