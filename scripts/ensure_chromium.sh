@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Make sure a Chromium for the browser tests (tests/support/browser.py) is installed, and print its version.
+# Playwright drives this Chromium through executable_path: `playwright install` is never run.
 # Looks for $CHROMIUM, else `chromium` or `chromium-browser` on PATH. With none, installs Debian's
 # `chromium` package with apt-get (as root, or through `sudo -n`); it never downloads a browser any
 # other way. Exits non-zero, saying what to install, when it cannot.

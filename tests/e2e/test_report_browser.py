@@ -1,22 +1,26 @@
-"""The generated HTML report, opened in headless Chromium (tests/support/browser.py).
+"""The generated HTML report, opened in headless Chromium under Playwright (tests/support/browser.py).
 
 The reports come from real pipeline runs (no Airflow) against APIs on loopback: the built-in demo
 API, and a tiny server whose records carry script and img markup in a field name and its values.
 The browser checks what a reviewer sees: the sections render, every figure loads, nothing errors,
 nothing is fetched from anywhere, and hostile API data shows up as text, never as markup.
-Without Chromium the tests skip (they fail when CI is set); scripts/ensure_chromium.sh installs it.
+Every test gets a fresh page of one browser (the ``page`` and ``page_events`` fixtures, from
+tests/e2e/conftest.py). Without Chromium the tests skip (they fail when CI is set);
+scripts/ensure_chromium.sh installs it.
 """
 
 from __future__ import annotations
 
+import base64
 import random
 import struct
 from pathlib import Path
 
 import pytest
-from browser import Browser, require_chromium
+from browser import PageEvents, screenshot
 from http_fixtures import ApiServer
 from PIL import Image
+from playwright.sync_api import Page, expect
 
 from anomaly_detection.config import load_config
 from anomaly_detection.pipeline.stages import run_pipeline
@@ -43,12 +47,6 @@ def _run(config_path: Path | None, run_id: str, out: Path, **overrides: object) 
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    """The Chromium binary, checked before any report is generated (skip, or fail under CI)."""
-    return require_chromium()
-
-
-@pytest.fixture(scope="module")
 def demo_report(chromium, tmp_path_factory) -> Path:
     """The report of the second of two runs of configs/demo.yaml against the demo API (3,000 rows,
     served in a thread) whose m01 and m02 move by half a standard deviation per run, as `make demo`
@@ -65,23 +63,17 @@ def demo_report(chromium, tmp_path_factory) -> Path:
         server.server_close()
 
 
-@pytest.fixture
-def browser(chromium):
-    with Browser.launch(chromium) as page:
-        yield page
-
-
-def _foreign_requests(page: Browser, report: Path) -> list[str]:
+def _foreign_requests(events: PageEvents, report: Path) -> list[str]:
     """Every request but the report file itself and inline data: URIs."""
     own = report.resolve().as_uri()
-    return [url for url in page.requests if url.split("#")[0] != own and not url.startswith("data:")]
+    return [url for url in events.requests if url.split("#")[0] != own and not url.startswith("data:")]
 
 
-def test_report_renders_its_sections_and_figures_offline(demo_report, browser):
-    browser.open(demo_report.as_uri())
+def test_report_renders_its_sections_and_figures_offline(demo_report, page: Page, page_events: PageEvents):
+    page.goto(demo_report.as_uri())
 
     for section in SECTIONS:
-        shown = browser.evaluate(
+        shown = page.evaluate(
             f"""(() => {{
                 const el = document.getElementById({section!r});
                 if (!el) return "missing";
@@ -93,7 +85,7 @@ def test_report_renders_its_sections_and_figures_offline(demo_report, browser):
         )
         assert shown == "ok", f"section #{section}: {shown}"
 
-    images = browser.evaluate(
+    images = page.evaluate(
         """[...document.images].map(img => ({src: img.src.slice(0, 40), complete: img.complete,
               width: img.naturalWidth, height: img.naturalHeight, shown: img.getBoundingClientRect().width}))"""
     )
@@ -104,15 +96,15 @@ def test_report_renders_its_sections_and_figures_offline(demo_report, browser):
         if not (img["complete"] and img["width"] > 0 and img["height"] > 0 and img["shown"] > 0)
     ]
     assert not broken, f"images that did not load or render: {broken}"
-    assert browser.evaluate("document.querySelectorAll('#figures img').length") >= 1
+    assert page.locator("#figures img").count() >= 1
 
-    assert browser.console_errors == []
-    assert browser.dialogs == []
-    assert demo_report.resolve().as_uri() in browser.requests, "the report itself was not requested"
-    assert _foreign_requests(browser, demo_report) == []
+    assert page_events.console_errors == []
+    assert page_events.dialogs == []
+    assert demo_report.resolve().as_uri() in page_events.requests, "the report itself was not requested"
+    assert _foreign_requests(page_events, demo_report) == []
 
     SCREENSHOT.unlink(missing_ok=True)
-    browser.screenshot(SCREENSHOT)
+    screenshot(page, SCREENSHOT)
     data = SCREENSHOT.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert data[12:16] == b"IHDR" and struct.unpack(">II", data[16:24]) == (1366, 900)
@@ -124,16 +116,16 @@ def test_report_renders_its_sections_and_figures_offline(demo_report, browser):
     assert top_colour < 0.9, f"one colour covers {top_colour:.0%} of the screenshot"
 
 
-def test_the_first_screen_shows_the_verdict_and_the_review_banner(demo_report, browser):
-    browser.open(demo_report.as_uri())
-    in_view = browser.evaluate(
+def test_the_first_screen_shows_the_verdict_and_the_review_banner(demo_report, page: Page):
+    page.goto(demo_report.as_uri())
+    in_view = page.evaluate(
         """["decision", "verdict"].map(id => {
              const r = document.getElementById(id).getBoundingClientRect();
              return r.top >= 0 && r.bottom <= window.innerHeight;
            })"""
     )
     assert in_view == [True, True], "the banner and the verdict must fit the first screen"
-    verdict = browser.evaluate("document.getElementById('verdict').innerText")
+    verdict = page.locator("#verdict").inner_text()
     for words in (
         "rows analysed",
         "anomalies",
@@ -143,39 +135,38 @@ def test_the_first_screen_shows_the_verdict_and_the_review_banner(demo_report, b
         "Against the previous run",
     ):
         assert words in verdict
-    assert "Waiting for review" in browser.evaluate("document.getElementById('decision').innerText")
+    assert "Waiting for review" in page.locator("#decision").inner_text()
 
 
-def test_tables_sort_on_a_header_click(demo_report, browser):
-    browser.open(demo_report.as_uri())
+def test_tables_sort_on_a_header_click(demo_report, page: Page, page_events: PageEvents):
+    page.goto(demo_report.as_uri())
     column = "[...document.querySelectorAll('#models tbody tr')].map(r => parseFloat(r.cells[3].innerText))"
-    before = browser.evaluate(column)
+    header = page.locator("#models thead th:nth-child(4)")
+    before = page.evaluate(column)
     assert len(before) >= 3
-    browser.click("#models thead th:nth-child(4)")
-    ascending = browser.evaluate(column)
-    assert (
-        ascending == sorted(before)
-        and browser.evaluate(
-            "document.querySelector('#models thead th:nth-child(4)').getAttribute('aria-sort')"
-        )
-        == "ascending"
-    )
-    browser.click("#models thead th:nth-child(4)")
-    assert browser.evaluate(column) == sorted(before, reverse=True)
-    assert browser.console_errors == []
+    header.click()
+    expect(header).to_have_attribute("aria-sort", "ascending")
+    assert page.evaluate(column) == sorted(before)
+    header.click()
+    expect(header).to_have_attribute("aria-sort", "descending")
+    assert page.evaluate(column) == sorted(before, reverse=True)
+    assert page_events.console_errors == []
 
 
-def test_print_media_hides_the_navigation_and_lifts_the_scroll_boxes(demo_report, browser):
-    browser.open(demo_report.as_uri())
-    browser.send("Emulation.setEmulatedMedia", {"media": "print"})
-    assert browser.evaluate("getComputedStyle(document.querySelector('nav')).display") == "none"
-    assert browser.evaluate("getComputedStyle(document.querySelector('#top .scroll')).maxHeight") == "none"
-    pdf = browser.send("Page.printToPDF", {"printBackground": False})
-    assert len(pdf["data"]) > 10_000
-    assert browser.console_errors == []
+def test_print_media_hides_the_navigation_and_lifts_the_scroll_boxes(
+    demo_report, page: Page, page_events: PageEvents
+):
+    page.goto(demo_report.as_uri())
+    page.emulate_media(media="print")
+    expect(page.locator("nav").first).to_have_css("display", "none")
+    expect(page.locator("#top .scroll").first).to_have_css("max-height", "none")
+    pdf = page.pdf(print_background=False)
+    assert pdf[:5] == b"%PDF-"
+    assert len(base64.b64encode(pdf)) > 10_000
+    assert page_events.console_errors == []
 
 
-def test_hostile_api_data_is_shown_as_text_and_never_runs(tmp_path, browser):
+def test_hostile_api_data_is_shown_as_text_and_never_runs(tmp_path, page: Page, page_events: PageEvents):
     rng = random.Random(3)
     records = [
         {
@@ -195,16 +186,16 @@ def test_hostile_api_data_is_shown_as_text_and_never_runs(tmp_path, browser):
     html = report.read_text()
     assert HOSTILE not in html and HOSTILE_IMG not in html  # escaped in the file ...
 
-    browser.open(report.as_uri())
+    page.goto(report.as_uri())
     # ... and in the browser: no dialog, no request for "x", the markup visible as text.
-    assert browser.dialogs == []
-    assert _foreign_requests(browser, report) == []
-    assert not [url for url in browser.requests if url.rstrip("/").endswith("/x")]
-    text = browser.evaluate("document.body.innerText")
+    assert page_events.dialogs == []
+    assert _foreign_requests(page_events, report) == []
+    assert not [url for url in page_events.requests if url.rstrip("/").endswith("/x")]
+    text = page.locator("body").inner_text()
     assert HOSTILE in text
     assert HOSTILE_IMG in text
-    assert browser.evaluate("[...document.images].filter(img => !img.src.startsWith('data:')).length") == 0
-    assert browser.evaluate("[...document.scripts].filter(s => s.text.includes('alert')).length") == 0
-    assert browser.console_errors == []
+    assert page.evaluate("[...document.images].filter(img => !img.src.startsWith('data:')).length") == 0
+    assert page.evaluate("[...document.scripts].filter(s => s.text.includes('alert')).length") == 0
+    assert page_events.console_errors == []
     for section in CORE_SECTIONS:
-        assert browser.evaluate(f"!!document.getElementById({section!r})"), section
+        assert page.evaluate(f"!!document.getElementById({section!r})"), section

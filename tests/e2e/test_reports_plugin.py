@@ -4,7 +4,7 @@ The instance loads the repo's dags/ and plugins/. Run directories and reports ar
 its ANOMALY_RUNS_DIR / ANOMALY_REPORTS_DIR (small hand-written reports for the REST checks; one real
 pipeline report, made natively, for the browser). A secret file outside the reports directory (and a
 symlink to it inside) must never come back, whatever the path. The browser test logs in through the
-Airflow UI's login form in headless Chromium (tests/support/browser.py).
+Airflow UI's login form in headless Chromium under Playwright (tests/support/browser.py).
 """
 
 from __future__ import annotations
@@ -303,13 +303,6 @@ BROWSER_RUN = "plugin_browser"
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    from browser import require_chromium
-
-    return require_chromium()
-
-
-@pytest.fixture(scope="module")
 def real_report(airflow_standalone, planted, chromium):  # noqa: F811
     """A real report: configs/demo.yaml run natively (no Airflow) against the demo API into the instance's dirs."""
     from anomaly_detection.config import load_config
@@ -335,7 +328,8 @@ def real_report(airflow_standalone, planted, chromium):  # noqa: F811
 
 
 def _sections_and_images(page) -> dict:
-    """What a reviewer sees of the report in ``page``: visible sections with headings, and every image."""
+    """What a reviewer sees of the report in ``page`` (a page or a frame): visible sections with
+    headings, and every image."""
     return page.evaluate(
         """(() => {
             const visible = el => el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})
@@ -351,73 +345,60 @@ def _sections_and_images(page) -> dict:
 
 
 def test_in_the_airflow_ui_a_logged_in_user_opens_a_report(
-    airflow_standalone, planted, real_report, chromium
+    airflow_standalone, planted, real_report, page, page_events
 ):  # noqa: F811
-    from browser import Browser
+    from browser import screenshot
+    from playwright.sync_api import expect
 
     password = json.loads(Path(airflow_standalone.env["AIRFLOW_CREDENTIALS_FILE"]).read_text())["admin"]
     report_path = f"{PREFIX}/report/{BROWSER_RUN}.html"
-    with Browser.launch(chromium) as page:
-        # not logged in: the report URL sends the browser to Airflow's login form, which comes back to it
-        page.open(airflow_standalone.url + report_path)
-        page.wait_for(
-            "location.pathname === '/auth/login' && !!document.querySelector('input[name=password]')"
-        )
-        assert BROWSER_RUN not in page.evaluate("document.body.innerText")
-        page.type_text("input[name=username]", "admin")
-        page.type_text("input[name=password]", password)
-        page.click("button[type=submit]")
-        page.wait_for(
-            f"location.pathname === {json.dumps(report_path)} && document.readyState === 'complete'"
-        )
-        direct = _sections_and_images(page)
-        assert {"run", "figures"} <= set(direct["sections"]), direct
-        assert direct["images"] and all(img["ok"] for img in direct["images"]), direct["images"]
+    # not logged in: the report URL sends the browser to Airflow's login form, which comes back to it
+    page.goto(airflow_standalone.url + report_path)
+    page.wait_for_url(lambda url: urlsplit(url).path == "/auth/login")
+    expect(page.locator("input[name=password]")).to_be_attached()
+    assert BROWSER_RUN not in page.locator("body").inner_text()
+    page.locator("input[name=username]").fill("admin")
+    page.locator("input[name=password]").fill(password)
+    page.locator("button[type=submit]").click()
+    page.wait_for_url(lambda url: urlsplit(url).path == report_path)  # and its load event
+    direct = _sections_and_images(page)
+    assert {"run", "figures"} <= set(direct["sections"]), direct
+    assert direct["images"] and all(img["ok"] for img in direct["images"]), direct["images"]
 
-        # the "Anomaly reports" entry of the Airflow UI's navigation: the listing inside the UI
-        page.open(airflow_standalone.url + "/")
-        page.click('a[href$="plugin/anomaly-reports"]')
-        listing = "document.querySelector('iframe[title=\"Anomaly reports\"]')?.contentDocument"
-        page.wait_for(f"!!{listing}?.querySelector('tr[data-run-id={BROWSER_RUN}] a.open-report')")
-        assert page.evaluate("location.pathname").startswith("/plugin/anomaly-reports")
-        rows = page.evaluate(f"[...{listing}.querySelectorAll('tr[data-run-id]')].map(r => r.dataset.runId)")
-        assert rows[0] == BROWSER_RUN and {"plugin_approved", "plugin_rejected", "plugin_waiting"} <= set(
-            rows
-        )
-        row_text = page.evaluate(f"{listing}.querySelector('tr[data-run-id={BROWSER_RUN}]').innerText")
-        assert "waiting for review" in row_text and "demo" in row_text
+    # the "Anomaly reports" entry of the Airflow UI's navigation: the listing inside the UI
+    page.goto(airflow_standalone.url + "/")
+    page.locator('a[href$="plugin/anomaly-reports"]').first.click()
+    frame = 'iframe[title="Anomaly reports"]'
+    listing = page.locator(frame).content_frame
+    link = listing.locator(f"tr[data-run-id={BROWSER_RUN}] a.open-report")
+    expect(link).to_be_attached()
+    assert urlsplit(page.url).path.startswith("/plugin/anomaly-reports")
+    # the listing is same-origin: the UI can look into its frame
+    assert page.evaluate(f"document.querySelector({json.dumps(frame)}).contentDocument !== null")
+    rows = listing.locator("tr[data-run-id]").evaluate_all("rows => rows.map(r => r.dataset.runId)")
+    assert rows[0] == BROWSER_RUN and {"plugin_approved", "plugin_rejected", "plugin_waiting"} <= set(rows)
+    row_text = listing.locator(f"tr[data-run-id={BROWSER_RUN}]").inner_text()
+    assert "waiting for review" in row_text and "demo" in row_text
 
-        # click "Open report" in the embedded listing (real mouse events at the link's place on the page)
-        x, y = page.evaluate(
-            f"""(() => {{
-                const frame = document.querySelector('iframe[title="Anomaly reports"]').getBoundingClientRect();
-                const link = {listing}.querySelector('tr[data-run-id={BROWSER_RUN}] a.open-report');
-                link.scrollIntoView({{block: "center"}});
-                const r = link.getClientRects()[0];
-                return [frame.left + r.left + r.width / 2, frame.top + r.top + r.height / 2];
-            }})()"""
-        )
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            page.send(
-                "Input.dispatchMouseEvent",
-                {
-                    "type": kind,
-                    "x": x,
-                    "y": y,
-                    **({"button": "left", "clickCount": 1} if kind != "mouseMoved" else {}),
-                },
-            )
-        # the report is sandboxed (CSP): once it is in the frame, the UI can no longer look into the frame
-        page.wait_for("document.querySelector('iframe[title=\"Anomaly reports\"]').contentDocument === null")
-        assert airflow_standalone.url + report_path in page.requests
-        assert page.evaluate("location.pathname").startswith("/plugin/anomaly-reports")  # still inside the UI
-        time.sleep(1)  # let the frame paint
-        SCREENSHOT.unlink(missing_ok=True)
-        page.screenshot(SCREENSHOT)
-        assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size > 20_000
+    # click "Open report" in the embedded listing (real mouse events at the link's place on the page)
+    link.click()
+    # the report is sandboxed (CSP): once it is in the frame, the UI can no longer look into the frame
+    page.wait_for_function(f"document.querySelector({json.dumps(frame)}).contentDocument === null")
+    assert airflow_standalone.url + report_path in page_events.requests
+    assert urlsplit(page.url).path.startswith("/plugin/anomaly-reports")  # still inside the UI
+    # the report in the frame has loaded and shows its sections and figures
+    report_frame = page.locator(frame).element_handle().content_frame()
+    assert report_frame is not None and report_frame.url == airflow_standalone.url + report_path
+    report_frame.wait_for_load_state("load")
+    in_frame = _sections_and_images(report_frame)
+    assert {"run", "figures"} <= set(in_frame["sections"]), in_frame
+    assert in_frame["images"] and all(img["ok"] for img in in_frame["images"]), in_frame["images"]
+    SCREENSHOT.unlink(missing_ok=True)
+    screenshot(page, SCREENSHOT)
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size > 20_000
 
-        assert page.console_errors == [] and page.dialogs == []
-        # nothing but Airflow itself (its pages, the UI's blob: workers, data: images) was fetched
-        own = (airflow_standalone.url, "blob:" + airflow_standalone.url, "data:")
-        foreign = [u for u in page.requests if not u.startswith(own)]
-        assert foreign == []
+    assert page_events.console_errors == [] and page_events.dialogs == []
+    # nothing but Airflow itself (its pages, the UI's blob: workers, data: images) was fetched
+    own = (airflow_standalone.url, "blob:" + airflow_standalone.url, "data:")
+    foreign = [u for u in page_events.requests if not u.startswith(own)]
+    assert foreign == []
