@@ -21,7 +21,6 @@ The logic lives in `include/anomaly_detection`; this file only wires it.
 from __future__ import annotations
 
 import os
-import sys
 from datetime import timedelta
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -32,9 +31,10 @@ from airflow.sdk import BaseHook, Param, dag, task
 from airflow.sdk.log import mask_secret
 from review_gate import ReviewGateOperator  # plugins/
 
-from anomaly_detection.config import ALGORITHMS
 from anomaly_detection.orchestration import dag_tasks, review
+from anomaly_detection.orchestration import params as form
 from anomaly_detection.runs import SECRET_MASK, configs_dir, spark_jobs_dir
+from anomaly_detection.spark.submit import base_conf
 
 SECRET_MASK.forward_to(mask_secret)  # secrets the pipeline learns are masked in Airflow's task logs too
 
@@ -48,18 +48,10 @@ IO_RETRIES = {"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backo
 # covers a worker that died (OOM kill, machine restart) mid-way.
 COMPUTE_RETRIES = {"retries": 2, "retry_delay": RETRY_DELAY}
 REVIEW_TIMEOUT = timedelta(hours=float(os.environ.get("ANOMALY_REVIEW_TIMEOUT_HOURS", "72")))
-SPARK_CONF = {
-    "spark.pyspark.python": sys.executable,
-    "spark.pyspark.driver.python": sys.executable,
-    "spark.ui.enabled": "false",
-}
+SPARK_CONF = base_conf()
 
 
 SPARK_RUN_CONF = ("spark.driver.memory", "spark.executor.memory")
-
-
-def _nullable(kind: str, **schema):
-    return {"type": ["null", kind], **schema}
 
 
 PARAMS = {
@@ -70,48 +62,7 @@ PARAMS = {
         description="A YAML file in configs/ (defaults < this file < the fields below).",
         examples=sorted(p.name for p in configs_dir().glob("*.yaml")),
     ),
-    "url": Param(
-        None,
-        **_nullable("string"),
-        title="API URL",
-        description="Any http(s) URL returning JSON; empty keeps the config file's.",
-    ),
-    "mode": Param(
-        None,
-        **_nullable("string", enum=[None, "native", "spark", "auto"]),
-        title="Processing mode",
-        description="native (pandas/scikit-learn), spark, or auto (by row count). Empty keeps the config's.",
-    ),
-    "algorithms": Param(
-        None,
-        **_nullable("array", items={"type": "string", "enum": list(ALGORITHMS)}),
-        title="Algorithms",
-        description="Any of " + ", ".join(ALGORITHMS) + ". Empty keeps the config's.",
-    ),
-    "hyperparameters": Param(
-        None,
-        **_nullable("string", enum=[None, "simple", "complex"]),
-        title="Hyperparameter grid",
-        description="simple (narrow, fast) or complex (wide).",
-    ),
-    "metric": Param(
-        None,
-        **_nullable("string", enum=[None, "silhouette", "davies_bouldin", "calinski_harabasz"]),
-        title="Selection metric",
-        description="Picks the best model.",
-    ),
-    "contamination": Param(
-        None,
-        **_nullable("number", exclusiveMinimum=0, maximum=0.5),
-        title="Contamination",
-        description="Share of rows labelled anomalous, in (0, 0.5].",
-    ),
-    "label_column": Param(
-        None,
-        **_nullable("string"),
-        title="Label column",
-        description="A 0/1 ground-truth column: adds ROC-AUC, PR-AUC, precision, recall, F1.",
-    ),
+    **{f.name: Param(None, **form.nullable_schema(f)) for f in form.TRIGGER_FIELDS},
     "overrides": Param(
         {},
         type="object",
@@ -119,67 +70,27 @@ PARAMS = {
         description='Any config key, e.g. {"source.retries": 5}.',
     ),
     "rerun_of": Param(
-        None, **_nullable("string"), title="Rerun of", description="Set by the review gate on reruns."
+        None, type=["null", "string"], title="Rerun of", description="Set by the review gate on reruns."
     ),
 }
 
 REVIEW_FORM = {
-    "contamination": Param(
-        None,
-        **_nullable("number", exclusiveMinimum=0, maximum=0.5),
-        title="Contamination",
-        description="For a rerun.",
-    ),
-    "algorithms": Param(
-        None,
-        **_nullable("array", items={"type": "string", "enum": list(ALGORITHMS)}),
-        title="Algorithms",
-        description="For a rerun.",
-    ),
-    "hyperparameters": Param(
-        None,
-        **_nullable("string", enum=[None, "simple", "complex"]),
-        title="Hyperparameters",
-        description="For a rerun.",
-    ),
-    "mode": Param(
-        None,
-        **_nullable("string", enum=[None, "native", "spark", "auto"]),
-        title="Mode",
-        description="For a rerun.",
-    ),
-    "comment": Param(
-        None,
-        **_nullable("string"),
-        title="Comment",
-        description="Optional: why you decided so; kept in decision.json and the report.",
-    ),
+    f.name: Param(None, **form.nullable_schema(f)) for f in (*form.REVIEW_FIELDS, form.COMMENT_FIELD)
 }
 
 
 def _credentials(source):
     """Auth from an Airflow connection (source.auth.conn_id), else from environment variables."""
-    from airflow.sdk.log import mask_secret
-
-    from anomaly_detection.ingest.auth import env_credentials
+    from anomaly_detection.ingest.auth import connection_credentials, env_credentials
 
     auth = source.auth
     if not auth.conn_id:
         headers, params = env_credentials(source)
     else:
         conn = BaseHook.get_connection(auth.conn_id)
-        token = conn.password or (conn.extra_dejson or {}).get("token")
-        if auth.type == "basic" or (conn.login and auth.type == "none"):
-            import base64
-
-            pair = base64.b64encode(f"{conn.login}:{conn.password}".encode()).decode()
-            headers, params = {auth.header_name: f"Basic {pair}"}, {}
-        elif auth.type == "query":
-            headers, params = {}, {auth.param_name: token}
-        elif auth.type == "header":
-            headers, params = {auth.header_name: token}, {}
-        else:
-            headers, params = {auth.header_name: f"Bearer {token}"}, {}
+        headers, params = connection_credentials(
+            auth, login=conn.login, password=conn.password, extra=conn.extra_dejson
+        )
     for value in (*headers.values(), *params.values()):
         mask_secret(value)
     return headers, params

@@ -20,6 +20,9 @@ from anomaly_detection.detect.detectors import REGISTRY
 from anomaly_detection.errors import ConfigError
 
 ALGORITHMS = tuple(REGISTRY)
+#: The largest share of rows ``modeling.contamination`` may flag.
+CONTAMINATION_MAX = 0.5
+
 Algorithm = Literal[ALGORITHMS]  # type: ignore[valid-type]  # the registered detectors' names
 
 #: Hyperparameter names each detector accepts in its grid (checked when the config loads).
@@ -135,7 +138,7 @@ class ModelingConfig(_Model):
         default_factory=lambda: ["ensemble", "isolation_forest", "kmeans", "dbscan"]
     )
     hyperparameters: Literal["simple", "complex"] = "simple"
-    #: Share of rows flagged (0 < c <= 0.5), or "auto": Tukey's upper fence of each model's scores.
+    #: Share of rows flagged (0 < c <= CONTAMINATION_MAX), or "auto": Tukey's upper fence of each model's scores.
     contamination: float | Literal["auto"] = 0.05
     random_state: int = 42
     fit_sample_size: int = Field(100_000, ge=100)
@@ -147,8 +150,10 @@ class ModelingConfig(_Model):
     @field_validator("contamination")
     @classmethod
     def _share_or_auto(cls, value: float | str) -> float | str:
-        if value != "auto" and not 0 < float(value) <= 0.5:
-            raise ValueError(f"contamination must be 'auto' or a share in (0, 0.5], got {value}")
+        if value != "auto" and not 0 < float(value) <= CONTAMINATION_MAX:
+            raise ValueError(
+                f"contamination must be 'auto' or a share in (0, {CONTAMINATION_MAX}], got {value}"
+            )
         return value
 
     @field_validator("algorithms")

@@ -6,13 +6,30 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
-from anomaly_detection.config import SourceConfig
+from anomaly_detection.config import AuthConfig, SourceConfig
 from anomaly_detection.errors import ConfigError
 
 #: Resolves the secrets of ``source.auth`` into request headers and query parameters.
 CredentialResolver = Callable[[SourceConfig], tuple[dict[str, str], dict[str, str]]]
+
+
+def auth_values(
+    auth: AuthConfig, kind: str, *, token: str = "", username: str = "", password: str = ""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The request headers and query parameters of credentials of ``kind`` (an ``auth.type``)."""
+    if kind == "basic":
+        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return {auth.header_name: f"Basic {pair}"}, {}
+    if kind == "bearer":
+        return {auth.header_name: f"Bearer {token}"}, {}
+    if kind == "header":
+        return {auth.header_name: token}, {}
+    if kind == "query":
+        return {}, {auth.param_name: token}
+    return {}, {}
 
 
 def env_credentials(source: SourceConfig) -> tuple[dict[str, str], dict[str, str]]:
@@ -27,14 +44,26 @@ def env_credentials(source: SourceConfig) -> tuple[dict[str, str], dict[str, str
 
     if auth.type == "none":
         return {}, {}
-    if auth.type == "bearer":
-        return {auth.header_name: f"Bearer {secret(auth.token_env, 'token_env')}"}, {}
-    if auth.type == "header":
-        return {auth.header_name: secret(auth.token_env, "token_env")}, {}
-    if auth.type == "query":
-        return {}, {auth.param_name: secret(auth.token_env, "token_env")}
-    pair = f"{secret(auth.username_env, 'username_env')}:{secret(auth.password_env, 'password_env')}"
-    return {auth.header_name: "Basic " + base64.b64encode(pair.encode()).decode()}, {}
+    if auth.type == "basic":
+        username, password = (
+            secret(auth.username_env, "username_env"),
+            secret(auth.password_env, "password_env"),
+        )
+        return auth_values(auth, "basic", username=username, password=password)
+    return auth_values(auth, auth.type, token=secret(auth.token_env, "token_env"))
+
+
+def connection_credentials(
+    auth: AuthConfig, *, login: str | None, password: str | None, extra: dict[str, Any] | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Credentials from an Airflow connection (``source.auth.conn_id``): its login and password, or a
+    token (the password, else ``extra["token"]``). With ``auth.type: none`` a login means basic auth,
+    else the token is sent as a bearer token."""
+    token = password or (extra or {}).get("token") or ""
+    kind = auth.type
+    if kind == "none":
+        kind = "basic" if login else "bearer"
+    return auth_values(auth, kind, token=token, username=login or "", password=password or "")
 
 
 def secret_values(headers: dict[str, str], params: dict[str, str]) -> list[str]:

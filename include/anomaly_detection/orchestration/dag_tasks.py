@@ -20,6 +20,7 @@ from anomaly_detection import atomic
 from anomaly_detection.config import PipelineConfig, build_config, expand_dotted, read_config_file
 from anomaly_detection.errors import ConfigError
 from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
+from anomaly_detection.orchestration.params import TRIGGER_FIELDS, form_overrides
 from anomaly_detection.runs import (
     SECRET_MASK,
     RunPaths,
@@ -34,17 +35,6 @@ from anomaly_detection.runs import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "demo.yaml"
-
-#: Trigger-form fields and the config key each one sets (None / "" / [] leave the config file's value).
-PARAM_KEYS = {
-    "url": "source.url",
-    "mode": "processing.mode",
-    "algorithms": "modeling.algorithms",
-    "hyperparameters": "modeling.hyperparameters",
-    "metric": "evaluation.metric",
-    "contamination": "modeling.contamination",
-    "label_column": "evaluation.label_column",
-}
 
 
 def config_file(name: str | None) -> Path:
@@ -74,7 +64,7 @@ def config_from_params(params: Mapping[str, Any]) -> PipelineConfig:
             "overrides: output.* (where runs and reports are written) is set by the deployment "
             "(ANOMALY_RUNS_DIR, ANOMALY_REPORTS_DIR), not by a run's conf"
         )
-    fields = {key: params[name] for name, key in PARAM_KEYS.items() if params.get(name) not in (None, "", [])}
+    fields = form_overrides(params, TRIGGER_FIELDS)
     locations = {"output": {"runs_dir": str(runs_dir()), "reports_dir": str(reports_dir())}}
     config = build_config(read_config_file(config_file(params.get("config"))), overrides, fields, locations)
     SECRET_MASK.add(*config.secret_values())

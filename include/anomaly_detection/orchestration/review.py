@@ -17,6 +17,7 @@ from typing import Any
 from anomaly_detection import atomic
 from anomaly_detection.config import build_config
 from anomaly_detection.errors import PipelineError
+from anomaly_detection.orchestration.params import REVIEW_FIELDS, form_overrides
 from anomaly_detection.report.index import report_url
 from anomaly_detection.runs import RunPaths
 
@@ -28,15 +29,6 @@ OPTIONS = (APPROVE, REJECT, RERUN)
 TIMEOUT_DEFAULT = REJECT
 
 _DECISION_OF = {APPROVE: "approved", REJECT: "rejected", RERUN: "rerun"}
-
-#: Form fields on the gate and the config key each one adjusts.
-ADJUSTABLE = {
-    "contamination": "modeling.contamination",
-    "algorithms": "modeling.algorithms",
-    "hyperparameters": "modeling.hyperparameters",
-    "mode": "processing.mode",
-    "metric": "evaluation.metric",
-}
 
 
 @dataclass(frozen=True)
@@ -62,12 +54,7 @@ def _user_name(user: Any) -> str:
 
 def adjustments_from_form(params_input: Mapping[str, Any] | None) -> dict[str, Any]:
     """The config overrides a reviewer asked for: only filled-in adjustable fields, validated."""
-    overrides = {}
-    for name, key in ADJUSTABLE.items():
-        value = (params_input or {}).get(name)
-        if value in (None, "", []):
-            continue
-        overrides[key] = value
+    overrides = form_overrides(params_input, REVIEW_FIELDS)
     if overrides:
         build_config(overrides)  # raises ConfigError naming the bad field
     return overrides
@@ -147,9 +134,11 @@ def rerun_conf(
     overrides = dict(conf.get("overrides") or {})
     overrides.update(adjustments)
     conf["overrides"] = overrides
-    for name, key in ADJUSTABLE.items():
-        if key in adjustments and name in conf:
-            conf[name] = adjustments[key]  # keep the trigger-form fields consistent with the overrides
+    for form_field in REVIEW_FIELDS:
+        if form_field.key in adjustments and form_field.name in conf:
+            conf[form_field.name] = adjustments[
+                form_field.key
+            ]  # keep the trigger-form fields consistent with the overrides
     conf["rerun_of"] = rerun_of
     return conf
 

@@ -161,16 +161,21 @@ def is_loopback_master(master: str) -> bool:
         return False
 
 
-def default_conf(master: str) -> dict[str, str]:
-    """Settings every job gets: this interpreter on the driver and executors, quiet logs, no UI,
-    and with a local or loopback standalone master a driver bound to 127.0.0.1."""
-    conf = {
+def base_conf() -> dict[str, str]:
+    """Settings every job gets, whatever the master (the DAG's SparkSubmitOperator too): this
+    interpreter on the driver and executors, quiet logs, no UI."""
+    return {
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.log.level": "WARN",
     }
+
+
+def default_conf(master: str) -> dict[str, str]:
+    """:func:`base_conf`, and with a local or loopback standalone master a driver bound to 127.0.0.1."""
+    conf = base_conf()
     if is_loopback_master(master):
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
