@@ -99,4 +99,3 @@ def test_ingestion_fails_at_once_without_retrying(api_server, fault_ledger, tmp_
     with pytest.raises(IngestionError, match="BlockedDestination.*169.254.0.0/16"):
         ingest(source, ProcessingConfig(), tmp_path / "raw", session=guarded(), sleep=sleeps.append)
     assert sleeps == [] and api_server.count("/records") == 1
-    fault_ledger.lost(0)
