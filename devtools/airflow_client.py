@@ -8,7 +8,7 @@ Used by the project's main command and by the end-to-end tests against a local `
     client.wait_healthy(120)
     client.wait_for_dag("anomaly_detection", 180)
     client.unpause("anomaly_detection")
-    run_id = client.trigger("anomaly_detection", {"config": "configs/demo.yaml"})
+    run_id = client.trigger("anomaly_detection", {"config": "demo.yaml"})
     client.wait_for_task_state("anomaly_detection", run_id, "review", {"awaiting_input"}, 600)
     client.answer_hitl("anomaly_detection", run_id, "review", ["Approve"])
     state = client.wait_for_run("anomaly_detection", run_id, 600)   # "success" / "failed"

@@ -58,7 +58,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="$AIRFLOW_URL/execution/"
 export AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=30
 export AIRFLOW__WORKERS__EXECUTION_API_RETRIES=10
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
-# SQLite busy timeouts (60 s; the API server 3 s): see include/anomaly_detection/airflow_sqlite.py.
+# SQLite busy timeouts (60 s; the API server 3 s): see devtools/airflow_sqlite.py.
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=devtools.airflow_sqlite.CONNECT_ARGS
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=devtools.airflow_sqlite.CONNECT_ARGS_ASYNC
 

@@ -87,7 +87,7 @@ fail() {
 #    locked" on a loaded machine) and `airflow standalone` never starts it again, so runs would stay queued
 #    forever. Each restart is logged as "scheduler | airflow_up.sh: scheduler exited ...". SIGTERM/SIGINT
 #    (airflow standalone stopping) stop it for good;
-#  - gives the API server a short SQLite busy timeout (see include/anomaly_detection/airflow_sqlite.py).
+#  - gives the API server a short SQLite busy timeout (see devtools/airflow_sqlite.py).
 wrapper_dir="$AIRFLOW_HOME/bin"
 write_airflow_wrapper() {
     local real skip='--skip-serve-logs'

@@ -87,7 +87,7 @@ def ingest_stage(
     """Fetch the API into ``raw/`` and ``flattened.parquet``.
 
     With ``processing.mode: spark`` the pages are fetched concurrently and streamed into Parquet
-    part files (``flattened.parquet/part-NNNNNN.parquet``, :mod:`.bulk_ingest`); otherwise the
+    part files (``flattened.parquet/part-NNNNNN.parquet``, :mod:`anomaly_detection.ingest.bulk`); otherwise the
     records are read into one frame and written as one file. ``session_factory`` makes the HTTP
     sessions (the replay serves the raw snapshot through it).
     """

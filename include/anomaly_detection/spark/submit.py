@@ -10,7 +10,7 @@ job from Python (tests, the CLI, a ``BashOperator``).
 Masters: ``local[...]`` runs the job inside the spark-submit JVM. A standalone master
 (``spark://host:port``) runs it in client deploy mode: the driver (this machine's Python) stays
 in the spark-submit process and the executors run on the cluster's workers with the same Python
-(``spark.pyspark.python``), the code of ``anomaly_detection`` and ``spark_jobs`` shipped to them as a
+(``spark.pyspark.python``), the code of the ``anomaly_detection`` package shipped to them as a
 ``--py-files`` zip (:func:`build_py_files`). With a master on loopback the driver binds to
 127.0.0.1 too. :func:`run_spark_job` first checks that a standalone master accepts connections,
 so an unreachable master fails in seconds with its URL in the message (Spark itself retries for
