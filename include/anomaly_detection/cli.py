@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
-        "run", help="run the pipeline (ingest, preprocess, detect, evaluate, report; native or Spark by processing.mode)"
+        "run",
+        help="run the pipeline (ingest, preprocess, detect, evaluate, report; native or Spark by processing.mode)",
     )
     run.add_argument("--config", "-c", help="YAML config file (see configs/default.yaml)")
     run.add_argument(
