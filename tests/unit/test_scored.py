@@ -137,3 +137,12 @@ def test_a_small_run_samples_every_row(tmp_path):
     )
     sample = scored.read_sample(scored.sample_path(tmp_path, "iforest"))
     assert sample["position"].tolist() == [0, 1, 2] and sample["sampled"].all()
+
+
+def test_a_model_that_flags_no_row_writes_an_empty_table_with_its_feature_columns():
+    table = scored.flagged_table(np.array([], dtype=np.int64), np.array([]), np.empty((0, 3)))
+    assert table.num_rows == 0 and table.column_names == [
+        "position",
+        "score",
+        *map(scored.feature_column, range(3)),
+    ]

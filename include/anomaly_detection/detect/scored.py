@@ -126,7 +126,9 @@ def flagged_table(positions: np.ndarray, scores: np.ndarray, features: np.ndarra
         "position": np.asarray(positions, dtype=np.int64),
         "score": np.asarray(scores, dtype=np.float64),
     }
-    features = np.asarray(features, dtype=np.float64).reshape(len(columns["position"]), -1)
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:  # a flat buffer of rows (an empty (0, d) block keeps its d columns)
+        features = features.reshape(len(columns["position"]), -1)
     for j in range(features.shape[1]):
         columns[feature_column(j)] = features[:, j]
     return pa.table(columns)
@@ -148,7 +150,9 @@ def sample_table(
         "anomaly": np.asarray(labels, dtype=np.int8),
         "sampled": np.asarray(sampled, dtype=bool),
     }
-    features = np.asarray(features, dtype=np.float64).reshape(len(columns["position"]), -1)
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:  # a flat buffer of rows (an empty (0, d) block keeps its d columns)
+        features = features.reshape(len(columns["position"]), -1)
     for j in range(features.shape[1]):
         columns[feature_column(j)] = features[:, j]
     return pa.table(columns)
