@@ -2,76 +2,71 @@
 127.0.0.1): the detect job loses a worker (its JVM and its executor's, SIGKILL) mid-way, and the
 spark-submit driver of the detect job is SIGKILLed mid-way and the job run again.
 
-Every run starts from a copy of one preprocessed run directory and is compared with an
-undisturbed detect run on the same cluster: the same best model, anomaly counts, flagged rows and
-(within float tolerance) scores and metrics. A job that cannot finish must fail naming the job,
-the stage and the cause, and leave nothing marked complete (no ``models/<algorithm>.json``, no
-``spark_detect.done.json``), so select refuses to read it.
+Every run starts from a copy of the session's reference run (tests/support/spark_helpers.py: both
+jobs through spark-submit in ``local[2]`` with the same settings, ``RUN_CONF``) and is compared with
+its outputs: the same best model, anomaly counts, flagged rows and (within float tolerance) scores
+and metrics. A job that cannot finish must fail naming the job, a stage it logged and the cause, and
+leave nothing marked complete (no ``models/<algorithm>.json``, no ``spark_detect.done.json``), so
+select refuses to read it; run again, it must give the reference's outputs.
+
+Faults land at conditions, not at times: the worker is killed while the driver is paused
+(SIGSTOP) at a logged stage, once the worker's executor has run tasks of the job; the driver is
+killed once the log shows Isolation Forest started (KMeans' rows are staged then). The stage a
+killed driver's failure names is the last one its stdout carried out before it died, so it is
+checked against the stages the attempt logged, not pinned. The data lost, recorded in the fault
+ledger, is measured: what the final outputs lack against the reference's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from spark_cluster import SparkStandalone
-from spark_helpers import JOB_TIMEOUT, QUICK_JVM, java_available, make_table, write_run
+from spark_cluster import UP_TIMEOUT, SparkStandalone
+from spark_helpers import (
+    JOB_TIMEOUT,
+    REFERENCE_ALGORITHMS,
+    RUN_CONF,
+    copy_run,
+    java_available,
+    reference_run,
+)
 
 from anomaly_detection.config import load_config
 from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.errors import PipelineError
 from anomaly_detection.pipeline.stages import select_stage
 from anomaly_detection.runs import RunPaths
-from anomaly_detection.spark.submit import done_marker, read_done, require_complete, run_spark_job
+from anomaly_detection.spark.submit import (
+    STAGE_TAG,
+    done_marker,
+    read_done,
+    require_complete,
+    run_spark_job,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not java_available(), reason="Java is not on PATH")]
 
-N_ROWS = 3_000
-ALGORITHMS = ["kmeans", "isolation_forest"]
-OVERRIDES = {
-    "modeling": {
-        "algorithms": ALGORITHMS,
-        "grids": {
-            "kmeans": {"simple": {"n_clusters": [4, 5]}},
-            "isolation_forest": {"simple": {"n_estimators": [50], "max_samples": [256]}},
-        },
-    },
-    "evaluation": {"label_column": "is_anomaly", "selection": "metric"},
-    "processing": {"missing_values": "median"},  # the input only: no KMeans imputation to wait for
-}
-#: As tests/integration/test_spark_cluster.py: C1 JIT, executors that fit the 2g workers, the same partitions
-#: whatever the number of live executors (so a run that lost one computes the same thing).
-RUN_CONF = {
-    **QUICK_JVM,
-    "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-    "spark.executor.memory": "1g",
-    "spark.default.parallelism": "2",
-    "spark.sql.shuffle.partitions": "2",
-}
-#: The worker is killed when the job starts its second KMeans configuration; the driver when it
-#: starts Isolation Forest (KMeans' rows are then staged, nothing is published).
+ALGORITHMS = REFERENCE_ALGORITHMS  # kmeans {'n_clusters': 4}, {'n_clusters': 5}, then isolation_forest
+#: The worker is killed when the job has started its second KMeans configuration; the driver when
+#: it has started Isolation Forest (KMeans' rows are then staged, nothing is published).
 WORKER_KILL_AT = r"\[stage\] tune kmeans \{'n_clusters': 5\}"
 DRIVER_KILL_AT = r"\[stage\] tune isolation_forest"
 TIMINGS: dict[str, float] = {}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def copy_run(source: RunPaths, root: Path, name: str) -> tuple[RunPaths, Path]:
-    target = root / "runs" / name
-    shutil.copytree(source.root, target)
-    paths = RunPaths(target, root / "reports")
-    return paths, paths.config
 
 
 def detect(paths: RunPaths, config_path: Path, cluster: SparkStandalone, **kwargs):
@@ -86,21 +81,29 @@ def detect(paths: RunPaths, config_path: Path, cluster: SparkStandalone, **kwarg
     )
 
 
+def wait_for_condition(condition, job: Future, what: str, timeout: float = JOB_TIMEOUT) -> None:
+    """Poll ``condition`` until it holds while the job runs; fail if the job ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if job.done():
+            job.result()  # raises the job's failure
+            pytest.fail(f"the job finished before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"not {what} within {timeout:g}s")
+        time.sleep(0.1)
+
+
 def wait_for_log(
     paths: RunPaths, offset: int, pattern: str, job: Future, timeout: float = JOB_TIMEOUT
 ) -> None:
     """Wait until the run's ``pipeline.log`` shows ``pattern`` after byte ``offset``."""
-    regex, deadline = re.compile(pattern), time.monotonic() + timeout
-    while True:
+    regex = re.compile(pattern)
+
+    def logged() -> bool:
         text = paths.log.read_bytes()[offset:].decode(errors="replace") if paths.log.exists() else ""
-        if regex.search(text):
-            return
-        if job.done():
-            job.result()  # raises the job's failure
-            pytest.fail(f"the job finished before {pattern!r} was logged")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{pattern!r} not logged within {timeout:g}s")
-        time.sleep(0.1)
+        return bool(regex.search(text))
+
+    wait_for_condition(logged, job, f"{pattern!r} was logged", timeout)
 
 
 def wait_until(condition, timeout: float, what: str):
@@ -110,6 +113,25 @@ def wait_until(condition, timeout: float, what: str):
             pytest.fail(f"{what} within {timeout:g}s")
         time.sleep(0.1)
     return value
+
+
+def logged_stages(paths: RunPaths, offset: int) -> list[str]:
+    """The stages the run's ``pipeline.log`` shows after byte ``offset`` (one attempt's), in order."""
+    text = paths.log.read_bytes()[offset:].decode(errors="replace")
+    return [line.split(STAGE_TAG, 1)[1].strip() for line in text.splitlines() if STAGE_TAG in line]
+
+
+def executor_ran_tasks(cluster: SparkStandalone, worker: int) -> bool:
+    """Whether an executor of the running application on ``worker`` has finished a task."""
+    try:
+        apps = [app["id"] for app in cluster.status(timeout=2)["activeapps"]]
+    except (OSError, ValueError):
+        return False
+    return any(
+        "Finished task" in log.read_text(errors="replace")
+        for app in apps
+        for log in cluster.work_dir_of(worker).glob(f"{app}/*/stderr")
+    )
 
 
 def _without_timings(result: dict) -> dict:
@@ -185,11 +207,52 @@ def assert_nothing_marked_complete(paths: RunPaths) -> None:
         select_stage(config, paths)
 
 
+def read_outputs(paths: RunPaths, config_path: Path) -> dict | None:
+    """:func:`outputs_of`, or ``None`` when the run's outputs are not complete (or not readable)."""
+    try:
+        return outputs_of(paths, config_path)
+    except (PipelineError, OSError, ValueError):
+        return None
+
+
+def output_items(outputs: dict) -> set[tuple]:
+    """Every configuration of each model index, flagged row, report-sample row and anomalies.csv row."""
+    items: set[tuple] = {("anomalies.csv", int(seq)) for seq in outputs["anomalies"]["seq"]}
+    for algorithm in ALGORITHMS:
+        items |= {
+            ("model", algorithm, json.dumps(r["params"], sort_keys=True))
+            for r in outputs["models"][algorithm]
+        }
+        items |= {("flagged", algorithm, int(p)) for p in outputs["flagged"][algorithm]["position"]}
+        items |= {("sample", algorithm, int(p)) for p in outputs["sample"][algorithm]["position"]}
+    return items
+
+
+def missing_outputs(got: dict | None, expected: dict) -> int:
+    """How many of the reference's configurations and rows the run's outputs lack (all of them when
+    its outputs are not complete): the data lost, as the fault ledger records it."""
+    return len(output_items(expected) - (output_items(got) if got is not None else set()))
+
+
+@contextlib.contextmanager
+def paused(process: subprocess.Popen) -> Iterator[None]:
+    """SIGSTOP the spark-submit process group (its JVM and its Python driver) for the ``with``
+    block, then SIGCONT: the driver stays where it is while the fault is injected."""
+    os.killpg(process.pid, signal.SIGSTOP)  # spark-submit runs in its own process group
+    try:
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGCONT)
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """Two one-core workers; the session's reference run starts first (if no earlier module started
+    it) and runs beside the cluster's start-up."""
+    reference_run(tmp_path_factory)
     cluster = SparkStandalone(tmp_path_factory.mktemp("spark_faults_cluster"), workers=2)
     cluster.start()
     TIMINGS["cluster start"] = round(cluster.startup_seconds or 0.0, 1)
@@ -201,37 +264,14 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A preprocessed run directory (the input of every detect run), prepared in ``local[2]`` in the
-    background while the cluster starts: a future of its paths."""
-    table, _ = make_table(N_ROWS, seed=11)
-    paths, config_path = write_run(tmp_path_factory.mktemp("base"), table, OVERRIDES)
-
-    def preprocess() -> RunPaths:
-        started = time.perf_counter()
-        run_spark_job(
-            "preprocess", paths.root, config_path, master="local[2]", conf=RUN_CONF, timeout=JOB_TIMEOUT
-        )
-        TIMINGS["preprocess (local[2], beside the cluster start)"] = round(time.perf_counter() - started, 1)
-        require_complete(paths.root, "preprocess")
-        return paths
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-preprocess")
-    try:
-        yield pool.submit(preprocess)
-    finally:
-        pool.shutdown(wait=True)  # the job has its own timeout
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, base, cluster):
-    """An undisturbed detect run with both workers."""
-    preprocessed = base.result(timeout=2 * JOB_TIMEOUT)
-    paths, config_path = copy_run(preprocessed, tmp_path_factory.mktemp("reference"), "reference")
-    started = time.perf_counter()
-    detect(paths, config_path, cluster)
-    TIMINGS["detect (undisturbed)"] = round(time.perf_counter() - started, 1)
-    return {"base": preprocessed, "paths": paths, "outputs": outputs_of(paths, config_path)}
+def reference(tmp_path_factory, cluster):
+    """The session's reference run: ``base`` its preprocessed run directory (the input of every
+    detect run), ``paths`` a copy of the complete run that select has read, ``outputs`` what select
+    and report read of it."""
+    run = reference_run(tmp_path_factory).result(timeout=3 * JOB_TIMEOUT)
+    TIMINGS["reference run (spark-submit, local[2])"] = sum(run.timings.values())
+    paths, config_path = copy_run(run.paths, tmp_path_factory.mktemp("reference"), "reference")
+    return {"base": run.preprocessed, "paths": paths, "outputs": outputs_of(paths, config_path)}
 
 
 # --------------------------------------------------------------------------- staging (no JVM)
@@ -355,27 +395,39 @@ def test_a_failure_names_the_job_the_stage_and_the_cause(tmp_path, monkeypatch):
 
 def test_detect_survives_a_worker_killed_midway(tmp_path, cluster, reference, fault_ledger):
     """SIGKILL worker 2 and its executor while detect runs: the tasks are rescheduled on worker 1 and
-    the outputs equal the undisturbed run's (or the job fails cleanly, nothing marked complete)."""
+    the outputs equal the reference's; or the job fails cleanly, nothing marked complete, and run
+    again it gives the reference's outputs."""
     paths, config_path = copy_run(reference["base"], tmp_path, "worker-lost")
     offset = paths.log.stat().st_size
-    started = time.perf_counter()
+    started: dict = {}
+    clock = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-detect") as pool:
-        job = pool.submit(detect, paths, config_path, cluster)
+        job = pool.submit(
+            detect,
+            paths,
+            config_path,
+            cluster,
+            on_start=lambda process: started.setdefault("process", process),
+        )
+        # worker 2's executor has taken part in the job, and the job is mid-way through KMeans
+        wait_for_condition(lambda: executor_ran_tasks(cluster, 2), job, "an executor on worker 2 ran tasks")
         wait_for_log(paths, offset, WORKER_KILL_AT, job)
-        executors = wait_until(lambda: cluster.executor_pids(2), 60, "no executor of the job on worker 2")
-        killed = cluster.kill_worker(2)
-        fault_ledger.injected("SIGKILL of a Spark worker and its executor during detect")
-        assert set(executors) <= set(killed)
+        with paused(started["process"]):
+            executors = cluster.executor_pids(2)
+            assert executors, "no executor of the job on worker 2"
+            killed = cluster.kill_worker(2)
+            fault_ledger.injected("SIGKILL of a Spark worker and its executor during detect")
+            assert set(executors) <= set(killed)
+            assert logged_stages(paths, offset)[-1] != "publish"  # paused before the job could finish
         try:
             done, error = job.result(timeout=JOB_TIMEOUT + 60), None
         except PipelineError as exc:
             done, error = None, exc
-    TIMINGS["detect (worker killed)"] = round(time.perf_counter() - started, 1)
+    TIMINGS["detect (worker killed)"] = round(time.perf_counter() - clock, 1)
     if error is None:
         # the driver saw the executor go and carried on with worker 1
         assert "Lost executor" in done.stderr or "ExecutorLostFailure" in done.stderr, done.stderr[-3000:]
-        assert_same_outputs(outputs_of(paths, config_path), reference["outputs"])
-        fault_ledger.recovered("detect finished on the remaining worker after losing a worker")
+        recovery = "detect finished on the remaining worker after losing a worker"
     else:
         message = str(error)
         assert message.startswith("Spark job detect ") and ' in stage "' in message, message
@@ -384,12 +436,19 @@ def test_detect_survives_a_worker_killed_midway(tmp_path, cluster, reference, fa
         )
         assert not list(paths.root.glob(".spark-detect.*.staging"))  # a failed job discards its staging
         assert_nothing_marked_complete(paths)
-    fault_ledger.lost(0)
+        cluster.start_worker(2)
+        detect(paths, config_path, cluster)  # the rerun
+        recovery = "detect rerun after failing on a lost worker"
+    outputs = read_outputs(paths, config_path)
+    fault_ledger.lost(missing_outputs(outputs, reference["outputs"]))
+    assert outputs is not None, "the run's outputs are not complete"
+    assert_same_outputs(outputs, reference["outputs"])
+    fault_ledger.recovered(recovery)
 
 
 def test_detect_driver_killed_midway_then_rerun(tmp_path, cluster, reference, fault_ledger):
     """SIGKILL the spark-submit driver (JVM and Python) of a detect job rerun over complete outputs,
-    once KMeans' rows are staged: nothing reads as complete; the next run equals the undisturbed one."""
+    once KMeans' rows are staged: nothing reads as complete; the next run equals the reference."""
     if cluster.worker_webui_ports[2] not in cluster.alive_worker_ports():
         # restarted, not waited for: it joins the job's executors when it has registered
         cluster.start_worker(2, wait=False)
@@ -415,11 +474,13 @@ def test_detect_driver_killed_midway_then_rerun(tmp_path, cluster, reference, fa
             job.result(timeout=120)
     TIMINGS["detect (driver killed)"] = round(time.perf_counter() - clock, 1)
     message = str(caught.value)
-    assert (
-        message.startswith("Spark job detect was killed by SIGKILL")
-        and ' in stage "tune isolation_forest {' in message
-    ), message
+    assert message.startswith("Spark job detect was killed by SIGKILL"), message
     assert len(message.splitlines()) == 1, message
+    # the stage named is one this attempt logged: the last whose line left the driver before the kill
+    stages = logged_stages(paths, offset)
+    named = re.search(r' in stage "(.+?)": ', message)
+    assert named and named.group(1) in stages, (message, stages)
+    assert any(s.startswith("tune isolation_forest {") for s in stages), stages  # where the kill landed
     assert half, "KMeans' flagged rows were not staged when the driver was killed"
     assert all(h.exists() for h in half)  # the half output is still there, under a hidden name
     assert_nothing_marked_complete(paths)
@@ -428,9 +489,13 @@ def test_detect_driver_killed_midway_then_rerun(tmp_path, cluster, reference, fa
     clock = time.perf_counter()
     detect(paths, config_path, cluster)  # the retry
     TIMINGS["detect (rerun)"] = round(time.perf_counter() - clock, 1)
+    outputs = read_outputs(paths, config_path)
+    fault_ledger.lost(missing_outputs(outputs, reference["outputs"]))
     assert not list(paths.root.glob(".spark-detect.*")), "stale staging left behind"
     assert read_done(paths.root, "detect")["attempt"] != earlier["attempt"]
-    assert cluster.worker_webui_ports[2] in cluster.alive_worker_ports()
-    assert_same_outputs(outputs_of(paths, config_path), reference["outputs"])
+    wait_until(
+        lambda: cluster.worker_webui_ports[2] in cluster.alive_worker_ports(), UP_TIMEOUT, "worker 2 not back"
+    )
+    assert outputs is not None, "the rerun's outputs are not complete"
+    assert_same_outputs(outputs, reference["outputs"])
     fault_ledger.recovered("detect rerun after its driver was killed")
-    fault_ledger.lost(0)

@@ -104,16 +104,43 @@ def test_the_snapshot_never_reaches_the_network(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
 @pytest.mark.skipif(not shutil.which("java"), reason="Java is not on PATH")
-def test_a_spark_run_replays_identically(tmp_path):
-    run_dir = original_run(
-        tmp_path, "spark-orig",
-        "processing.mode=spark", "spark.master=local[2]", "spark.driver_memory=1g",
+def test_a_spark_run_replays_identically(tmp_path, spark_session, monkeypatch):
+    """A run on the Spark path and its replay, in this process: the Spark jobs' bodies run in the
+    session's local SparkSession where the pipeline would spark-submit them (spark-submit is tested
+    in test_spark_jobs.py, the CLI's Spark path in test_cli.py)."""
+    from spark_helpers import run_in_process
+
+    from anomaly_detection.config import load_config, parse_set_option
+    from anomaly_detection.pipeline import stages
+    from anomaly_detection.pipeline.replay import replay as replay_run
+
+    def spark_stage(config, paths, job):
+        run_in_process(spark_session, job, paths.root, paths.config)
+
+    monkeypatch.setattr(stages, "spark_stage", spark_stage)
+    sets = [
+        "processing.mode=spark", "spark.master=local[2]",
         'modeling.algorithms=["isolation_forest", "kmeans"]', "modeling.grids.kmeans.simple={n_clusters: [4]}",
-        rows=3000,
-    )  # fmt: skip
+        f"output.runs_dir={tmp_path / 'runs'}", f"output.reports_dir={tmp_path / 'reports'}",
+    ]  # fmt: skip
+    with running_demo_api(rows=3000, seed=5) as base:
+        overrides = dict(parse_set_option(s) for s in [f"source.url={base}/records", *sets])
+        config = load_config(ROOT / "configs" / "demo.yaml", overrides)
+        original = stages.run_pipeline(config, run_id="spark-orig")
+    assert original.status == "succeeded", original.error
+    run_dir = original.paths.root
     assert json.loads((run_dir / "results.json").read_text())["mode"] == "spark"
-    out = replay(run_dir, "spark-again")
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert "identical" in out.stdout
+
+    outcome = replay_run(run_dir, run_id="spark-again")  # the demo API is stopped by now
+    assert outcome.status == "identical", (outcome.error, outcome.comparison and outcome.comparison.details)
+    checks = outcome.comparison.checks
+    spark_outputs = {
+        "features.spark.parquet",
+        "models/isolation_forest.json",
+        "models/isolation_forest.flagged.parquet",
+        "models/kmeans.json",
+        "models/kmeans.flagged.parquet",
+    }
+    assert spark_outputs <= set(checks) and "anomalies.csv" in checks, sorted(checks)
+    assert json.loads((outcome.replayed.root / "results.json").read_text())["mode"] == "spark"

@@ -1,11 +1,12 @@
 """The Spark jobs on a real standalone cluster (a master and a one-core worker on 127.0.0.1, started
 by the ``spark_standalone`` fixture), submitted in client deploy mode, give the same run-directory
-outputs as a ``local[*]`` run of the same input; an unreachable master fails fast, naming itself.
+outputs as the session's ``local[2]`` reference run of the same input (``spark_reference``,
+tests/integration/conftest.py); an unreachable master fails fast, naming itself.
 
-The ``local[*]`` reference runs in a background thread while the cluster starts and runs its jobs.
-Both runs get the same test-only settings (``RUN_CONF``), among them ``spark.default.parallelism=2``
-so the two read the input in the same partitions whatever the machine's core count (KMeans
-initialisation samples per partition).
+The reference run starts in the background (unless an earlier module started it) while the cluster
+starts. Both runs get the same test-only settings (``RUN_CONF``), among them
+``spark.default.parallelism=2`` so the two read the input in the same partitions whatever the
+machine's core count (KMeans initialisation samples per partition).
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ import subprocess
 import sys
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from spark_cluster import spark_standalone  # noqa: F401  (the fixture)
+from spark_cluster import SparkStandalone
 from spark_helpers import (
     JOB_TIMEOUT,
-    QUICK_JVM,
+    REFERENCE_ROWS,
+    RUN_CONF,
     flagged_positions,
     java_available,
-    make_table,
+    reference_run,
     requires_spark,
     spark_features,
-    write_run,
 )
 
 import anomaly_detection.spark.submit as spark_submit
@@ -47,21 +47,7 @@ from anomaly_detection.spark.submit import (
 )
 
 pytestmark = pytest.mark.slow
-N_ROWS = 3_000
-LOCAL_MASTER = "local[*]"
-OVERRIDES = {
-    "modeling": {"algorithms": ["kmeans"], "grids": {"kmeans": {"simple": {"n_clusters": [4]}}}},
-    "evaluation": {"label_column": "is_anomaly"},
-}
-#: Test-only settings for both runs: C1 JIT in every JVM (see QUICK_JVM), an executor that fits
-#: the fixture's 2g worker, the same partitioning on any machine, few shuffle partitions.
-RUN_CONF = {
-    **QUICK_JVM,
-    "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-    "spark.executor.memory": "1g",
-    "spark.default.parallelism": "2",
-    "spark.sql.shuffle.partitions": "2",
-}
+#: The cluster runs KMeans only (``--algorithm kmeans``); the reference runs every algorithm.
 JOBS = (("preprocess", ()), ("detect", ("--algorithm", "kmeans")))
 APP_NAMES = {"anomaly-detection-preprocess", "anomaly-detection-detect"}
 #: The unreachable-master check must answer well within this many seconds.
@@ -91,39 +77,36 @@ def unused_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def spark_standalone(tmp_path_factory):
+    """The module's cluster (a master and one worker), started after the reference run was (so the
+    two start side by side)."""
     if not java_available():
         pytest.skip("Java is not on PATH")
-    table, planted = make_table(N_ROWS, seed=11)
-    local = write_run(tmp_path_factory.mktemp("local"), table, OVERRIDES)
-    cluster = write_run(tmp_path_factory.mktemp("cluster"), table, OVERRIDES)
-    return {"local": local, "cluster": cluster, "planted": planted}
-
-
-@pytest.fixture(scope="module")
-def local_reference(inputs):
-    """The local[*] run, started in the background (collected by ``runs``)."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-local-reference")
-    paths, config_path = inputs["local"]
-    future = pool.submit(run_pipeline, paths, config_path, LOCAL_MASTER)
+    reference_run(tmp_path_factory)
+    cluster = SparkStandalone(tmp_path_factory.mktemp("spark_standalone"))
+    cluster.start()
     try:
-        yield future
+        yield cluster
     finally:
-        pool.shutdown(wait=True)  # the job has its own timeout
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")
-def runs(inputs, local_reference, spark_standalone):  # noqa: F811 - the fixture imported above
-    """Both jobs on the cluster, then the local reference's result."""
-    paths, config_path = inputs["cluster"]
+def runs(tmp_path_factory, spark_standalone, spark_reference):
+    """Both jobs on the cluster, on a fresh run directory holding the reference's input."""
+    paths, config_path = spark_reference.new_input(tmp_path_factory.mktemp("cluster"))
     started = time.perf_counter()
     cluster_timings = run_pipeline(paths, config_path, spark_standalone.master_url)
-    local_timings = local_reference.result(timeout=2 * JOB_TIMEOUT)
     print(
         f"\ncluster start {spark_standalone.startup_seconds:.1f}s; jobs on {spark_standalone.master_url} "
-        f"{cluster_timings} ({time.perf_counter() - started:.1f}s); local[*] jobs {local_timings}"
+        f"{cluster_timings} ({time.perf_counter() - started:.1f}s); local[2] reference {spark_reference.timings}"
     )
-    return {"local": inputs["local"][0], "cluster": paths, "cluster_timings": cluster_timings}
+    return {
+        "local": spark_reference.paths,
+        "cluster": paths,
+        "cluster_timings": cluster_timings,
+        "planted": spark_reference.planted,
+    }
 
 
 # --------------------------------------------------------------------------- command line (no JVM)
@@ -138,20 +121,23 @@ def test_standalone_master_command_line(tmp_path):
     py_files = Path(command[command.index("--py-files") + 1])
     assert py_files.parent == tmp_path / "zips" and py_files.suffix == ".zip"
     names = zipfile.ZipFile(py_files).namelist()
-    assert {"anomaly_detection/__init__.py", "anomaly_detection/spark_submit.py"} <= set(names)
     assert {
-        "spark_jobs/__init__.py",
-        "spark_jobs/common.py",
-        "spark_jobs/detect.py",
-        "spark_jobs/preprocess.py",
+        "anomaly_detection/__init__.py",
+        "anomaly_detection/spark/submit.py",
+        "anomaly_detection/spark/jobs/common.py",
+        "anomaly_detection/spark/jobs/detect.py",
+        "anomaly_detection/spark/jobs/metrics.py",
+        "anomaly_detection/spark/jobs/preprocess.py",
     } <= set(names)
+    # the entry files are the driver's (spark-submit runs them), not the executors'
+    assert not [name for name in names if not name.startswith("anomaly_detection/")], names
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
     assert build_py_files(tmp_path / "zips") == py_files  # same sources, same file
-    # what an executor does with it: the zip first on the path, both packages (and the modules the
+    # what an executor does with it: the zip first on the path, the package (and the modules the
     # jobs import) found in it, without running the heavy ones here
     probe = (
-        "import sys, importlib.util as u; sys.path.insert(0, sys.argv[1]); import anomaly_detection.errors, spark_jobs; "
-        "names = ['anomaly_detection.errors', 'anomaly_detection.features.preprocess', 'anomaly_detection.spark.jobs.common', 'anomaly_detection.spark.jobs.detect']; "
+        "import sys, importlib.util as u; sys.path.insert(0, sys.argv[1]); import anomaly_detection.errors; "
+        "names = ['anomaly_detection.errors', 'anomaly_detection.features.preprocess', 'anomaly_detection.spark.jobs.common', 'anomaly_detection.spark.jobs.detect', 'anomaly_detection.spark.jobs.metrics']; "
         "bad = [n for n in names if not u.find_spec(n).origin.startswith(sys.argv[1])]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", probe, str(py_files)], check=True, timeout=120, cwd=tmp_path)
@@ -203,7 +189,7 @@ def test_job_failure_on_a_master_names_the_master(tmp_path, monkeypatch):
 
 
 @requires_spark
-def test_jobs_ran_on_the_cluster(runs, spark_standalone):  # noqa: F811
+def test_jobs_ran_on_the_cluster(runs, spark_standalone):
     status = spark_standalone.status()
     finished = {app["name"]: app for app in status["completedapps"] if app["state"] == "FINISHED"}
     assert APP_NAMES <= set(finished), status["completedapps"]
@@ -224,19 +210,19 @@ def test_jobs_ran_on_the_cluster(runs, spark_standalone):  # noqa: F811
 
 
 @requires_spark
-def test_cluster_preprocess_matches_local(runs, inputs):
+def test_cluster_preprocess_matches_local(runs):
     local, cluster = runs["local"], runs["cluster"]
     kept, features, labels = spark_features(cluster)
     local_kept, expected, local_labels = spark_features(local)
     assert np.array_equal(kept, local_kept) and np.array_equal(labels, local_labels)
     assert json.loads(cluster.summary.read_text()) == json.loads(local.summary.read_text())
     assert list(features.columns) == list(expected.columns) == ["x", "y", "z", "count", "flag"]
-    assert features.shape == (N_ROWS, 5)
+    assert features.shape == (REFERENCE_ROWS, 5)
     np.testing.assert_allclose(features.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
 
 
 @requires_spark
-def test_cluster_detect_matches_local(runs, inputs):
+def test_cluster_detect_matches_local(runs):
     local, cluster = runs["local"].models, runs["cluster"].models
 
     def results(models: Path) -> list[dict]:
@@ -247,7 +233,7 @@ def test_cluster_detect_matches_local(runs, inputs):
         ]
 
     got, expected = results(cluster), results(local)
-    assert [r["params"] for r in got] == [{"n_clusters": 4}]
+    assert [r["params"] for r in got] == [{"n_clusters": 4}, {"n_clusters": 5}]
     assert len(got) == len(expected)
     for mine, theirs in zip(got, expected):
         assert mine.keys() == theirs.keys()
@@ -262,4 +248,4 @@ def test_cluster_detect_matches_local(runs, inputs):
     assert np.array_equal(mine["position"], theirs["position"])
     np.testing.assert_allclose(mine["score"], theirs["score"], rtol=1e-9, atol=1e-12)
     # the planted outliers are among the anomalies
-    assert set(inputs["planted"]) <= set(flagged)
+    assert set(runs["planted"]) <= set(flagged)

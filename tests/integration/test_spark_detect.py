@@ -1,25 +1,29 @@
-"""The Spark detect job at 100k rows, through spark-submit in local mode: native <-> Spark parity,
-Isolation Forest and Bisecting KMeans on Spark, label metrics; and bad input on the Spark path."""
+"""The Spark detect job at 100k rows: native <-> Spark parity, Isolation Forest and Bisecting KMeans on
+Spark, label metrics; and bad input on the Spark path.
+
+The job bodies run in the session's local SparkSession (``spark_session``, tests/integration/conftest.py)
+with the arguments spark-submit passes them: spark-submit itself is tested in test_spark_jobs.py,
+test_spark_cluster.py and tests/faults/test_spark_faults.py.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
-from spark_helpers import JOB_TIMEOUT, QUICK_JVM, flagged_positions, java_available, spark_features, write_run
+from spark_helpers import flagged_positions, java_available, run_in_process, spark_features, write_run
 
 from anomaly_detection.config import load_config
 from anomaly_detection.detect.detectors.centroids import kmeans
 from anomaly_detection.detect.grid import DetectorSettings
 from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.features.preprocess import preprocess
-from anomaly_detection.spark.submit import failure_cause, run_spark_job, spark_env, spark_submit_command
+from anomaly_detection.spark.jobs import preprocess as preprocess_job
+from anomaly_detection.spark.submit import failure_cause, job_application_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not java_available(), reason="Java is not on PATH")]
-MASTER = "local[2]"
 ROWS = 100_000
 PLANTED = 300
 K = 5
@@ -38,7 +42,7 @@ def planted_table(n: int = ROWS, seed: int = 11) -> tuple[pd.DataFrame, np.ndarr
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
+def scored(tmp_path_factory, spark_session):
     table, planted = planted_table()
     grids = {
         "kmeans": {"simple": {"n_clusters": [K]}},
@@ -56,7 +60,7 @@ def scored(tmp_path_factory):
     paths, config_path = write_run(tmp_path_factory.mktemp("parity"), table, overrides)
     config = load_config(config_path)
     for job in ("preprocess", "detect"):
-        run_spark_job(job, paths.root, config_path, master=MASTER, conf=QUICK_JVM, timeout=JOB_TIMEOUT * 2)
+        run_in_process(spark_session, job, paths.root, config_path)
     return {"paths": paths, "config": config, "planted": planted}
 
 
@@ -120,34 +124,35 @@ def test_spark_and_native_internal_metrics_match_on_the_same_split(scored):
     assert result["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(X, labels), rel=1e-6)
 
 
-def _run_preprocess(tmp_path, table):
+def _run_preprocess(tmp_path, table, spark, capsys):
+    """The preprocess job's exit status and stderr (what spark-submit would pass on)."""
     paths, config_path = write_run(tmp_path, table, {})
-    command = spark_submit_command("preprocess", paths.root, config_path, master=MASTER, conf=QUICK_JVM)
-    done = subprocess.run(command, capture_output=True, text=True, env=spark_env(MASTER), timeout=JOB_TIMEOUT)
-    return paths, done
+    capsys.readouterr()
+    code = preprocess_job.main(job_application_args(paths.root, config_path), spark=spark)
+    return paths, code, capsys.readouterr().err
 
 
-def test_all_rows_duplicates_fail_with_the_cause(tmp_path):
+def test_all_rows_duplicates_fail_with_the_cause(tmp_path, spark_session, capsys):
     table = pd.DataFrame({"a": [1.0] * 50, "b": [2.0] * 50})
-    paths, done = _run_preprocess(tmp_path, table)
-    assert done.returncode != 0
-    cause = failure_cause(done.stderr)
+    paths, code, stderr = _run_preprocess(tmp_path, table, spark_session, capsys)
+    assert code != 0
+    cause = failure_cause(stderr)
     assert cause.startswith("DataError: need at least") and "49 duplicate" in cause, cause
     assert not paths.spark_features.exists()
 
 
-def test_a_column_entirely_null_is_dropped_with_its_reason(tmp_path):
+def test_a_column_entirely_null_is_dropped_with_its_reason(tmp_path, spark_session, capsys):
     rng = np.random.default_rng(0)
     table = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300), "empty": np.nan})
-    paths, done = _run_preprocess(tmp_path, table)
-    assert done.returncode == 0, done.stderr
+    paths, code, stderr = _run_preprocess(tmp_path, table, spark_session, capsys)
+    assert code == 0, stderr
     summary = json.loads(paths.summary.read_text())
     assert summary["features"] == ["a", "b"]
     assert "empty" in summary["columns_dropped"]
     assert "empty" in paths.log.read_text()
 
 
-def test_contamination_auto_uses_the_tukey_fence_on_spark_as_natively(tmp_path):
+def test_contamination_auto_uses_the_tukey_fence_on_spark_as_natively(tmp_path, spark_session):
     table, planted = planted_table(n=20_000, seed=3)
     overrides = {
         "modeling": {"algorithms": ["isolation_forest"], "contamination": "auto",
@@ -156,7 +161,7 @@ def test_contamination_auto_uses_the_tukey_fence_on_spark_as_natively(tmp_path):
     }  # fmt: skip
     paths, config_path = write_run(tmp_path, table, overrides)
     for job in ("preprocess", "detect"):
-        run_spark_job(job, paths.root, config_path, master=MASTER, conf=QUICK_JVM, timeout=JOB_TIMEOUT * 2)
+        run_in_process(spark_session, job, paths.root, config_path)
     (result,) = _results(paths, "isolation_forest")
     assert result["info"]["threshold_rule"] == "auto: Tukey fence"
     flagged = set(flagged_positions(paths, "isolation_forest"))

@@ -1,13 +1,13 @@
-"""The Spark jobs (spark_jobs/preprocess.py, spark_jobs/detect.py) run through real spark-submit in
-local[2] on a generated run directory, compared with the native preprocessing and KMeans, then
-read by the native select and report stages."""
+"""The Spark jobs (spark_jobs/preprocess.py, spark_jobs/detect.py) through real spark-submit in
+local[2]: the session's reference run (``spark_reference``, tests/integration/conftest.py) compared
+with the native preprocessing and KMeans, then read by the native select and report stages; the
+spark-submit command line; a job's one-line failure."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,9 @@ from spark_helpers import (
     JOB_TIMEOUT,
     N_DUPLICATES,
     N_OUTLIERS,
-    N_ROWS,
     QUICK_JVM,
-    java_available,
-    make_table,
+    REFERENCE_ROWS,
+    copy_run,
     requires_spark,
     spark_features,
     write_run,
@@ -37,7 +36,6 @@ from anomaly_detection.runs import spark_jobs_dir
 from anomaly_detection.spark.submit import (
     failure_cause,
     job_application_args,
-    run_spark_job,
     spark_env,
     spark_submit_command,
     spark_submit_executable,
@@ -45,34 +43,28 @@ from anomaly_detection.spark.submit import (
 
 pytestmark = pytest.mark.slow
 MASTER = "local[2]"
-TIMINGS: dict[str, float] = {}
+N_ROWS = REFERENCE_ROWS
 
 
 @pytest.fixture(scope="module")
-def spark_run(tmp_path_factory):
-    if not java_available():
-        pytest.skip("Java is not on PATH")
-    root = tmp_path_factory.mktemp("spark")
-    table, planted = make_table()
-    overrides = {
-        "modeling": {"algorithms": ["kmeans"], "grids": {"kmeans": {"simple": {"n_clusters": [4, 6]}}}},
-        "evaluation": {"label_column": "is_anomaly"},
-    }
-    paths, config_path = write_run(root, table, overrides)
-    for job, extra in (("preprocess", ()), ("detect", ("--algorithm", "kmeans"))):
-        started = time.perf_counter()
-        run_spark_job(
-            job, paths.root, config_path, master=MASTER, extra_args=extra, conf=QUICK_JVM, timeout=JOB_TIMEOUT
-        )
-        TIMINGS[job] = time.perf_counter() - started
-    config = load_config(config_path)
+def spark_run(spark_reference):
+    """The reference run's outputs, its config and input, and the native preprocessing of that input."""
+    paths = spark_reference.paths
+    config = load_config(spark_reference.config_path)
     native = preprocess(
         pd.read_parquet(paths.flattened),
         config.processing,
         label_column=config.evaluation.label_column,
         random_state=config.modeling.random_state,
     )
-    return {"paths": paths, "config": config, "table": table, "planted": planted, "native": native}
+    return {
+        "paths": paths,
+        "config": config,
+        "table": spark_reference.table,
+        "planted": spark_reference.planted,
+        "native": native,
+        "timings": spark_reference.timings,
+    }
 
 
 # --------------------------------------------------------------------------- the helper (no JVM)
@@ -168,7 +160,7 @@ def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
 def test_detect_job_agrees_with_native_kmeans(spark_run):
     paths, config = spark_run["paths"], spark_run["config"]
     results = json.loads((paths.models / "kmeans.json").read_text())
-    assert [r["params"] for r in results] == [{"n_clusters": 4}, {"n_clusters": 6}]
+    assert [r["params"] for r in results] == [{"n_clusters": 4}, {"n_clusters": 5}]
     expected = int(np.ceil(config.modeling.contamination * N_ROWS))
     assert all(r["anomaly_count"] == expected and r["info"]["engine"] == "spark" for r in results)
     best = max(results, key=lambda r: r["score"])
@@ -177,7 +169,7 @@ def test_detect_job_agrees_with_native_kmeans(spark_run):
     assert flagged_path(paths.models, "kmeans").is_dir()  # Spark's part files, not a driver write
     assert len(flagged) == expected and flagged["position"].is_unique
     assert (flagged["score"] > best["threshold"]).all()
-    # the report sample: a random sample of every row (2,000 <= plot_sample_size) plus the top list
+    # the report sample: a random sample of every row (3,000 <= plot_sample_size) plus the top list
     sample = read_sample(sample_path(paths.models, "kmeans"))
     assert len(sample) == N_ROWS and sample["sampled"].all()
     assert sample["anomaly"].sum() == expected
@@ -196,7 +188,8 @@ def test_detect_job_agrees_with_native_kmeans(spark_run):
     native = kmeans(features.to_numpy(), best["params"], settings)
     agreement = len(np.intersect1d(kept[native.labels == 1], flagged["position"])) / native.labels.sum()
     print(
-        f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; timings {TIMINGS}"
+        f"\nSpark vs native KMeans {best['params']}: top-{expected} agreement {agreement:.1%}; "
+        f"reference run (spark-submit) timings {spark_run['timings']}"
     )
     assert agreement >= 0.8
 
@@ -217,23 +210,25 @@ def test_detect_job_agrees_with_native_kmeans(spark_run):
 
 
 @requires_spark
-def test_native_select_and_report_read_the_spark_outputs(spark_run):
-    paths, config = spark_run["paths"], spark_run["config"]
+def test_native_select_and_report_read_the_spark_outputs(spark_run, tmp_path):
+    paths, _ = copy_run(spark_run["paths"], tmp_path, "select")  # select and report write into the run
+    config = spark_run["config"]
     assert not paths.ingest_info.exists()  # select tolerates its absence
     outcome = select_stage(config, paths)
     results = json.loads(paths.results.read_text())
     assert results["status"] == "succeeded"
-    assert (
-        results["best"]["algorithm"] == "kmeans"
-        and outcome["anomaly_count"] == results["best"]["anomaly_count"]
-    )
+    best = results["best"]
+    # the best of the Spark results select reads (kmeans.json, isolation_forest.json), as they are
+    written = {a: json.loads((paths.models / f"{a}.json").read_text()) for a in config.modeling.algorithms}
+    assert best in written[best["algorithm"]]
+    assert outcome["anomaly_count"] == best["anomaly_count"]
     anomalies = pd.read_csv(paths.anomalies)
-    assert len(anomalies) == results["best"]["anomaly_count"]
+    assert len(anomalies) == best["anomaly_count"]
     assert set(anomalies["is_anomaly"]) <= {0, 1} and anomalies["is_anomaly"].sum() == N_OUTLIERS
     assert anomalies["rank"].tolist() == list(range(1, len(anomalies) + 1))
     assert anomalies["score"].is_monotonic_decreasing
     # the CSV holds the original fields of the flagged positions
-    flagged = read_flagged(flagged_path(paths.models, "kmeans"))
+    flagged = read_flagged(flagged_path(paths.models, best["algorithm"]))
     original = spark_run["table"].iloc[flagged["position"]].reset_index(drop=True)
     np.testing.assert_array_equal(anomalies["seq"].to_numpy(), original["seq"].to_numpy())
     report = report_stage(config, paths)

@@ -1,20 +1,18 @@
 """A real Spark standalone cluster (one master, one or more workers) on 127.0.0.1 for tests.
 
-Usage in a test module::
+Usage (tests/integration/test_spark_cluster.py and tests/faults/test_spark_faults.py wrap it in a
+module-scoped fixture)::
 
-    from spark_cluster import spark_standalone  # noqa: F401  (the fixture)
+    with SparkStandalone(tmp_path / "cluster") as cluster:
+        run_spark_job("preprocess", run_dir, config, master=cluster.master_url)
 
-    def test_it(spark_standalone):
-        run_spark_job("preprocess", run_dir, config, master=spark_standalone.master_url)
-
-``spark_standalone`` is module-scoped. The master and the worker are started with the installed
+The master and the worker are started with the installed
 pyspark's ``bin/spark-class`` (not the ``sbin`` scripts, which daemonize), each in its own session /
 process group, with SPARK_HOME = the pyspark package directory, SPARK_LOCAL_IP=127.0.0.1, free ports,
 and their logs, work and scratch directories under a temporary directory. Start-up waits (at most
 ``SPARK_TEST_UP_TIMEOUT`` seconds, default 120) until the master's JSON status lists the worker as
 ALIVE; otherwise the test fails with the tails of both logs. Teardown sends SIGTERM to both process
-groups, then SIGKILL to whatever is left. ``SparkStandalone`` can also be used directly as a context
-manager.
+groups, then SIGKILL to whatever is left.
 
 ``SparkStandalone(root, workers=2)`` starts more workers (numbered from 1; worker 1 keeps the names
 ``worker.log`` and ``work/``, worker ``i`` gets ``worker-<i>.log`` and ``work-<i>/``).
@@ -33,7 +31,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,15 +357,3 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)  # start_new_session: the group id is the leader's pid
     except (ProcessLookupError, PermissionError):
         pass
-
-
-@pytest.fixture(scope="module")
-def spark_standalone(tmp_path_factory) -> Iterator[SparkStandalone]:
-    """A running standalone master + worker on 127.0.0.1 (``.master_url``, ``.env``, ``.master_log``,
-    ``.worker_log``, ``.work_dir``, ``.status()``) for the module; always stopped at the end."""
-    cluster = SparkStandalone(tmp_path_factory.mktemp("spark_standalone"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()

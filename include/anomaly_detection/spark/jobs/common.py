@@ -398,13 +398,21 @@ def fail(exc: BaseException) -> int:
 
 
 def run_job(
-    name: str, args: argparse.Namespace, body: Body, *, extra_conf: dict[str, str] | None = None
+    name: str,
+    args: argparse.Namespace,
+    body: Body,
+    *,
+    extra_conf: dict[str, str] | None = None,
+    spark: SparkSession | None = None,
 ) -> int:
     """Load the config, start Spark, run ``body``.
 
     Exit status 0 on success, 2 on a :class:`PipelineError` (bad config, unusable data), 1 on any
     other exception. A failure logs one line ``spark <job> failed in stage "<stage>": <Type>: <cause>``
     (then, for an unexpected error, its traceback) and writes ``error: <Type>: <cause>`` to stderr.
+
+    ``spark``: run in this existing session instead of starting one (tests run the job bodies in one
+    long-lived local session); it is left running, only the frames the job cached are dropped.
     """
     global _JOB
     quiet_pandas_warning()
@@ -413,12 +421,13 @@ def run_job(
         config = load_config(args.config or paths.config)
     except PipelineError as exc:
         return fail(exc)
+    borrowed = spark is not None
     with job_logging(paths, name) as log:
         job = _JOB = JobState(name, os.environ.get(ATTEMPT_ENV) or uuid.uuid4().hex[:12], log)
-        spark = None
         try:
             stage("start Spark")
-            spark = build_session(f"anomaly-detection-{name}", extra_conf)
+            if spark is None:
+                spark = build_session(f"anomaly-detection-{name}", extra_conf)
             job.master, job.application_id = spark.sparkContext.master, spark.sparkContext.applicationId
             log.info("spark %s: master %s, run %s, attempt %s", name, job.master, paths.run_id, job.attempt)
             body(spark, config, paths, log)
@@ -430,7 +439,10 @@ def run_job(
             return EXIT_PIPELINE_ERROR if isinstance(exc, PipelineError) else 1
         finally:
             _JOB = None
-            if spark is not None:
+            if borrowed:
+                with contextlib.suppress(Exception):
+                    spark.catalog.clearCache()
+            elif spark is not None:
                 spark.stop()
         log.info("spark %s finished in %.1fs", name, time.perf_counter() - job.started)
     return 0

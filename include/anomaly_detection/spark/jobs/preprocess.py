@@ -64,9 +64,10 @@ MEDIAN_EXACT_ROWS = 200_000
 MEDIAN_RELATIVE_ERROR = 1e-4
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
+    """The job's entry point; ``spark``: an existing session to run in (see :func:`run_job`)."""
     args = parse_args("spark_jobs/preprocess.py", "Spark preprocessing of a run directory.", argv)
-    return run_job(NAME, args, preprocess_job)
+    return run_job(NAME, args, preprocess_job, spark=spark)
 
 
 # --------------------------------------------------------------------------- the job

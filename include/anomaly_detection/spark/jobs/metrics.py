@@ -1,0 +1,141 @@
+"""How good one anomaly/normal split of the Spark detect job is, from aggregates: the score threshold
+(``approxQuantile``, or Tukey's fence for ``contamination: auto``) and the internal metrics
+(silhouette, Davies-Bouldin, Calinski-Harabasz) and label metrics of the split.
+
+Used by :mod:`anomaly_detection.spark.jobs.detect` for every configuration it tunes; only aggregates
+reach the driver.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from anomaly_detection.detect.evaluate import split_metrics_from_aggregates
+
+#: Relative error of the threshold's ``approxQuantile``.
+QUANTILE_ERROR = 1e-4
+
+
+def split_metrics(
+    flagged: Any, ccols: list[str], n: int, *, centers: int, with_labels: bool
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Internal metrics of the anomaly/normal split ``_a`` (and label metrics), from two aggregate passes.
+
+    Pass 1 sums each group's rows, feature vectors and squared norms (and counts the clusters that
+    hold rows, and the labels). Pass 2 needs the group centroids: the mean distance of each group
+    to its centroid (Davies-Bouldin) and the silhouette. The silhouette is ClusteringEvaluator's
+    (squared Euclidean): a row's mean squared distance to a group is
+    ``||x||^2 - 2 x.sum_g / n_g + sq_g / n_g``, so it needs no pairwise distances; ClusteringEvaluator
+    itself computes the same in about eight times the time here (25 s against 3 s a pass at 1M rows).
+    """
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+    from pyspark.sql import functions as F
+
+    a = F.col("_a")
+    squared_norm = functools.reduce(lambda x, y: x + y, [F.col(c) * F.col(c) for c in ccols])
+    aggregates = [
+        F.coalesce(F.sum(a), F.lit(0)).alias("anomalies"),
+        F.min("_score").alias("score_min"),
+        F.max("_score").alias("score_max"),
+        *(F.sum(F.when(a == g, squared_norm)).alias(f"sq{g}") for g in (0, 1)),
+        *(F.sum(F.when(a == g, F.col(c))).alias(f"s{g}_{c}") for g in (0, 1) for c in ccols),
+        *(F.max(F.when(F.col("_c") == i, 1)).alias(f"c{i}") for i in range(1, centers + 1)),
+    ]
+    if with_labels:
+        aggregates += [F.sum("_y").alias("positives"), F.sum(F.col("_y") * a).alias("hits")]
+    row = flagged.agg(*aggregates).first()
+    anomalies = int(row["anomalies"])
+    counts = np.array([n - anomalies, anomalies], dtype=np.float64)
+    sums = np.array([[row[f"s{g}_{c}"] or 0.0 for c in ccols] for g in (0, 1)], dtype=np.float64)
+    squared = np.array([row[f"sq{g}"] or 0.0 for g in (0, 1)], dtype=np.float64)
+    stats = {
+        "anomalies": anomalies,
+        "score_min": row["score_min"],
+        "score_max": row["score_max"],
+        "clusters": sum(1 for i in range(1, centers + 1) if row[f"c{i}"]),
+    }
+    metrics: dict[str, float | None] = {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
+    if (counts > 0).all():
+        centroids = sums / counts[:, None]
+
+        def per_group(values: np.ndarray) -> Any:
+            return F.when(a == 1, F.lit(float(values[1]))).otherwise(F.lit(float(values[0])))
+
+        def other_group(values: np.ndarray) -> Any:
+            return F.when(a == 1, F.lit(float(values[0]))).otherwise(F.lit(float(values[1])))
+
+        to_centroid = F.sqrt(
+            functools.reduce(
+                lambda x, y: x + y,
+                [(F.col(c) - per_group(centroids[:, j])) ** 2 for j, c in enumerate(ccols)],
+            )
+        )
+
+        def mean_squared_distance(which: Any) -> Any:
+            dot = functools.reduce(
+                lambda x, y: x + y, [F.col(c) * which(centroids[:, j]) for j, c in enumerate(ccols)]
+            )
+            return squared_norm - 2 * dot + which(squared / counts)
+
+        own_size = per_group(counts)
+        own = mean_squared_distance(per_group) * own_size / (own_size - 1)
+        other = mean_squared_distance(other_group)
+        silhouette_row = (
+            F.when(own_size <= 1, F.lit(0.0))
+            .when(own < other, 1 - own / other)
+            .when(own > other, other / own - 1)
+            .otherwise(F.lit(0.0))
+        )
+        second = flagged.agg(
+            *(F.avg(F.when(a == g, to_centroid)).alias(f"m{g}") for g in (0, 1)),
+            F.avg(silhouette_row).alias("silhouette"),
+        ).first()
+        metrics.update(
+            split_metrics_from_aggregates(counts, sums, squared, np.array([second["m0"], second["m1"]]))
+        )
+        silhouette = second["silhouette"]
+        metrics["silhouette"] = (
+            float(silhouette) if silhouette is not None and math.isfinite(silhouette) else None
+        )
+    if with_labels:
+        positives = int(row["positives"] or 0)
+        hits = int(row["hits"] or 0)
+        if 0 < positives < n:
+            labelled = flagged.select(
+                F.col("_score").alias("rawPrediction"), F.col("_y").cast("double").alias("label")
+            )
+            evaluator = BinaryClassificationEvaluator(rawPredictionCol="rawPrediction", labelCol="label")
+            metrics["roc_auc"] = float(evaluator.setMetricName("areaUnderROC").evaluate(labelled))
+            metrics["pr_auc"] = float(evaluator.setMetricName("areaUnderPR").evaluate(labelled))
+            precision = hits / anomalies if anomalies else 0.0
+            recall = hits / positives
+            metrics["precision"], metrics["recall"] = precision, recall
+            metrics["f1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return metrics, stats
+
+
+def spark_threshold(scored: Any, n: int, contamination: float | str, info: dict[str, Any]) -> float:
+    """The score above which rows are anomalies: the top ``contamination`` share by ``approxQuantile``,
+    or for ``"auto"`` Tukey's upper fence Q3 + 1.5 IQR (as the native path), falling back to the top
+    5 % when no row, or more than half, lies above it."""
+    from pyspark.sql import functions as F
+
+    from anomaly_detection.detect.grid import AUTO_FALLBACK_SHARE
+
+    if contamination == "auto":
+        q1, q3 = scored.approxQuantile("_score", [0.25, 0.75], QUANTILE_ERROR)
+        fence = float(q3 + 1.5 * (q3 - q1))
+        above = scored.where(F.col("_score") > F.lit(fence)).count()
+        if 0 < above <= n / 2:
+            info["threshold_rule"] = "auto: Tukey fence"
+            return fence
+        info["threshold_rule"] = f"auto: {above} rows above the fence, top {AUTO_FALLBACK_SHARE:.0%} used"
+        contamination = AUTO_FALLBACK_SHARE
+    top = min(n, max(1, math.ceil(float(contamination) * n)))
+    return (
+        float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
+    )
