@@ -3,6 +3,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 # Shared fixtures and helpers (servers, Airflow, Spark, browser) live in tests/support/.
 for _path in (TESTS / "support", TESTS):
@@ -18,10 +20,49 @@ if "AIRFLOW_HOME" not in os.environ:
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(TESTS.parent / "plugins"))
 
 
+AIRFLOW_FIXTURES = ("airflow_shared", "airflow_destructive")  # in the order their modules run
+
+
 def pytest_collection_modifyitems(config, items):
     """Run modules marked ``slow`` (real Airflow, Spark) after the quick ones, keeping each module whole.
 
-    A failing quick test then shows up within minutes, and module-scoped servers start once.
+    A failing quick test then shows up within minutes, and module-scoped servers start once. Among the
+    slow ones, the modules on the shared Airflow standalone run next to each other, then those on the
+    destructive one: each instance lives only while its modules run (never two at once on 2 cores).
     """
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ in slow_modules)
+    airflow_rank: dict[str, int] = {}
+    for item in items:
+        rank = max(
+            (i + 1 for i, f in enumerate(AIRFLOW_FIXTURES) if f in getattr(item, "fixturenames", ())),
+            default=0,
+        )
+        airflow_rank[item.module.__name__] = max(rank, airflow_rank.get(item.module.__name__, 0))
+    items.sort(key=lambda item: (item.module.__name__ in slow_modules, airflow_rank[item.module.__name__]))
+
+
+@pytest.fixture(scope="session")
+def airflow_shared(request, tmp_path_factory):
+    """The session's ``airflow standalone`` for every module that leaves it as it found it: started on
+    first use with the union of its modules' AIRFLOW_EXTRA_ENV and AIRFLOW_TEST_DAGS, stopped after the
+    last test that uses it (tests/support/airflow_fixtures.py)."""
+    from airflow_fixtures import session_standalone
+
+    yield from session_standalone(request, tmp_path_factory, "airflow_shared")
+
+
+@pytest.fixture(scope="session")
+def airflow_destructive(request, tmp_path_factory):
+    """The session's ``airflow standalone`` for modules that kill its task processes or restart it."""
+    from airflow_fixtures import session_standalone
+
+    yield from session_standalone(request, tmp_path_factory, "airflow_destructive")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_airflow_no_longer_needed(request):
+    """After each module: stop a session Airflow standalone that no later test uses."""
+    yield
+    fixtures = sys.modules.get("airflow_fixtures")  # not imported: no standalone was started
+    if fixtures is not None and fixtures.SERVICES:
+        fixtures.stop_services_no_longer_needed(request.node)

@@ -5,6 +5,9 @@ follows one of them: approve, reject, rerun with adjustments, the Spark branch, 
 in the UI, and a bad conf. Every wait is bounded, and all of them together by one budget counted from
 the trigger, so a stuck Airflow fails the module in BUDGET seconds, not once per test; a failed wait
 quotes the Airflow log's errors.
+
+The standalone is the session's shared one (``airflow_shared``): the runs have ids of their own
+(``e2e_*``), and any of them still in flight when the module ends is marked failed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from airflow_fixtures import BudgetedWaits, airflow_standalone  # noqa: F401  (fixture)
+from airflow_fixtures import BudgetedWaits, GateAwareClient
 from demo_process import running_demo_api
 
 from anomaly_detection.report.index import report_url
@@ -32,23 +35,18 @@ def demo_api():
         yield base
 
 
-@pytest.fixture(scope="module")
-def airflow_extra_env():
-    # an API token kept in an Airflow connection; the demo API ignores it, the test hunts for leaks
-    return {"AIRFLOW_CONN_DEMO_API": json.dumps({"conn_type": "http", "password": SECRET})}
+# an API token kept in an Airflow connection; the demo API ignores it, the test hunts for leaks
+AIRFLOW_EXTRA_ENV = {"AIRFLOW_CONN_DEMO_API": json.dumps({"conn_type": "http", "password": SECRET})}
 
 
 @pytest.fixture(scope="module")
-def client(airflow_standalone):  # noqa: F811
+def client(airflow_shared):
     """A client with a patient timeout: a 2-core machine running six DAG runs answers slowly."""
-    from devtools.airflow_client import AirflowClient
-
-    base = airflow_standalone.client
-    return AirflowClient(airflow_standalone.url, base.username, base._password, timeout=180)
+    return GateAwareClient(airflow_shared, timeout=180)
 
 
 @pytest.fixture(scope="module")
-def runs(airflow_standalone, client, demo_api):  # noqa: F811
+def runs(airflow_shared, client, demo_api):
     client.wait_for_dag(DAG, 300)
     client.unpause(DAG)
     url = f"{demo_api}/records"
@@ -60,15 +58,20 @@ def runs(airflow_standalone, client, demo_api):  # noqa: F811
         "marked_failed": {"url": url, "algorithms": ["kmeans"]},
         "bad_conf": {"url": url, "overrides": {"modeling.colour": "red"}},
     }
-    return {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
+    triggered = {name: client.trigger(DAG, conf, run_id=f"e2e_{name}") for name, conf in confs.items()}
+    yield triggered
+    # the instance is shared: leave nothing in flight for the next module (a no-op when all passed)
+    ended = airflow_shared.end_runs(DAG, [*triggered.values(), f"rerun__{triggered['rerun']}"])
+    if ended:
+        print(f"marked failed, still in flight at the end of the module: {ended}")
 
 
 @pytest.fixture(scope="module")
-def wait(client, airflow_standalone, runs):  # noqa: F811
-    return BudgetedWaits(client, airflow_standalone, DAG, BUDGET)  # made right after ``runs`` triggered them
+def wait(client, airflow_shared, runs):
+    return BudgetedWaits(client, airflow_shared, DAG, BUDGET)  # made right after ``runs`` triggered them
 
 
-def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, runs, wait):  # noqa: F811
+def test_bad_conf_fails_clearly_at_resolve_config(airflow_shared, client, runs, wait):
     run_id = runs["bad_conf"]
     assert wait.run(run_id) == "failed"
     states = client.task_instances(DAG, run_id)
@@ -78,7 +81,7 @@ def test_bad_conf_fails_clearly_at_resolve_config(airflow_standalone, client, ru
     assert "modeling.colour" in log and "unknown key" in log
 
 
-def test_approve_publishes_and_records_the_decision(airflow_standalone, client, runs, wait):  # noqa: F811
+def test_approve_publishes_and_records_the_decision(airflow_shared, client, runs, wait):
     run_id = runs["approve"]
     wait.gate(run_id)
     detail = client.hitl_detail(DAG, run_id, "review")
@@ -105,11 +108,11 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
         and states["trigger_rerun"] == "skipped"
     )
 
-    run_dir = airflow_standalone.run_dir(run_id)
+    run_dir = airflow_shared.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
     assert decision["decision"] == "approved" and decision["by"] == "admin"
     assert decision["comment"] == "checked the top rows" and decision["at"]
-    approved = airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html"
+    approved = airflow_shared.home / "reports" / "approved" / f"{run_dir.name}.html"
     assert approved.is_file()
     html = approved.read_text()
     assert "Approved" in html and "checked the top rows" in html
@@ -123,20 +126,20 @@ def test_approve_publishes_and_records_the_decision(airflow_standalone, client, 
     assert SECRET not in json.dumps(client.xcom(DAG, run_id, "ingest"))
 
 
-def test_reject_records_and_publishes_nothing(airflow_standalone, client, runs, wait):  # noqa: F811
+def test_reject_records_and_publishes_nothing(airflow_shared, client, runs, wait):
     run_id = runs["reject"]
     wait.gate(run_id)
     client.answer_hitl(DAG, run_id, "review", "Reject", {"comment": "too many false alarms"})
     assert wait.run(run_id) == "success"
     states = client.task_instances(DAG, run_id)
     assert states["rejected"] == "success" and states["publish"] == "skipped"
-    run_dir = airflow_standalone.run_dir(run_id)
+    run_dir = airflow_shared.run_dir(run_id)
     assert json.loads((run_dir / "decision.json").read_text())["decision"] == "rejected"
-    assert not (airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html").exists()
+    assert not (airflow_shared.home / "reports" / "approved" / f"{run_dir.name}.html").exists()
     assert "Rejected" in (run_dir / "report.html").read_text()
 
 
-def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, client, runs, wait):  # noqa: F811
+def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_shared, client, runs, wait):
     run_id = runs["rerun"]
     wait.gate(run_id)
     client.answer_hitl(
@@ -154,7 +157,7 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
     assert conf["overrides"]["modeling.algorithms"] == ["kmeans"]
 
     wait.gate(rerun_id)
-    rerun_dir = airflow_standalone.run_dir(rerun_id)
+    rerun_dir = airflow_shared.run_dir(rerun_id)
     results = json.loads((rerun_dir / "results.json").read_text())
     assert results["rerun_of"] == run_id
     assert {m["algorithm"] for m in results["models"]} == {"kmeans"}
@@ -168,20 +171,20 @@ def test_rerun_starts_a_linked_run_with_the_adjustments(airflow_standalone, clie
         in changes
     )
     assert re.search(r"<strong>[1-9][0-9,]* newly flagged</strong>", changes)
-    first = json.loads((airflow_standalone.run_dir(run_id) / "decision.json").read_text())
+    first = json.loads((airflow_shared.run_dir(run_id) / "decision.json").read_text())
     assert first["decision"] == "rerun" and first["adjustments"]["modeling.contamination"] == 0.1
     client.answer_hitl(DAG, rerun_id, "review", "Reject")
     assert wait.run(rerun_id) == "success"
 
 
-def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs, wait):  # noqa: F811
+def test_spark_branch_runs_through_spark_submit(airflow_shared, client, runs, wait):
     run_id = runs["spark"]
     wait.gate(run_id)
     states = client.task_instances(DAG, run_id)
     assert states["spark_preprocess"] == "success" and states["spark_detect"] == "success"
     assert states["preprocess"] == "skipped"
     assert "spark path" in client.task_log(DAG, run_id, "choose_path")
-    run_dir = airflow_standalone.run_dir(run_id)
+    run_dir = airflow_shared.run_dir(run_id)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["mode"] == "spark" and results["status"] == "succeeded"
     # bulk ingestion: page part files and a compressed raw snapshot with its manifest
@@ -199,7 +202,7 @@ def test_spark_branch_runs_through_spark_submit(airflow_standalone, client, runs
     assert wait.run(run_id) == "success"
 
 
-def test_gate_marked_failed_in_the_ui_counts_as_reject(airflow_standalone, client, runs, wait):  # noqa: F811
+def test_gate_marked_failed_in_the_ui_counts_as_reject(airflow_shared, client, runs, wait):
     run_id = runs["marked_failed"]
     wait.gate(run_id)
     client.request(
@@ -211,6 +214,6 @@ def test_gate_marked_failed_in_the_ui_counts_as_reject(airflow_standalone, clien
     wait.run(run_id)
     states = client.task_instances(DAG, run_id)
     assert states["publish"] == "skipped" and states["rejected"] == "success"
-    run_dir = airflow_standalone.run_dir(run_id)
+    run_dir = airflow_shared.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
     assert decision["decision"] == "rejected" and decision["via"] == "marked_failed"

@@ -1,7 +1,9 @@
 """End-to-end check of the local Airflow harness: a real ``airflow standalone`` (scripts/airflow_up.sh),
 the REST client (devtools.airflow_client) and a human-in-the-loop gate answered over REST.
 
-Uses a throwaway DAG in a temporary dags folder, never the repo's dags/.
+Runs on the session's shared standalone (``airflow_shared``), whose DAGs folder (a temporary one, never
+the repo's dags/) gets this module's throwaway DAG; the broken DAG file exists only during its test.
+The scheduler is killed only at a quiet moment (no task of any run in flight).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import signal
 import textwrap
 import time
 import uuid
+from datetime import datetime
 
 import psutil
 import pytest
 import requests
-from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
+from airflow_fixtures import REPO, wait_until
 
 from devtools.airflow_client import AirflowApiError, AirflowClient, DagImportError
 
@@ -72,16 +75,11 @@ PROBE_DAG = textwrap.dedent(
 BROKEN_DAG = 'from airflow.sdk import DAG  # noqa: F401\n\nraise RuntimeError("HARNESS-BROKEN-DAG")\n'
 
 
-@pytest.fixture(scope="module")
-def airflow_dags_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dags")
-    (folder / "harness_probe.py").write_text(PROBE_DAG)
-    (folder / "harness_broken.py").write_text(BROKEN_DAG)
-    return folder
+AIRFLOW_TEST_DAGS = {"harness_probe.py": PROBE_DAG}  # next to the repo's DAGs in the shared instance
 
 
-def test_rest_api_requires_auth(airflow_standalone):  # noqa: F811
-    url = airflow_standalone.url
+def test_rest_api_requires_auth(airflow_shared):
+    url = airflow_shared.url
     # Health is public, DAGs are not.
     assert requests.get(f"{url}/api/v2/monitor/health", timeout=30).status_code == 200
     assert requests.get(f"{url}/api/v2/dags", timeout=30).status_code in (401, 403)
@@ -94,15 +92,15 @@ def test_rest_api_requires_auth(airflow_standalone):  # noqa: F811
         wrong.get_dag(DAG_ID)
     assert err.value.status in (401, 403)
     # Credentials file: private.
-    creds = airflow_standalone.home / "simple_auth_manager_passwords.json"
+    creds = airflow_shared.home / "simple_auth_manager_passwords.json"
     assert creds.stat().st_mode & 0o777 == 0o600
     # Bound to loopback only.
-    assert airflow_standalone.env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert airflow_shared.env["AIRFLOW__API__HOST"] == "127.0.0.1"
 
 
-def _real_scheduler(airflow_standalone) -> psutil.Process:  # noqa: F811
+def _real_scheduler(airflow_shared) -> psutil.Process:
     """The scheduler's own Python process (not the restarting wrapper around it) in the instance's group."""
-    pgid = int((airflow_standalone.home / "standalone.pid").read_text())
+    pgid = int((airflow_shared.home / "standalone.pid").read_text())
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -115,27 +113,34 @@ def _real_scheduler(airflow_standalone) -> psutil.Process:  # noqa: F811
     return found[0]
 
 
-def test_a_scheduler_that_dies_is_started_again(airflow_standalone):  # noqa: F811
+def test_a_scheduler_that_dies_is_started_again(airflow_shared):
     # `airflow standalone` never restarts a part that exits; scripts/airflow_up.sh's wrapper does.
-    client = airflow_standalone.client
+    client = airflow_shared.client
     client.wait_for_dag(DAG_ID, timeout=120)
-    first = _real_scheduler(airflow_standalone)
+    # The instance is shared: kill the scheduler only when no task of any run is in flight.
+    wait_until(
+        lambda: not airflow_shared.busy_task_instances(),
+        600,
+        "no task instance of any run to be in flight",
+        interval=2,
+        describe=lambda: str(airflow_shared.busy_task_instances()),
+    )
+    exit_line = "airflow_up.sh: scheduler exited with status"
+    exits_before = airflow_shared.log_count(exit_line)  # earlier exits (e.g. SQLite locked) count too
+    first = _real_scheduler(airflow_shared)
     killed_at = time.time()
     first.send_signal(signal.SIGKILL)
     first.wait(30)
-
-    deadline = time.monotonic() + 120
-    while "airflow_up.sh: scheduler exited with status" not in airflow_standalone.log_file.read_text(
-        errors="replace"
-    ):
-        assert time.monotonic() < deadline, airflow_standalone.log_tail()
-        time.sleep(1)
+    wait_until(
+        lambda: airflow_shared.log_count(exit_line) > exits_before,
+        120,
+        "airflow_up.sh to report the scheduler's exit",
+        describe=airflow_shared.log_tail,
+    )
 
     def beat_after_kill():
         health = client.health()
         beat = (health.get("scheduler") or {}).get("latest_scheduler_heartbeat")
-        from datetime import datetime
-
         fresh = beat is not None and datetime.fromisoformat(beat).timestamp() > killed_at
         return (
             fresh and health["scheduler"]["status"] == "healthy",
@@ -144,17 +149,32 @@ def test_a_scheduler_that_dies_is_started_again(airflow_standalone):  # noqa: F8
         )
 
     client._poll("a heartbeat of the restarted scheduler", 150, beat_after_kill)
-    assert _real_scheduler(airflow_standalone).pid != first.pid
+    assert _real_scheduler(airflow_shared).pid != first.pid
 
 
-def test_import_errors_surface(airflow_standalone):  # noqa: F811
-    client = airflow_standalone.client
-    with pytest.raises(DagImportError, match="HARNESS-BROKEN-DAG"):
-        client.wait_for_dag("harness_broken", timeout=90, import_error_grace=0)
+def _broken_errors(client) -> list[dict]:
+    return [e for e in client.import_errors() if "harness_broken" in str(e.get("filename"))]
 
 
-def test_trigger_gate_answer_and_logs(airflow_standalone):  # noqa: F811
-    client = airflow_standalone.client
+def test_import_errors_surface(airflow_shared):
+    client = airflow_shared.client
+    assert airflow_shared.dags_folder != (REPO / "dags").resolve()  # a temporary folder: ours to write
+    broken = airflow_shared.dags_folder / "harness_broken.py"
+    broken.write_text(BROKEN_DAG)
+    try:
+        with pytest.raises(DagImportError, match="HARNESS-BROKEN-DAG"):
+            client.wait_for_dag("harness_broken", timeout=90, import_error_grace=0)
+    finally:
+        broken.unlink()
+    # The import error goes with the file (the DAG processor clears errors of files that are gone), so
+    # the modules after this one on the shared instance see no import error.
+    wait_until(
+        lambda: not _broken_errors(client), 120, "the import error of the removed file to go", interval=2
+    )
+
+
+def test_trigger_gate_answer_and_logs(airflow_shared):
+    client = airflow_shared.client
     dag = client.wait_for_dag(DAG_ID, timeout=120)
     assert dag["is_paused"] is True  # DAGS_ARE_PAUSED_AT_CREATION
     client.unpause(DAG_ID)
@@ -185,7 +205,7 @@ def test_trigger_gate_answer_and_logs(airflow_standalone):  # noqa: F811
 
     log = client.task_log(DAG_ID, run_id, "hello")
     assert f"HARNESS-HELLO token={token}" in log, log
-    assert f"runs_dir={airflow_standalone.env['ANOMALY_RUNS_DIR']}" in log, log
+    assert f"runs_dir={airflow_shared.env['ANOMALY_RUNS_DIR']}" in log, log
 
     detail = client.hitl_detail(DAG_ID, run_id, "gate")
     assert detail["subject"] == f"Approve run {token}?"

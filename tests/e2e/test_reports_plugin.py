@@ -1,7 +1,8 @@
 """The anomaly reports plugin (plugins/anomaly_reports.py) on a real ``airflow standalone``, over real HTTP.
 
-The instance loads the repo's dags/ and plugins/. Run directories and reports are planted straight into
-its ANOMALY_RUNS_DIR / ANOMALY_REPORTS_DIR (small hand-written reports for the REST checks; one real
+The instance is the session's shared standalone (``airflow_shared``, with the runs of other modules); it
+loads the repo's dags/ and plugins/. Run directories and reports are planted straight into its
+ANOMALY_RUNS_DIR / ANOMALY_REPORTS_DIR (small hand-written reports for the REST checks; one real
 pipeline report, made natively, for the browser). A secret file outside the reports directory (and a
 symlink to it inside) must never come back, whatever the path. The browser test logs in through the
 Airflow UI's login form in headless Chromium under Playwright (tests/support/browser.py).
@@ -18,7 +19,6 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
 
 from anomaly_detection.report.index import report_url
 
@@ -38,6 +38,12 @@ PNG = base64.b64encode(
 ).decode()
 HOSTILE_NAME = '<script>alert("name")</script>'
 HOSTILE_COMMENT = "<img src=x onerror=alert(1)> looks fine & done"
+
+
+@pytest.fixture(scope="module")
+def airflow_standalone(airflow_shared):
+    """This module's Airflow: the session's shared standalone (tests/conftest.py)."""
+    return airflow_shared
 
 
 def _report_html(run_id: str) -> str:
@@ -275,8 +281,18 @@ def test_paths_outside_the_reports_directory_are_refused(airflow_standalone, pla
 def test_open_report_extra_link_on_build_report(airflow_standalone, planted):  # noqa: F811
     """A run of the real DAG (paused: nothing runs) has task instances; the link shows once the report exists."""
     client = airflow_standalone.client
-    client.wait_for_dag(DAG, 300)
-    run_id = client.trigger(DAG, {}, run_id="plugin_link_probe")
+    was_paused = client.wait_for_dag(DAG, 300)["is_paused"]
+    client.pause(DAG)  # the shared instance's DAG may be unpaused by another module; the probe must not run
+    try:
+        run_id = client.trigger(DAG, {}, run_id="plugin_link_probe")
+        _check_open_report_links(airflow_standalone, planted, run_id)
+    finally:  # leave the shared instance as it was: no probe run, the DAG paused or not as before
+        client.request("DELETE", f"/api/v2/dags/{DAG}/dagRuns/plugin_link_probe", expect=(204, 404))
+        client.set_paused(DAG, was_paused)
+
+
+def _check_open_report_links(airflow_standalone, planted, run_id):
+    client = airflow_standalone.client
     links_path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{{}}/links"
 
     def links(task_id):

@@ -5,7 +5,11 @@ recovered and any data lost; the session ends with one summary line.
         fault_ledger.injected("SIGKILL ingest task")
         ...
         fault_ledger.recovered("run survived SIGKILL of ingest")
-        fault_ledger.lost(0)   # or the number of pages / rows / files that went missing
+        fault_ledger.lost(missing)
+
+``missing`` is measured, never assumed: the pages / rows / files the faulted run's outputs lack when
+compared with a reference run or with the input that was served. Record it before the assertions (a
+failing assertion would otherwise leave the loss out of the summary).
 """
 
 from __future__ import annotations

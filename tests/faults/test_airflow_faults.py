@@ -12,6 +12,13 @@ test then follows its own:
   again on the same home, database and ports; the gate must still wait and take an Approve.
 * ``load-*``: five runs on two small demo APIs, each answered at the gate, each with its own outputs.
 
+Data lost (the fault ledger) is measured, before the assertions, by comparing outputs: the records the
+demo API serves against the rows of the run's flattened table, and the killed run's files and anomaly
+rows against the undisturbed run's (test 1) or the outputs an approved run must have (test 2).
+
+The standalone is the session's destructive one (``airflow_destructive``), which no other module uses.
+Every wait is on a condition (``wait.until``), never on the clock.
+
 The task process is found through the REST API (the task instance's ``pid``, which the Airflow 3
 supervisor reports for the task runner it forks) and checked to belong to this standalone (its
 session, its AIRFLOW_HOME) before its process group is SIGKILLed. The supervisor sees the signal
@@ -26,18 +33,17 @@ import os
 import signal
 import time
 import urllib.request
+from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
-import airflow_fixtures
 import pandas as pd
 import pytest
-from airflow_fixtures import BudgetedWaits
+from airflow_fixtures import BudgetedWaits, GateAwareClient, wait_until
 from demo_process import running_demo_api
 
 from anomaly_detection.runs import safe_run_id
-from devtools.airflow_client import AirflowApiError, AirflowClient
-
-airflow_standalone = airflow_fixtures.airflow_standalone  # the module-scoped fixture
+from devtools.airflow_client import AirflowApiError
 
 DAG = "anomaly_detection"
 BUDGET = 1500  # seconds for every wait of the module together, counted from the trigger
@@ -85,17 +91,14 @@ def small_apis():
         yield a, b
 
 
-@pytest.fixture(scope="module")
-def airflow_extra_env():
-    # a short retry delay (production: 20 s) keeps the recovery inside the test budget
-    return {"ANOMALY_RETRY_DELAY_SECONDS": "3"}
+# a short retry delay (production: 20 s) keeps the recovery inside the test budget
+AIRFLOW_EXTRA_ENV = {"ANOMALY_RETRY_DELAY_SECONDS": "3"}
 
 
 @pytest.fixture(scope="module")
-def client(airflow_standalone):
+def client(airflow_destructive):
     """A patient client (a loaded 2-core machine answers slowly); it logs in again after the restart."""
-    base = airflow_standalone.client
-    return AirflowClient(airflow_standalone.url, base.username, base._password, timeout=180)
+    return GateAwareClient(airflow_destructive, timeout=180)
 
 
 def _load_confs(small_apis) -> dict[str, dict]:
@@ -113,8 +116,8 @@ def _load_confs(small_apis) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(airflow_standalone, client, big_api, small_apis):
-    TIMINGS["airflow start"] = airflow_standalone.startup_seconds or 0.0
+def runs(airflow_destructive, client, big_api, small_apis):
+    TIMINGS["airflow start"] = airflow_destructive.startup_seconds or 0.0
     client.wait_for_dag(DAG, 300)
     client.unpause(DAG)
     big = {**BIG_CONF, "url": f"{big_api}/records"}
@@ -132,19 +135,20 @@ def runs(airflow_standalone, client, big_api, small_apis):
     TIMINGS["_triggered"] = time.monotonic()
     # The others once the faulted run's ingestion runs: with 4 worker slots, their first tasks would
     # otherwise go first and the slow tasks to kill would start minutes later.
-    deadline = time.monotonic() + 300
-    while (
-        time.monotonic() < deadline
-        and (_ti(client, "faults_killed", "ingest") or {}).get("state") not in STARTED
-    ):
-        time.sleep(1)
+    wait_until(
+        lambda: (_ti(client, "faults_killed", "ingest") or {}).get("state") in STARTED,
+        300,
+        "the ingest task of faults_killed to start",
+        interval=1,
+        describe=airflow_destructive.log_tail,
+    )
     triggered.update({name: client.trigger(DAG, conf, run_id=name) for name, conf in then.items()})
     return {"ids": triggered, "confs": {**first, **then}}
 
 
 @pytest.fixture(scope="module")
-def wait(client, airflow_standalone, runs):
-    return BudgetedWaits(client, airflow_standalone, DAG, BUDGET)
+def wait(client, airflow_destructive, runs):
+    return BudgetedWaits(client, airflow_destructive, DAG, BUDGET)
 
 
 def _ti(client, run_id: str, task_id: str, map_index: int = -1) -> dict | None:
@@ -244,7 +248,33 @@ def assert_retried_after_sigkill(
     )
 
 
-# --------------------------------------------------------------------------- comparing runs
+# --------------------------------------------------------------------------- comparing outputs
+
+
+def served_ids(base: str) -> Counter:
+    """The ids of every record the demo API at ``base`` serves (with repeats: it serves duplicates)."""
+    ids: Counter = Counter()
+    url: str | None = f"{base}/records?offset=0&limit=10000"
+    while url:
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            page = json.load(resp)
+        ids.update(int(record["id"]) for record in page["data"])
+        url = base + page["next"] if page.get("next") else None
+    return ids
+
+
+def stored_ids(run_dir: Path) -> Counter:
+    """The ids of the rows in the run's flattened table (none if it is missing)."""
+    try:
+        frame = pd.read_parquet(run_dir / "flattened.parquet", columns=["id"])
+    except (OSError, ValueError, KeyError):
+        return Counter()
+    return Counter(int(i) for i in frame["id"])
+
+
+def records_lost(base: str, run_dir: Path) -> int:
+    """Records the API served that the run's flattened table lacks."""
+    return sum((served_ids(base) - stored_ids(run_dir)).values())
 
 
 def _without_timings(value):
@@ -298,11 +328,20 @@ def compare_runs(ref: Path, other: Path) -> dict:
 # --------------------------------------------------------------------------- 1. task killed mid-way
 
 
+def _fits_logged(client, run_id: str, map_index: int, try_number: int) -> int:
+    """How many grid fits the detect task's try has logged so far ("<algorithm> {params}: N anomalies")."""
+    try:
+        log = client.task_log(DAG, run_id, "detect", try_number=try_number, map_index=map_index)
+    except AirflowApiError:
+        return 0
+    return sum(f"{KILLED_DETECT} {{" in line and " anomalies (" in line for line in log.splitlines())
+
+
 def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(
-    airflow_standalone, client, runs, wait, fault_ledger
+    airflow_destructive, client, runs, wait, fault_ledger, big_api
 ):
     run_id, ref_id = runs["ids"]["faults_killed"], runs["ids"]["faults_ref"]
-    run_dir = airflow_standalone.run_dir(run_id)
+    run_dir = airflow_destructive.run_dir(run_id)
 
     # ingest: kill it once a few of its 30 pages are saved
     ti = wait.until("ingest to run", lambda: _running_with_pid(client, run_id, "ingest"))
@@ -312,28 +351,32 @@ def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(
     assert ti, "ingest finished before it could be killed"
     pages_before = len(list((run_dir / "raw").glob("page-*")))
     assert pages_before < BIG_ROWS // PAGE_SIZE and not (run_dir / "ingest.json").exists()
-    killed = kill_task_process(airflow_standalone, ti)
+    killed = kill_task_process(airflow_destructive, ti)
     fault_ledger.injected("SIGKILL of the ingest task process mid-way")
     print(f"killed ingest try {ti['try_number']} at page {pages_before}: {killed}")
     began = time.monotonic()
     wait.task(run_id, "ingest", ["success"])
     TIMINGS["ingest recovery (kill -> success)"] = time.monotonic() - began
-    assert_retried_after_sigkill(airflow_standalone, client, run_id, "ingest", ti)
+    assert_retried_after_sigkill(airflow_destructive, client, run_id, "ingest", ti)
 
     # detect[isolation_forest]: kill it mid-grid (its 27 fits take well over 10 s)
     index = runs["confs"]["faults_killed"]["algorithms"].index(KILLED_DETECT)
     ti = wait.until("detect to run", lambda: _running_with_pid(client, run_id, "detect", index))
-    time.sleep(6)
+    wait.until(
+        f"detect[{KILLED_DETECT}] to log its first fit",  # mid-grid: 1 of its 27 fits done
+        lambda: _fits_logged(client, run_id, index, ti["try_number"]) >= 1,
+        1.0,
+    )
     ti = _running_with_pid(client, run_id, "detect", index)
     assert ti, "detect finished before it could be killed"
     assert not (run_dir / "models" / f"{KILLED_DETECT}.json").exists(), "detect wrote its results already"
-    killed = kill_task_process(airflow_standalone, ti)
+    killed = kill_task_process(airflow_destructive, ti)
     fault_ledger.injected(f"SIGKILL of the detect[{KILLED_DETECT}] task process mid-way")
     print(f"killed detect[{KILLED_DETECT}] try {ti['try_number']}: {killed}")
     began = time.monotonic()
     wait.task(run_id, "detect", ["success"], map_index=index)
     TIMINGS["detect recovery (kill -> success)"] = time.monotonic() - began
-    assert_retried_after_sigkill(airflow_standalone, client, run_id, "detect", ti, index)
+    assert_retried_after_sigkill(airflow_destructive, client, run_id, "detect", ti, index)
     assert client.task_instance(DAG, run_id, "detect", index)["rendered_map_index"] == KILLED_DETECT
 
     # both runs reach the gate; the killed one has exactly the undisturbed one's outputs
@@ -341,9 +384,11 @@ def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(
     TIMINGS["killed run at gate after trigger"] = time.monotonic() - TIMINGS["_triggered"]
     wait.gate(ref_id)
     TIMINGS["ref run at gate after trigger"] = time.monotonic() - TIMINGS["_triggered"]
-    diff = compare_runs(airflow_standalone.run_dir(ref_id), run_dir)
-    fault_ledger.lost(len(diff["missing_files"]) + diff["missing_rows"])
+    diff = compare_runs(airflow_destructive.run_dir(ref_id), run_dir)
+    diff["records_lost"] = records_lost(big_api, run_dir)  # served by the API, not in the flattened table
+    fault_ledger.lost(diff["records_lost"] + len(diff["missing_files"]) + diff["missing_rows"])
     print("comparison with the undisturbed run:", json.dumps(diff, default=str))
+    assert diff["records_lost"] == 0, diff
     assert diff["missing_files"] == [] and diff["missing_rows"] == 0, diff
     assert diff["best"][0] == diff["best"][1] and diff["models_identical"], diff
     assert diff["anomalies_identical"] and diff["extra_rows"] == 0, diff
@@ -352,7 +397,7 @@ def test_sigkilled_ingest_and_detect_are_retried_with_identical_outputs(
     assert diff["extra_files"] == [], f"the killed attempts left files behind: {diff['extra_files']}"
     pages = [
         json.loads((d / "raw" / "manifest.json").read_text())
-        for d in (airflow_standalone.run_dir(ref_id), run_dir)
+        for d in (airflow_destructive.run_dir(ref_id), run_dir)
     ]
     assert [(p["file"], p["records"]) for p in pages[0]] == [(p["file"], p["records"]) for p in pages[1]]
 
@@ -378,7 +423,7 @@ def _busy(client, run_ids) -> list[str]:
 
 
 def test_gate_survives_a_restart_of_the_whole_standalone(
-    airflow_standalone, client, runs, wait, fault_ledger
+    airflow_destructive, client, runs, wait, fault_ledger, small_apis
 ):
     run_id = runs["ids"]["faults_restart"]
     load_ids = [runs["ids"][name] for name in runs["confs"] if name.startswith("load-")]
@@ -389,15 +434,15 @@ def test_gate_survives_a_restart_of_the_whole_standalone(
     assert _busy(client, [run_id, *load_ids]) == []
     before = client.hitl_detail(DAG, run_id, "review")
     assert before["response_received"] is False
-    old_sid = airflow_standalone.session_id()
+    old_sid = airflow_destructive.session_id()
 
     began = time.monotonic()
     fault_ledger.injected("restart of the whole standalone while a run waits at the review gate")
-    airflow_standalone.restart()
-    TIMINGS["restart (stop)"] = airflow_standalone.stop_seconds or 0.0
-    print(f"airflow_down.sh: {airflow_standalone.stop_output.strip()}")
+    airflow_destructive.restart()
+    TIMINGS["restart (stop)"] = airflow_destructive.stop_seconds or 0.0
+    print(f"airflow_down.sh: {airflow_destructive.stop_output.strip()}")
     TIMINGS["restart (stop + start)"] = time.monotonic() - began
-    assert airflow_standalone.session_id() not in (None, old_sid)
+    assert airflow_destructive.session_id() not in (None, old_sid)
     assert not any(Path(f"/proc/{p}").exists() for p in _session_pids(old_sid)), (
         "processes of the old standalone are left"
     )
@@ -407,28 +452,63 @@ def test_gate_survives_a_restart_of_the_whole_standalone(
     assert client.dag_run(DAG, run_id)["state"] == "running"
     after = client.hitl_detail(DAG, run_id, "review")
     assert after["response_received"] is False and after["options"] == before["options"]
-    time.sleep(5)  # the new scheduler's first loops must not touch it either
+    # the new scheduler's first loops must not touch it either: wait until it has adopted or reset the
+    # orphaned task instances (its first act) and beaten 3 times since the restart
+    restarted, beats = datetime.now(UTC), set()
+
+    def new_scheduler_looped() -> bool:
+        beat = (client.health().get("scheduler") or {}).get("latest_scheduler_heartbeat")
+        if beat and datetime.fromisoformat(beat) > restarted:
+            beats.add(beat)
+        return len(beats) >= 3 and airflow_destructive.log_count("Adopting or resetting orphaned tasks") > 0
+
+    wait.until("3 heartbeats of the new scheduler after its adoption of orphaned tasks", new_scheduler_looped)
     assert client.task_instance(DAG, run_id, "review")["state"] == "awaiting_input"
     for rid in load_ids:
         assert client.task_instance(DAG, rid, "review")["state"] == "awaiting_input", rid
 
     began = time.monotonic()
-    client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "after the restart"})
-    assert wait.run(run_id) == "success"
-    TIMINGS["approve after restart -> run success"] = time.monotonic() - began
+    run_dir = airflow_destructive.run_dir(run_id)
+    approved = airflow_destructive.home / "reports" / "approved" / f"{run_dir.name}.html"
+    try:
+        client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "after the restart"})
+        state = wait.run(run_id)
+        TIMINGS["approve after restart -> run success"] = time.monotonic() - began
+    finally:
+        # measured before the assertions (and when the wait failed): records the API served missing
+        # from the run's table, outputs of an approved run missing, flagged rows missing from anomalies.csv
+        lost = _restart_losses(small_apis[0], run_dir, approved)
+        fault_ledger.lost(sum(lost.values()))
+    print("data lost after the restart:", lost)
+    assert state == "success"
+    assert lost == {"records": 0, "files": 0, "anomaly_rows": 0}, lost
     states = client.task_instances(DAG, run_id)
     assert (
         states["publish"] == "success"
         and states["rejected"] == "skipped"
         and states["trigger_rerun"] == "skipped"
     )
-    run_dir = airflow_standalone.run_dir(run_id)
     decision = json.loads((run_dir / "decision.json").read_text())
     assert decision["decision"] == "approved" and decision["comment"] == "after the restart"
-    approved = airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html"
     assert approved.is_file() and "after the restart" in approved.read_text()
     fault_ledger.recovered("run approved after a standalone restart at its review gate")
-    fault_ledger.lost(0 if approved.is_file() and (run_dir / "anomalies.csv").is_file() else 1)
+
+
+def _restart_losses(api_base: str, run_dir: Path, approved: Path) -> dict[str, int]:
+    expected = [
+        run_dir / name for name in ("flattened.parquet", "results.json", "anomalies.csv", "decision.json")
+    ]
+    files = sum(not path.exists() for path in [*expected, approved])
+    try:
+        flagged = json.loads((run_dir / "results.json").read_text())["best"]["anomaly_count"]
+        written = len(pd.read_csv(run_dir / "anomalies.csv"))
+    except (OSError, ValueError, KeyError, TypeError):
+        flagged = written = 0  # counted under files
+    return {
+        "records": records_lost(api_base, run_dir),
+        "files": files,
+        "anomaly_rows": max(flagged - written, 0),
+    }
 
 
 def _session_pids(sid: int | None) -> list[int]:
@@ -446,7 +526,7 @@ def _session_pids(sid: int | None) -> list[int]:
 # --------------------------------------------------------------------------- 3. several runs at once
 
 
-def test_concurrent_runs_keep_separate_correct_outputs(airflow_standalone, client, runs, wait, small_apis):
+def test_concurrent_runs_keep_separate_correct_outputs(airflow_destructive, client, runs, wait, small_apis):
     confs = {name: conf for name, conf in runs["confs"].items() if name.startswith("load-")}
     ids = {name: runs["ids"][name] for name in confs}
     assert len(ids) >= 5
@@ -465,13 +545,13 @@ def test_concurrent_runs_keep_separate_correct_outputs(airflow_standalone, clien
     others = {rid: [safe_run_id(o) for o in ids.values() if o != rid] for rid in ids.values()}
     frames = {}
     for name, rid in ids.items():
-        conf, run_dir = confs[name], airflow_standalone.run_dir(rid)
+        conf, run_dir = confs[name], airflow_destructive.run_dir(rid)
         results = json.loads((run_dir / "results.json").read_text())
         assert results["run_id"] == safe_run_id(rid) and results["airflow_run_id"] == rid
         assert results["source_url"] == conf["url"] and results["status"] == "succeeded"
         assert results["rows"]["ingested"] == SMALL_ROWS
         assert json.loads((run_dir / "decision.json").read_text())["comment"] == f"load {name}"
-        assert (airflow_standalone.home / "reports" / "approved" / f"{run_dir.name}.html").is_file()
+        assert (airflow_destructive.home / "reports" / "approved" / f"{run_dir.name}.html").is_file()
         # nothing of another run in this run's directory
         for path in run_dir.rglob("*"):
             if path.is_file() and path.suffix in (".json", ".yaml", ".log", ".jsonl"):

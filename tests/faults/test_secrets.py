@@ -1,20 +1,24 @@
 """Secrets never leak: known secrets are planted in every channel a run can get one from (an Airflow
 connection, an environment variable, the URL's query, a request header), the API refuses requests
 without them, and every file under the runs and reports directories, every task log, the XComs and
-the review gate's body are searched for them afterwards."""
+the review gate's body are searched for them afterwards.
+
+Runs on the session's shared standalone (``airflow_shared``): the search covers the other modules' runs
+and logs too. Data lost: the records the API served that are missing from the runs' flattened tables."""
 
 from __future__ import annotations
 
 import base64
 import json
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import numpy as np
+import pandas as pd
 import pytest
-from airflow_fixtures import airflow_standalone  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -114,12 +118,10 @@ def api():
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def airflow_extra_env():
-    return {
-        "AIRFLOW_CONN_SECRET_API": json.dumps({"conn_type": "http", "password": CONN_TOKEN}),
-        "DAD_TEST_API_TOKEN": ENV_TOKEN,
-    }
+AIRFLOW_EXTRA_ENV = {
+    "AIRFLOW_CONN_SECRET_API": json.dumps({"conn_type": "http", "password": CONN_TOKEN}),
+    "DAD_TEST_API_TOKEN": ENV_TOKEN,
+}
 
 
 def _variants(secret: str) -> list[str]:
@@ -140,8 +142,26 @@ def _leaks(root: Path) -> list[str]:
     return found
 
 
-def test_planted_secrets_appear_nowhere(airflow_standalone, api, fault_ledger):  # noqa: F811
-    client = airflow_standalone.client
+def records_lost(api: AuthApi, run_dir: Path) -> int:
+    """How many of the records the API served (counted with repeats) the run's flattened table lacks."""
+    served = Counter(int(r["id"]) for r in api.records)
+    try:
+        stored = Counter(int(i) for i in pd.read_parquet(run_dir / "flattened.parquet", columns=["id"])["id"])
+    except (OSError, ValueError, KeyError):
+        stored = Counter()  # no table (or no id column): all of it is lost
+    return sum((served - stored).values())
+
+
+@pytest.fixture
+def own_runs(airflow_shared):
+    """The run ids the test triggers; any still in flight at its end is marked failed (shared instance)."""
+    run_ids: list[str] = []
+    yield run_ids
+    airflow_shared.end_runs(DAG, run_ids)
+
+
+def test_planted_secrets_appear_nowhere(airflow_shared, api, fault_ledger, own_runs):
+    client = airflow_shared.client
     client.wait_for_dag(DAG, 300)
     client.unpause(DAG)
     common = {"mode": "native", "algorithms": ["isolation_forest", "kmeans"], "config": "demo.yaml"}
@@ -167,26 +187,30 @@ def test_planted_secrets_appear_nowhere(airflow_standalone, api, fault_ledger): 
         },
     }
     run_ids = [client.trigger(DAG, conf, run_id=name) for name, conf in confs.items()]
+    own_runs.extend(run_ids)
     fault_ledger.injected("planted secret (connection, env var, URL query, header)", len(SECRETS))
     bodies = []
-    for run_id in run_ids:
-        client.wait_for_task_state(DAG, run_id, "review", ["awaiting_input"], 600)
-        bodies.append(client.hitl_detail(DAG, run_id, "review"))
-        client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "fine"})
-    for run_id in run_ids:
-        assert client.wait_for_run(DAG, run_id, 300) == "success"
+    try:
+        for run_id in run_ids:
+            client.wait_for_task_state(DAG, run_id, "review", ["awaiting_input"], 600)
+            bodies.append(client.hitl_detail(DAG, run_id, "review"))
+            client.answer_hitl(DAG, run_id, "review", "Approve", {"comment": "fine"})
+        states = [client.wait_for_run(DAG, run_id, 300) for run_id in run_ids]
+    finally:
+        # did every record served reach each run's table? Measured before any assertion (and also when a
+        # wait failed), so the ledger always has it
+        fault_ledger.lost(sum(records_lost(api, airflow_shared.run_dir(run_id)) for run_id in run_ids))
+    assert states == ["success"] * len(run_ids), dict(zip(run_ids, states))
     # the credentials were really used: every request carried them, none was refused
     assert api.served == {"/conn": 1, "/env": 1} and api.refused == []
 
-    leaks = _leaks(airflow_standalone.home / "runs") + _leaks(airflow_standalone.home / "reports")
+    leaks = _leaks(airflow_shared.home / "runs") + _leaks(airflow_shared.home / "reports")
     leaks += [
-        f"{s} in {airflow_standalone.home / 'logs'}"
+        f"{s} in {airflow_shared.home / 'logs'}"
         for s in SECRETS
         if s
         in "".join(
-            p.read_text(errors="replace")
-            for p in (airflow_standalone.home / "logs").rglob("*")
-            if p.is_file()
+            p.read_text(errors="replace") for p in (airflow_shared.home / "logs").rglob("*") if p.is_file()
         )
     ]
     for run_id in run_ids:
@@ -199,11 +223,10 @@ def test_planted_secrets_appear_nowhere(airflow_standalone, api, fault_ledger): 
                 leaks += [f"{s} in the {task} XCom of {run_id}" for s in SECRETS if s in json.dumps(value)]
     leaks += [f"{s} in the gate's body" for s in SECRETS for body in bodies if s in json.dumps(body)]
     assert leaks == []
-    fault_ledger.lost(0)
 
     # and the masked forms are there instead: the saved config and the report show *** where the secrets were
-    run_dir = airflow_standalone.home / "runs" / "secrets_conn"
+    run_dir = airflow_shared.run_dir(run_ids[0])
     saved = (run_dir / "config.resolved.yaml").read_text()
     assert "api_key=***" in saved and "X-Api-Key: '***'" in saved
-    ingest_log = client.task_log(DAG, "secrets_conn", "ingest")
+    ingest_log = client.task_log(DAG, run_ids[0], "ingest")
     assert "api_key=***" in ingest_log and "ingested 400 records" in ingest_log
