@@ -23,6 +23,19 @@ os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(TESTS.parent / "plugi
 AIRFLOW_FIXTURES = ("airflow_shared", "airflow_destructive")  # in the order their modules run
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--lane",
+        choices=("airflow", "other"),
+        help="run only the modules on a session Airflow standalone (airflow) or only the others (other); "
+        "scripts/test.sh runs the two lanes side by side",
+    )
+
+
+def _uses_airflow(item) -> bool:
+    return any(f in getattr(item, "fixturenames", ()) for f in AIRFLOW_FIXTURES)
+
+
 def pytest_collection_modifyitems(config, items):
     """Run modules marked ``slow`` (real Airflow, Spark) after the quick ones, keeping each module whole.
 
@@ -39,6 +52,12 @@ def pytest_collection_modifyitems(config, items):
         )
         airflow_rank[item.module.__name__] = max(rank, airflow_rank.get(item.module.__name__, 0))
     items.sort(key=lambda item: (item.module.__name__ in slow_modules, airflow_rank[item.module.__name__]))
+    lane = config.getoption("lane")
+    if lane:
+        on_airflow = {item.module.__name__ for item in items if _uses_airflow(item)}
+        keep = [(item.module.__name__ in on_airflow) == (lane == "airflow") for item in items]
+        config.hook.pytest_deselected(items=[item for item, kept in zip(items, keep) if not kept])
+        items[:] = [item for item, kept in zip(items, keep) if kept]
 
 
 @pytest.fixture(scope="session")

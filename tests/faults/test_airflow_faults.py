@@ -4,7 +4,7 @@ while a run waits at the review gate, and several runs at once.
 All runs are triggered together at the start (the slow part is Airflow starting task processes); each
 test then follows its own:
 
-* ``faults_ref`` and ``faults_killed`` have the same conf (30,000 rows from a slow demo API, complex
+* ``faults_ref`` and ``faults_killed`` have the same conf (15,000 rows from a slow demo API, complex
   grids, native mode). ``faults_killed`` loses its ``ingest`` task process mid-way, then its
   ``detect[isolation_forest]`` one; Airflow's retries must finish it with exactly the outputs of the
   undisturbed ``faults_ref``.
@@ -49,11 +49,11 @@ DAG = "anomaly_detection"
 BUDGET = 1500  # seconds for every wait of the module together, counted from the trigger
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2100)]
 
-BIG_ROWS = 30_000
-PAGE_SIZE = 1_000
+BIG_ROWS = 15_000
+PAGE_SIZE = 500
 PAGE_DELAY = 0.5  # 30 pages: the ingestion takes > 15 s
 SMALL_ROWS = 1_500
-# Run the slow tasks in a tight window: 30,000 rows, complex grids (isolation_forest: 27 fits).
+# Run the slow tasks in a tight window: 15,000 rows, complex grids (isolation_forest: 27 fits).
 BIG_CONF = {
     "mode": "native",
     "hyperparameters": "complex",

@@ -122,10 +122,13 @@ def test_check_config_redacts_secrets(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.skipif(not shutil.which("java"), reason="Java is not on PATH")
-def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path):
+def test_auto_mode_routes_a_run_over_budget_to_the_spark_jobs_through_spark_submit(demo_api, tmp_path):
+    """One spark-submit pipeline through the CLI: auto mode with a 1 MiB native budget (the memory
+    guard's routing) running both Spark jobs."""
     out = run_demo(
         demo_api, tmp_path, "demo-spark",
-        "processing.mode=spark",
+        "processing.mode=auto",
+        "processing.native_memory_budget_mb=1",
         'modeling.algorithms=["isolation_forest", "kmeans", "bisecting_kmeans", "dbscan"]',
         "modeling.grids.kmeans.simple={n_clusters: [4]}",
         "modeling.grids.bisecting_kmeans.simple={n_clusters: [4]}",
@@ -137,6 +140,10 @@ def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path)
     run_dir = tmp_path / "runs" / "demo-spark"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "succeeded" and results["mode"] == "spark"
+    assert results["rows"]["ingested"] == 3000
+    ingest_info = json.loads((run_dir / "ingest.json").read_text())
+    assert ingest_info["bulk"] and "budget" in ingest_info["routed_to_spark"]
+    assert list((run_dir / "raw.native").glob("page-*")) and (run_dir / "flattened.parquet").is_dir()
     assert {m["algorithm"] for m in results["models"]} == {
         "isolation_forest",
         "kmeans",
@@ -144,7 +151,7 @@ def test_spark_mode_runs_the_spark_jobs_through_spark_submit(demo_api, tmp_path)
     }  # dbscan: native only
     assert all(m["info"]["engine"] == "spark" for m in results["models"])
     log = (run_dir / "pipeline.log").read_text()
-    assert "spark path (processing.mode is spark)" in log and "skipped: dbscan" in log
+    assert "routing this run to Spark" in log and "skipped: dbscan" in log
     truth = json.loads(urllib.request.urlopen(demo_api + "/planted").read())
     planted = truth["ids"]
     anomalies = pd.read_csv(run_dir / "anomalies.csv")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,20 +75,4 @@ def test_native_mode_stops_with_advice_and_keeps_what_it_fetched(tmp_path):
     assert "processing.mode: spark" in (run_dir / "pipeline.log").read_text()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-@pytest.mark.skipif(not shutil.which("java"), reason="Java is not on PATH")
-def test_auto_mode_routes_a_dataset_over_budget_to_spark(tmp_path):
-    with running_demo_api(rows=1500, seed=2) as base:
-        out = _run(
-            base, tmp_path, "routed", "processing.mode=auto", "spark.master=local[2]", "spark.driver_memory=1g",
-            'modeling.algorithms=["isolation_forest", "kmeans"]', "modeling.grids.kmeans.simple={n_clusters: [4]}",
-        )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "routed"
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["mode"] == "spark" and results["rows"]["ingested"] == 1500
-    ingest_info = json.loads((run_dir / "ingest.json").read_text())
-    assert ingest_info["bulk"] and "budget" in ingest_info["routed_to_spark"]
-    assert list((run_dir / "raw.native").glob("page-*")) and (run_dir / "flattened.parquet").is_dir()
-    assert "routing this run to Spark" in (run_dir / "pipeline.log").read_text()
+# auto mode routing a run over budget to Spark: tests/integration/test_cli.py (one spark-submit pipeline)
