@@ -227,7 +227,7 @@ def measure(engine: str, root: Path, table: Path, config_path: Path, timeout: fl
         "peak": sampler.peak,
         "jvm_peak": sampler.jvm_peak,
         "processes": sorted(sampler.by_process.values(), reverse=True)[:4],
-        "rows": results["rows"]["after_duplicates"],
+        "rows": results["rows"]["scored"],
         "best": f"{best['algorithm']} {best['params']}",
         "anomalies": best["anomaly_count"],
         "report_bytes": (run_dir / "report.html").stat().st_size,

@@ -111,10 +111,23 @@ class SourceConfig(_Model):
 class ProcessingConfig(_Model):
     mode: Literal["native", "spark", "auto"] = "auto"
     auto_threshold_rows: int = Field(500_000, gt=0)
-    drop_duplicates: bool = True
+    #: Duplicate rows are always scored and counted; True fits each distinct feature row once, so
+    #: a repeated anomaly cannot mask itself (its copies are not each other's neighbours).
+    fit_on_distinct_rows: bool = True
     missing_values: Literal["kmeans", "median"] = "kmeans"
     imputation_clusters: int = Field(8, ge=1)
     scaling: Literal["minmax"] = "minmax"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "drop_duplicates" in data:
+            raise ValueError(
+                "drop_duplicates was removed: duplicate rows are always scored and counted; "
+                "use fit_on_distinct_rows (true: fit each distinct row once)"
+            )
+        return data
+
     include_features: list[str] = Field(default_factory=list)
     exclude_features: list[str] = Field(default_factory=list)
     max_list_length: int = Field(10, ge=0)

@@ -94,6 +94,8 @@ class RunPaths:
     spark_features = property(lambda self: self.root / "features.spark.parquet")
     report_sample = property(lambda self: self.root / "report_sample.parquet")
     kept_rows = property(lambda self: self.root / "kept_rows.npy")
+    #: Positions (in ``flattened``) of the rows that repeat an earlier row; they are scored too.
+    duplicate_rows = property(lambda self: self.root / "duplicate_rows.npy")
     labels = property(lambda self: self.root / "labels.npy")
     summary = property(lambda self: self.root / "data_summary.json")
     ingest_info = property(lambda self: self.root / "ingest.json")

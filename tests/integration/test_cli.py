@@ -43,7 +43,9 @@ def test_demo_run_reports_the_planted_anomalies(demo_api, tmp_path):
         )
 
     assert results["status"] == "succeeded" and results["run_id"] == "demo-e2e"
-    assert results["rows"]["ingested"] == 3000 and results["rows"]["duplicates_removed"] > 0
+    rows = results["rows"]
+    assert rows["ingested"] == rows["scored"] == 3000 and rows["duplicates"] > 0
+    assert 0 <= rows["duplicates_flagged"] <= min(rows["duplicates"], results["best"]["anomaly_count"])
     assert "id" not in results["features"] and len(results["features"]) >= 12
     assert {m["algorithm"] for m in results["models"]} == {"ensemble", "isolation_forest", "kmeans", "dbscan"}
     assert (

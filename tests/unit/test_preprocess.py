@@ -5,8 +5,8 @@ import pytest
 from anomaly_detection.config import ProcessingConfig
 from anomaly_detection.errors import DataError
 from anomaly_detection.features.preprocess import (
-    drop_duplicate_rows,
     extract_labels,
+    find_duplicate_rows,
     impute_kmeans,
     minmax_scale,
     preprocess,
@@ -18,11 +18,22 @@ def _cfg(**kw):
     return ProcessingConfig(**kw)
 
 
-def test_duplicates_removed_and_original_positions_kept():
+def test_duplicates_marked_after_their_first_occurrence():
     table = pd.DataFrame({"a": [1, 2, 1, 3, 2], "b": ["x", "y", "x", "z", "y"]})
-    out, removed = drop_duplicate_rows(table)
-    assert removed == 2
-    assert out.index.tolist() == [0, 1, 3]
+    assert find_duplicate_rows(table).tolist() == [False, False, True, False, True]
+
+
+def test_duplicates_compared_over_all_columns_even_unhashable():
+    table = pd.DataFrame({"a": [1, 1, 1], "tags": [["x"], ["x"], ["y"]]})
+    assert find_duplicate_rows(table).tolist() == [False, True, False]
+
+
+def test_preprocess_keeps_every_row_and_marks_duplicates():
+    table = pd.DataFrame({"a": [1.0, 2.0, 1.0, 3.0] * 3, "b": [5.0, 6.0, 5.0, 7.0] * 3})
+    out = preprocess(table, _cfg(missing_values="median"))
+    assert out.features.shape == (12, 2) and out.rows.tolist() == list(range(12))
+    assert out.duplicates.sum() == out.summary["duplicates"] == 12 - 3
+    assert out.summary["rows_after"] == out.summary["rows_before"] == 12
 
 
 def test_feature_selection_reasons():
@@ -97,13 +108,14 @@ def test_preprocess_end_to_end_summary_and_infinity():
     )
     table = pd.concat([table, table.iloc[[0]]], ignore_index=True)  # one duplicate row
     out = preprocess(table, _cfg(missing_values="median"), label_column="label")
-    assert out.features.shape == (8, 2)
+    assert out.features.shape == (9, 2)
     assert out.feature_names == ["a", "b"]
-    assert out.labels.tolist() == [0, 0, 0, 1, 0, 0, 0, 1]
-    assert out.rows.tolist() == list(range(8))
+    assert out.labels.tolist() == [0, 0, 0, 1, 0, 0, 0, 1, 0]
+    assert out.rows.tolist() == list(range(9))
+    assert out.duplicates.tolist() == [False] * 8 + [True]
     assert (out.features >= 0).all() and (out.features <= 1).all()
     s = out.summary
-    assert s["rows_before"] == 9 and s["rows_after"] == 8 and s["duplicates_removed"] == 1
+    assert s["rows_before"] == 9 and s["rows_after"] == 9 and s["duplicates"] == 1
     assert s["infinite_values"] == 1 and s["imputed_values"] == 2
     assert s["columns_dropped"]["label"] == "label column"
     assert s["missing_per_column"]["b"] == 1
@@ -114,7 +126,7 @@ def test_preprocess_end_to_end_summary_and_infinity():
     [
         (pd.DataFrame({"name": ["a", "b", "c"], "city": ["x", "y", "z"]}), "no usable numeric feature"),
         (pd.DataFrame({"a": [1.0]}), "at least 2 rows"),
-        (pd.DataFrame({"a": [1.0, 1.0, 1.0], "b": [2, 2, 2]}), "after removing 2 duplicate"),
+        (pd.DataFrame({"a": [1.0, 1.0, 1.0], "b": [2, 2, 2]}), "no usable numeric feature"),  # only copies
     ],
 )
 def test_bad_tables_fail_clearly(table, message):

@@ -98,7 +98,8 @@ def make_inputs(
             "rows_before": 1_050,
             "rows_after": n_rows,
             "columns_before": 9,
-            "duplicates_removed": 50,
+            "duplicates": 50,
+            "duplicates_flagged": 3,
             "missing_per_column": {"amount": 12, "name": 0},
             "dtypes": {"id": "int64", "name": "object", "amount": "float64"},
             "columns_dropped": {"name": "text column", "constant": "constant"},
@@ -166,6 +167,7 @@ def test_report_contains_the_run_models_and_figures(hostile_html: str) -> None:
     # summary, warnings and config
     assert 'id="warnings"' in html and "anomaly share above 20%" in html
     assert "kmeans (8 clusters)" in html
+    assert "50 duplicate rows (3 of them flagged)" in html
     assert "text column" in html
     assert "token: &#39;***&#39;" in html
     assert "1 min 05.4 s" in html

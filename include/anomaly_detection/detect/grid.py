@@ -23,14 +23,20 @@ from anomaly_detection.detect.detectors import (  # noqa: F401  (the public name
     top_share_labels,
     tukey_fence,
 )
+from anomaly_detection.detect.distinct import broadcast, distinct_rows
 
 log = logging.getLogger(__name__)
 
 
 def run_grid(
-    algorithm: str, grid: dict[str, list[Any]], X: np.ndarray, settings: DetectorSettings
+    algorithm: str,
+    grid: dict[str, list[Any]],
+    X: np.ndarray,
+    settings: DetectorSettings,
+    *,
+    fit_on_distinct: bool = True,
 ) -> Iterator[Detection]:
-    """Yield one :class:`Detection` per point of ``ParameterGrid(grid)``.
+    """Yield one :class:`Detection` per point of ``ParameterGrid(grid)``, scoring every row of ``X``.
 
     Parameters
     ----------
@@ -38,11 +44,25 @@ def run_grid(
         A name in :data:`REGISTRY`.
     grid : dict of str to list
     X : ndarray of shape (n_rows, n_features)
-        Scaled feature matrix without NaN.
+        Scaled feature matrix without NaN; repeated rows are kept and each is scored.
+    settings : DetectorSettings
+    fit_on_distinct : bool
+        Fit and score each distinct row once, then broadcast its score to every copy
+        (:mod:`.distinct`); the share flagged still counts rows, ties flagged together.
     """
-    detector = DETECTORS[algorithm]
+    detector = REGISTRY[algorithm]
+    first = inverse = None
+    if fit_on_distinct:
+        first, inverse = distinct_rows(X)
+        if len(first) == len(X):
+            first = None  # no repeated row: fit on X itself
+        else:
+            log.info("%s: fitting on %d distinct of %d rows", algorithm, len(first), len(X))
+    fit_rows = X if first is None else X[first]
     for params in ParameterGrid(grid):
-        detection = detector(X, params, settings)
+        detection = detector.detect(fit_rows, params, settings)
+        if first is not None:
+            detection = broadcast(detection, inverse, settings.contamination, relabel=detector.share_labelled)
         log.info(
             "%s %s: %d anomalies (%.2f%%) in %.2fs",
             algorithm,

@@ -1,6 +1,8 @@
 """Turn the flattened API table into a scaled numeric feature matrix, with a data summary.
 
-Stages, each a small pure function: :func:`drop_duplicate_rows`, :func:`extract_labels`,
+No row is removed: every ingested row is scored, and :func:`find_duplicate_rows` only marks the
+rows that repeat an earlier one (they are counted and reported). Stages, each a small pure
+function: :func:`find_duplicate_rows`, :func:`extract_labels`,
 :func:`select_features`, :func:`minmax_scale`, :func:`impute_kmeans` / :func:`impute_median`,
 chained by :func:`preprocess`.
 """
@@ -40,13 +42,15 @@ class PreprocessResult:
         Scaled, imputed feature matrix (float64, every value in [0, 1]).
     feature_names : list of str
     table : DataFrame of shape (n_rows, n_columns)
-        The de-duplicated flattened table; row ``i`` is row ``i`` of ``features``.
+        The flattened table (every row kept); row ``i`` is row ``i`` of ``features``.
     rows : ndarray of shape (n_rows,)
-        Position of each kept row in the input table.
+        Position of each row in the input table (``0 .. n_rows - 1``).
+    duplicates : ndarray of shape (n_rows,), dtype bool
+        True for a row that repeats an earlier row over all columns of the input table.
     labels : ndarray of shape (n_rows,) or None
         Ground-truth 0/1 labels when a label column is configured.
     summary : dict
-        Shapes, missing values, dtypes, duplicates removed, columns dropped and why.
+        Shapes, missing values, dtypes, duplicate count, columns dropped and why.
     """
 
     features: np.ndarray
@@ -54,19 +58,22 @@ class PreprocessResult:
     table: pd.DataFrame
     rows: np.ndarray
     labels: np.ndarray | None
+    duplicates: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def drop_duplicate_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Remove exact duplicate rows, keeping the first of each (the index keeps the original positions)."""
+def find_duplicate_rows(table: pd.DataFrame) -> np.ndarray:
+    """Mark the rows that repeat an earlier row over all columns (the first occurrence is not marked).
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), dtype bool
+    """
     try:
         duplicated = table.duplicated()
     except TypeError:  # unhashable cells
         duplicated = table.astype(str).duplicated()
-    removed = int(duplicated.sum())
-    if removed:
-        table = table.loc[~duplicated]
-    return table, removed
+    return duplicated.to_numpy(dtype=bool)
 
 
 def extract_labels(table: pd.DataFrame, column: str) -> np.ndarray:
@@ -234,7 +241,7 @@ def preprocess(
     label_column: str | None = None,
     random_state: int = 0,
 ) -> PreprocessResult:
-    """De-duplicate, choose features, scale to [0, 1] and impute missing values."""
+    """Mark duplicates, choose features, scale to [0, 1] and impute missing values (no row removed)."""
     rows_before, columns_before = table.shape
     table = table.reset_index(drop=True)
     summary: dict[str, Any] = {
@@ -243,14 +250,12 @@ def preprocess(
         "missing_per_column": {str(k): int(v) for k, v in table.isna().sum().items()},
         "dtypes": {str(k): str(v) for k, v in table.dtypes.items()},
     }
-    removed = 0
-    if processing.drop_duplicates:
-        table, removed = drop_duplicate_rows(table)
-        log.info("removed %d duplicate row(s); %d remain", removed, len(table))
-    summary["duplicates_removed"] = removed
+    duplicates = find_duplicate_rows(table)
+    summary["duplicates"] = int(duplicates.sum())
+    if summary["duplicates"]:
+        log.info("%d row(s) repeat an earlier row; every row is scored", summary["duplicates"])
     if len(table) < MIN_ROWS:
-        hint = f" after removing {removed} duplicate(s)" if removed else ""
-        raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {len(table)}{hint}")
+        raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {len(table)}")
 
     labels = extract_labels(table, label_column) if label_column else None
     features, dropped = select_features(table, processing, exclude={label_column} if label_column else set())
@@ -292,5 +297,6 @@ def preprocess(
         table=table,
         rows=table.index.to_numpy(),
         labels=labels,
+        duplicates=duplicates,
         summary=summary,
     )

@@ -169,7 +169,7 @@ def select(params: Mapping[str, Any], run_id: str, *, mode: str) -> dict[str, An
         results = json.loads(paths.results.read_text(encoding="utf-8"))
         return {
             "best": outcome["best"],
-            "rows": results["rows"]["after_duplicates"],
+            "rows": results["rows"]["scored"],
             "warnings": results["warnings"],
             "results": str(paths.results),
         }
@@ -186,7 +186,7 @@ def report(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
             "report": str(report_path),
             "published_report": str(paths.published_report),
             "run_dir": str(paths.root),
-            "rows": results["rows"]["after_duplicates"],
+            "rows": results["rows"]["scored"],
             "warnings": results["warnings"],
             "best": {
                 k: best[k]

@@ -192,7 +192,8 @@ def _bulk_ingest_stage(
 
 
 def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
-    """Read ``flattened.parquet``; write ``features.parquet``, ``kept_rows.npy`` and the data summary."""
+    """Read ``flattened.parquet``; write ``features.parquet``, ``kept_rows.npy`` (every row's position),
+    ``duplicate_rows.npy`` (positions of rows repeating an earlier one) and the data summary."""
     estimate = memory.check_parquet(paths.flattened, config.processing)
     log.info("native path: about %s needed for %s", memory.gib(estimate.peak_bytes), estimate.describe())
     kept = preprocess(
@@ -207,6 +208,8 @@ def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
         pd.DataFrame(kept.features, columns=kept.feature_names).to_parquet(tmp, index=False)
     with atomic.replacing(paths.kept_rows) as tmp:
         np.save(tmp, rows)
+    with atomic.replacing(paths.duplicate_rows) as tmp:
+        np.save(tmp, rows[kept.duplicates])
     if kept.labels is not None:
         with atomic.replacing(paths.labels) as tmp:
             np.save(tmp, kept.labels)
@@ -233,7 +236,9 @@ def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dic
     )
     results: list[ModelResult] = []
     best: ModelResult | None = None
-    for detection in run_grid(algorithm, config.modeling.grid_for(algorithm), X, settings):
+    grid = config.modeling.grid_for(algorithm)
+    fit_on_distinct = config.processing.fit_on_distinct_rows
+    for detection in run_grid(algorithm, grid, X, settings, fit_on_distinct=fit_on_distinct):
         result = evaluate(
             X,
             detection,
@@ -310,6 +315,13 @@ def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
     return fit_reference(X, uniform["anomaly"].to_numpy() == 0, names, scaling=summary.get("scaling"))
 
 
+def _duplicates_flagged(paths: RunPaths, flagged: np.ndarray) -> int | None:
+    """How many flagged positions repeat an earlier row; None when the duplicates were not recorded."""
+    if not paths.duplicate_rows.exists():
+        return None
+    return int(np.isin(flagged, np.load(paths.duplicate_rows)).sum())
+
+
 def select_stage(
     config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -356,8 +368,9 @@ def select_stage(
         "mode": (run_meta or {}).get("mode", "native"),
         "rows": {
             "ingested": ingest_info.get("rows", summary["rows_before"]),
-            "after_duplicates": summary["rows_after"],
-            "duplicates_removed": summary["duplicates_removed"],
+            "scored": summary["rows_after"],
+            "duplicates": summary["duplicates"],
+            "duplicates_flagged": _duplicates_flagged(paths, flagged["position"].to_numpy()),
         },
         "features": summary["features"],
         "metric": config.evaluation.metric,
@@ -444,7 +457,7 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
             "rerun_of": results.get("rerun_of"),
         },
         config=config.redacted(),
-        summary=summary,
+        summary={**summary, "duplicates_flagged": results["rows"].get("duplicates_flagged")},
         preview=preview,
         models=results["models"],
         best=results["best"],

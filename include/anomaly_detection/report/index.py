@@ -248,9 +248,10 @@ def _timestamp(*values: Any) -> float | None:
 def _rows(results: Mapping[str, Any]) -> int | None:
     rows = results.get("rows")
     if isinstance(rows, Mapping):
-        return (
-            _int(rows.get("after_duplicates")) if "after_duplicates" in rows else _int(rows.get("ingested"))
-        )
+        for key in ("scored", "after_duplicates", "ingested"):  # after_duplicates: runs before issue 14
+            if key in rows:
+                return _int(rows.get(key))
+        return None
     return _int(rows)
 
 

@@ -26,7 +26,8 @@ class ReportInputs:
         The resolved, redacted configuration (nested plain data).
     summary : dict
         Data summary: ``rows_before``, ``rows_after``, ``columns_before``,
-        ``duplicates_removed``, ``missing_per_column`` (column -> count before imputation),
+        ``duplicates`` (rows repeating an earlier row; all scored), ``duplicates_flagged`` (how many
+        of the flagged rows are duplicates, or None), ``missing_per_column`` (column -> count before imputation),
         ``dtypes`` (column -> dtype), ``columns_dropped`` (column -> reason), ``features``,
         ``imputed_values``, ``imputation`` and ``infinite_values``.
     preview : pandas.DataFrame

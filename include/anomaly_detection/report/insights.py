@@ -117,7 +117,7 @@ def history_entry(
         "name": config.name,
         "source_url": results["source_url"],
         "finished_at": results.get("finished_at"),
-        "rows": results["rows"]["after_duplicates"],
+        "rows": results["rows"]["scored"],
         "anomaly_count": best["anomaly_count"],
         "anomaly_share": best["anomaly_share"],
         "best": {

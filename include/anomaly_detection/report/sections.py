@@ -130,11 +130,6 @@ def summary_section(summary: Mapping[str, Any], feature_names: list[str]) -> dic
     features = list(summary.get("features") or feature_names)
     feature_set = set(map(str, features))
     rows_before, rows_after = summary.get("rows_before"), summary.get("rows_after")
-    removed = (
-        rows_before - rows_after
-        if isinstance(rows_before, Integral) and isinstance(rows_after, Integral)
-        else None
-    )
     total_missing = sum(int(v) for v in missing.values() if isinstance(v, Integral | float) and v == v)
 
     columns = []
@@ -158,10 +153,10 @@ def summary_section(summary: Mapping[str, Any], feature_names: list[str]) -> dic
             }
         )
     stats = [
-        ("Rows before cleaning", format_number(rows_before)),
-        ("Rows after cleaning", format_number(rows_after)),
-        ("Rows removed", format_number(removed)),
-        ("Duplicates removed", format_number(summary.get("duplicates_removed"))),
+        ("Rows ingested", format_number(rows_before)),
+        ("Rows scored", format_number(rows_after)),
+        ("Duplicate rows (scored, not removed)", format_number(summary.get("duplicates"))),
+        ("Duplicate rows flagged", format_number(summary.get("duplicates_flagged"))),
         ("Columns in the API table", format_number(summary.get("columns_before"))),
         ("Columns dropped", format_number(len(dropped))),
         ("Features used", format_number(len(features))),
@@ -323,9 +318,10 @@ def without(frame: pd.DataFrame | None, column: str) -> pd.DataFrame | None:
 def _data_quality(summary: Mapping[str, Any]) -> str:
     """One line on the data's quality for the verdict: duplicates, missing values, dropped columns."""
     parts = []
-    rows_before, dups = summary.get("rows_before"), summary.get("duplicates_removed")
-    if isinstance(dups, Integral) and isinstance(rows_before, Integral) and rows_before:
-        parts.append(f"{dups:,} duplicate row(s) removed ({format_percent(dups / rows_before)})")
+    dups, flagged = summary.get("duplicates"), summary.get("duplicates_flagged")
+    if isinstance(dups, Integral):
+        of_them = f" ({flagged:,} of them flagged)" if isinstance(flagged, Integral) else ""
+        parts.append(f"{dups:,} duplicate row{'' if dups == 1 else 's'}{of_them}")
     imputed, features = summary.get("imputed_values"), summary.get("features") or []
     rows_after = summary.get("rows_after")
     if isinstance(imputed, Integral) and isinstance(rows_after, Integral) and rows_after and features:

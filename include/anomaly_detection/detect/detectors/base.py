@@ -72,13 +72,26 @@ def tukey_fence(scores: np.ndarray) -> float:
 
 
 def top_share_labels(scores: np.ndarray, contamination: float | str) -> tuple[np.ndarray, float]:
-    """Label the ``ceil(contamination * n)`` highest scores as anomalies.
+    """Label the rows scoring at least the ``ceil(contamination * n)``-th highest score as anomalies.
 
+    ``n`` counts rows (a record repeated 30 times counts 30 times) and ties at the cut are labelled
+    together, so every copy of a repeated anomaly is flagged. When the ties at the cut would label
+    more than half the rows, only the scores strictly above the cut are labelled (when any are).
     With ``contamination="auto"`` the rows above Tukey's upper fence of the scores are anomalies;
     when that flags no row, or more than half, the anomalies are not a tail of this score and the
     top :data:`AUTO_FALLBACK_SHARE` is used instead (logged).
 
-    Returns the labels and the threshold: the lowest score among the rows labelled anomalous.
+    Parameters
+    ----------
+    scores : ndarray of shape (n_rows,)
+        Higher means more anomalous.
+    contamination : float or "auto"
+
+    Returns
+    -------
+    labels : ndarray of shape (n_rows,), dtype int8
+    threshold : float
+        The lowest score among the rows labelled anomalous.
     """
     n = len(scores)
     if contamination == "auto":
@@ -91,10 +104,13 @@ def top_share_labels(scores: np.ndarray, contamination: float | str) -> tuple[np
         )  # fmt: skip
         contamination = AUTO_FALLBACK_SHARE
     k = min(n, max(1, math.ceil(contamination * n)))
-    order = np.argpartition(-scores, k - 1)[:k]
-    labels = np.zeros(n, dtype=np.int8)
-    labels[order] = 1
-    return labels, float(scores[order].min())
+    cut = np.partition(scores, n - k)[n - k]
+    flagged = scores >= cut
+    if flagged.sum() > max(k, n / 2):
+        strictly = scores > cut
+        if strictly.any():
+            flagged = strictly
+    return flagged.astype(np.int8), float(scores[flagged].min())
 
 
 def sample_indices(n_rows: int, size: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -118,6 +134,9 @@ class Detector:
         The hyperparameter names a grid may use (checked when the config loads).
     engines : tuple of str
         Where it runs: ``"native"`` and/or ``"spark"`` (the Spark jobs implement their own).
+    share_labelled : bool
+        True when its labels are the top ``contamination`` share of its scores (relabelled over all
+        rows after fitting on distinct rows); False when a rule of its own labels a row (DBSCAN).
     """
 
     name: str
@@ -125,6 +144,7 @@ class Detector:
     grids: dict[str, dict[str, list[Any]]]
     params: frozenset[str]
     engines: tuple[str, ...] = ("native",)
+    share_labelled: bool = True
 
 
 REGISTRY: dict[str, Detector] = {}

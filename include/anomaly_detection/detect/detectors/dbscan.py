@@ -60,5 +60,6 @@ register(
             "complex": {"eps_quantile": [0.9, 0.95, 0.98, 0.99], "min_samples": [5, 10, 20]},
         },
         params=frozenset({"eps", "eps_quantile", "min_samples", "metric"}),
+        share_labelled=False,
     )
 )

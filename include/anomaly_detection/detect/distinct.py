@@ -1,0 +1,89 @@
+"""Distinct rows: fit each distinct feature row once, then score and label every row.
+
+A record repeated many times is one point to a detector fitted on distinct rows, so a repeated
+anomaly cannot mask itself (kNN and LOF exclude "itself" only once). Scores are broadcast back to
+every row through the inverse mapping, and the share flagged counts rows, not distinct rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from anomaly_detection.detect.detectors import Detection, top_share_labels
+
+
+def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first occurrence of each distinct row of ``X`` and every row's distinct row.
+
+    Rows are hashed (one 64-bit hash over the columns, pandas ``hash_pandas_object``) and the
+    hashes factorized: linear time, about 20 times faster than ``np.unique(X, axis=0)`` at 1M x 12.
+    The result is then checked row by row, and on a hash collision computed exactly with
+    ``np.unique``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+
+    Returns
+    -------
+    first : ndarray of shape (n_distinct,)
+        Position in ``X`` of each distinct row's first occurrence, increasing.
+    inverse : ndarray of shape (n_rows,)
+        ``X[first][inverse]`` equals ``X``.
+    """
+    n = len(X)
+    hashes = pd.util.hash_pandas_object(pd.DataFrame(X, copy=False), index=False).to_numpy()
+    inverse, uniques = pd.factorize(hashes)
+    first = np.full(len(uniques), n, dtype=np.int64)
+    np.minimum.at(first, inverse, np.arange(n, dtype=np.int64))
+    if _maps_back(X, first, inverse):
+        return first, inverse.astype(np.int64, copy=False)
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # number distinct rows by first occurrence
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order].astype(np.int64), rank[inverse.ravel()].astype(np.int64)
+
+
+def _maps_back(X: np.ndarray, first: np.ndarray, inverse: np.ndarray, block: int = 100_000) -> bool:
+    """Whether ``X[first][inverse]`` equals ``X`` (NaN equal to NaN), checked in blocks of rows."""
+    for start in range(0, len(X), block):
+        rows = X[start : start + block]
+        back = X[first[inverse[start : start + block]]]
+        if not ((rows == back) | (np.isnan(rows) & np.isnan(back))).all():
+            return False
+    return True
+
+
+def broadcast(
+    detection: Detection, inverse: np.ndarray, contamination: float | str, *, relabel: bool
+) -> Detection:
+    """A detection on distinct rows extended to every row.
+
+    Parameters
+    ----------
+    detection : Detection
+        Scores and labels of shape (n_distinct,).
+    inverse : ndarray of shape (n_rows,)
+        Each row's distinct row (see :func:`distinct_rows`).
+    contamination : float or "auto"
+        The share of rows to flag when ``relabel``.
+    relabel : bool
+        True: label the top ``contamination`` share of all rows (each copy counted, ties together);
+        False: each row takes its distinct row's label (a detector's own rule, e.g. DBSCAN noise).
+
+    Returns
+    -------
+    Detection
+        Scores and labels of shape (n_rows,); ``info["distinct_rows"]`` is ``n_distinct``.
+    """
+    scores = detection.scores[inverse]
+    if relabel:
+        labels, threshold = top_share_labels(scores, contamination)
+    else:
+        labels, threshold = detection.labels[inverse], detection.threshold
+    info = {**detection.info, "distinct_rows": int(len(detection.scores))}
+    return replace(detection, scores=scores, labels=labels, threshold=threshold, info=info)
