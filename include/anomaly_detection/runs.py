@@ -96,6 +96,8 @@ class RunPaths:
     kept_rows = property(lambda self: self.root / "kept_rows.npy")
     #: Positions (in ``flattened``) of the rows that repeat an earlier row; they are scored too.
     duplicate_rows = property(lambda self: self.root / "duplicate_rows.npy")
+    #: The same from the Spark path: a directory of part files with one column ``_pos``.
+    spark_duplicate_rows = property(lambda self: self.root / "duplicate_rows.spark.parquet")
     labels = property(lambda self: self.root / "labels.npy")
     summary = property(lambda self: self.root / "data_summary.json")
     ingest_info = property(lambda self: self.root / "ingest.json")

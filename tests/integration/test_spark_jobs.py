@@ -30,7 +30,7 @@ from anomaly_detection.detect.detectors.centroids import kmeans
 from anomaly_detection.detect.grid import DetectorSettings
 from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.errors import PipelineError
-from anomaly_detection.features.preprocess import preprocess
+from anomaly_detection.features.preprocess import find_duplicate_rows, preprocess
 from anomaly_detection.pipeline.stages import report_stage, select_stage
 from anomaly_detection.runs import spark_jobs_dir
 from anomaly_detection.spark.submit import (
@@ -44,6 +44,8 @@ from anomaly_detection.spark.submit import (
 pytestmark = pytest.mark.slow
 MASTER = "local[2]"
 N_ROWS = REFERENCE_ROWS
+#: Every row is scored: the generated table's duplicates included.
+N_SCORED = N_ROWS + N_DUPLICATES
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +131,8 @@ def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
     summary = json.loads(paths.summary.read_text())
 
     assert kept.dtype == np.int64
-    assert features.shape == (N_ROWS, 5) and (features.dtypes == np.float64).all()
-    assert np.array_equal(kept, native.rows)  # the same duplicates removed, the first of each kept
+    assert features.shape == (N_SCORED, 5) and (features.dtypes == np.float64).all()
+    assert np.array_equal(kept, native.rows) and np.array_equal(kept, np.arange(N_SCORED))  # no row dropped
     assert np.array_equal(labels, native.labels)
     assert list(features.columns) == native.feature_names == ["x", "y", "z", "count", "flag"]
     values = features.to_numpy()
@@ -140,8 +142,12 @@ def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
     for key in summary:
         if key != "imputation":
             assert summary[key] == native.summary[key], key
-    assert summary["duplicates_removed"] == N_DUPLICATES
-    assert summary["imputed_values"] == 61 and summary["infinite_values"] == 1
+    assert summary["duplicates"] == N_DUPLICATES
+    repeats = np.sort(pd.read_parquet(paths.spark_duplicate_rows)["_pos"].to_numpy())
+    assert np.array_equal(repeats, np.flatnonzero(native.duplicates))
+    raw_features = spark_run["table"][native.feature_names].to_numpy(dtype=float)
+    assert summary["imputed_values"] == int((~np.isfinite(raw_features)).sum())
+    assert summary["infinite_values"] == int(np.isinf(raw_features).sum()) >= 1
     assert summary["imputation"].startswith("kmeans (")
     dropped = summary["columns_dropped"]
     assert dropped["event_id"] == dropped["seq"] == "looks like an identifier"
@@ -161,7 +167,7 @@ def test_detect_job_agrees_with_native_kmeans(spark_run):
     paths, config = spark_run["paths"], spark_run["config"]
     results = json.loads((paths.models / "kmeans.json").read_text())
     assert [r["params"] for r in results] == [{"n_clusters": 4}, {"n_clusters": 5}]
-    expected = int(np.ceil(config.modeling.contamination * N_ROWS))
+    expected = int(np.ceil(config.modeling.contamination * N_SCORED))  # a share of all rows
     assert all(r["anomaly_count"] == expected and r["info"]["engine"] == "spark" for r in results)
     best = max(results, key=lambda r: r["score"])
 
@@ -169,9 +175,9 @@ def test_detect_job_agrees_with_native_kmeans(spark_run):
     assert flagged_path(paths.models, "kmeans").is_dir()  # Spark's part files, not a driver write
     assert len(flagged) == expected and flagged["position"].is_unique
     assert (flagged["score"] > best["threshold"]).all()
-    # the report sample: a random sample of every row (3,000 <= plot_sample_size) plus the top list
+    # the report sample: a random sample of every row (3,025 <= plot_sample_size) plus the top list
     sample = read_sample(sample_path(paths.models, "kmeans"))
-    assert len(sample) == N_ROWS and sample["sampled"].all()
+    assert len(sample) == N_SCORED and sample["sampled"].all()
     assert sample["anomaly"].sum() == expected
     assert set(sample.loc[sample["anomaly"] == 1, "position"]) == set(flagged["position"])
     # the threshold is the approxQuantile cut: every anomaly scores above it, no normal row does
@@ -224,13 +230,19 @@ def test_native_select_and_report_read_the_spark_outputs(spark_run, tmp_path):
     assert outcome["anomaly_count"] == best["anomaly_count"]
     anomalies = pd.read_csv(paths.anomalies)
     assert len(anomalies) == best["anomaly_count"]
-    assert set(anomalies["is_anomaly"]) <= {0, 1} and anomalies["is_anomaly"].sum() == N_OUTLIERS
+    labelled = int(spark_run["table"]["is_anomaly"].sum())  # the planted outliers and their copies
+    assert labelled >= N_OUTLIERS
+    assert set(anomalies["is_anomaly"]) <= {0, 1} and anomalies["is_anomaly"].sum() == labelled
     assert anomalies["rank"].tolist() == list(range(1, len(anomalies) + 1))
     assert anomalies["score"].is_monotonic_decreasing
     # the CSV holds the original fields of the flagged positions
     flagged = read_flagged(flagged_path(paths.models, best["algorithm"]))
     original = spark_run["table"].iloc[flagged["position"]].reset_index(drop=True)
     np.testing.assert_array_equal(anomalies["seq"].to_numpy(), original["seq"].to_numpy())
+    rows = results["rows"]
+    assert rows["ingested"] == rows["scored"] == N_SCORED and rows["duplicates"] == N_DUPLICATES
+    repeated = find_duplicate_rows(spark_run["table"])
+    assert rows["duplicates_flagged"] == int(repeated[flagged["position"].to_numpy()].sum())
     report = report_stage(config, paths)
     assert report.is_file() and paths.published_report.is_file()
     assert "spark preprocess" in paths.log.read_text()  # the jobs log into the run's pipeline.log

@@ -121,9 +121,17 @@ def _is_id_like(name: str, column: pd.Series) -> bool:
 
 
 def select_features(
-    table: pd.DataFrame, processing: ProcessingConfig, *, exclude: set[str] = frozenset()
+    table: pd.DataFrame,
+    processing: ProcessingConfig,
+    *,
+    exclude: set[str] = frozenset(),
+    repeats: np.ndarray | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """Choose the numeric feature columns; return ``(features, dropped)`` with a reason per dropped column."""
+    """Choose the numeric feature columns; return ``(features, dropped)`` with a reason per dropped column.
+
+    ``repeats`` (shape ``(n_rows,)``, bool) marks duplicate rows, left out of the identifier step
+    rule (an ID column whose record repeats still steps by a constant over the first occurrences).
+    """
     dropped: dict[str, str] = {}
     missing = [c for c in processing.include_features if c not in table.columns]
     if missing:
@@ -145,7 +153,9 @@ def select_features(
             dropped[name] = f"not numeric ({column.dtype})"
         elif column.isna().all():
             dropped[name] = "all values missing"
-        elif not processing.include_features and _is_id_like(str(name), column):
+        elif not processing.include_features and _is_id_like(
+            str(name), column if repeats is None else column[~repeats]
+        ):
             dropped[name] = "looks like an identifier"
         else:
             values = column.to_numpy(dtype=float, na_value=np.nan)
@@ -258,7 +268,9 @@ def preprocess(
         raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {len(table)}")
 
     labels = extract_labels(table, label_column) if label_column else None
-    features, dropped = select_features(table, processing, exclude={label_column} if label_column else set())
+    features, dropped = select_features(
+        table, processing, exclude={label_column} if label_column else set(), repeats=duplicates
+    )
     log_feature_choice(features, dropped, summary["dtypes"])
 
     values = np.array(table[features].to_numpy(dtype=np.float64, na_value=np.nan), copy=True)

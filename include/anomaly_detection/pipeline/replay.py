@@ -184,7 +184,7 @@ def compare(original: RunPaths, replayed: RunPaths) -> Comparison:
                 result.check(name, False, "present in only one run")
                 continue
             result.check(name, *_frames_equal(_sorted_parts(a), _sorted_parts(b)))
-    for name in ("kept_rows.npy", "labels.npy"):
+    for name in ("kept_rows.npy", "duplicate_rows.npy", "labels.npy"):
         a, b = original.root / name, replayed.root / name
         if a.exists() or b.exists():
             result.check(name, a.exists() and b.exists() and np.array_equal(np.load(a), np.load(b)))

@@ -315,11 +315,15 @@ def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
     return fit_reference(X, uniform["anomaly"].to_numpy() == 0, names, scaling=summary.get("scaling"))
 
 
-def _duplicates_flagged(paths: RunPaths, flagged: np.ndarray) -> int | None:
+def _duplicates_flagged(paths: RunPaths, flagged: np.ndarray, *, spark: bool) -> int | None:
     """How many flagged positions repeat an earlier row; None when the duplicates were not recorded."""
-    if not paths.duplicate_rows.exists():
+    if spark and paths.spark_duplicate_rows.is_dir():
+        repeats = pd.read_parquet(paths.spark_duplicate_rows).iloc[:, 0].to_numpy()
+    elif not spark and paths.duplicate_rows.exists():
+        repeats = np.load(paths.duplicate_rows)
+    else:
         return None
-    return int(np.isin(flagged, np.load(paths.duplicate_rows)).sum())
+    return int(np.isin(flagged, repeats).sum())
 
 
 def select_stage(
@@ -370,7 +374,11 @@ def select_stage(
             "ingested": ingest_info.get("rows", summary["rows_before"]),
             "scored": summary["rows_after"],
             "duplicates": summary["duplicates"],
-            "duplicates_flagged": _duplicates_flagged(paths, flagged["position"].to_numpy()),
+            "duplicates_flagged": _duplicates_flagged(
+                paths,
+                flagged["position"].to_numpy(),
+                spark=(run_meta or {}).get("mode") == "spark" or not paths.features.exists(),
+            ),
         },
         "features": summary["features"],
         "metric": config.evaluation.metric,

@@ -156,7 +156,12 @@ def _detect(
     data = frame.persist(StorageLevel.MEMORY_AND_DISK)
     n = data.count()
     sample = FitSample(
-        data, ccols, n, size=config.modeling.fit_sample_size, seed=config.modeling.random_state
+        data,
+        ccols,
+        n,
+        size=config.modeling.fit_sample_size,
+        seed=config.modeling.random_state,
+        distinct=config.processing.fit_on_distinct_rows,
     )
     log.info(
         "read %s: %d rows x %d features%s",
@@ -221,9 +226,15 @@ def _detect(
 
 class FitSample:
     """One uniform random sample of at most ``size`` rows, drawn once per job and cached: every
-    KMeans / Bisecting KMeans configuration is fitted on it and the Isolation Forest on its head."""
+    KMeans / Bisecting KMeans configuration is fitted on it and the Isolation Forest on its head.
 
-    def __init__(self, data: Any, ccols: list[str], n: int, *, size: int, seed: int) -> None:
+    With ``distinct`` the sample keeps each distinct feature vector once (``dropDuplicates`` on the
+    sampled rows), so the copies of a repeated record do not weigh in the fit; every row, copies
+    included, is still scored and counted."""
+
+    def __init__(
+        self, data: Any, ccols: list[str], n: int, *, size: int, seed: int, distinct: bool = True
+    ) -> None:
         from pyspark import StorageLevel
         from pyspark.ml.feature import VectorAssembler
 
@@ -232,6 +243,8 @@ class FitSample:
             rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.05 * size / n), seed=seed).limit(
                 size
             )
+        if distinct:
+            rows = rows.dropDuplicates(ccols)
         self.frame = (
             VectorAssembler(inputCols=ccols, outputCol="_v")
             .transform(rows)

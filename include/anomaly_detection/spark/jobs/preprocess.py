@@ -10,7 +10,8 @@ Reads ``flattened.parquet`` (one file, or the part files of bulk ingestion) and 
 only aggregates and the imputation's bounded fit sample do. The rules are those of
 :mod:`anomaly_detection.features.preprocess`:
 
-* duplicates: rows equal over every original column; the first occurrence (lowest position) stays;
+* duplicates: rows equal over every original column after the first occurrence (lowest position)
+  are counted and their positions written to ``duplicate_rows.spark.parquet``; no row is removed;
 * label column: 0/1, true/false or normal/anomaly, the same error messages;
 * features: numeric or boolean columns, dropping all-missing, ID-like (same name patterns; an
   integer column stepping by a constant), constant and non-finite ones, honouring
@@ -59,6 +60,8 @@ from anomaly_detection.spark.jobs.common import (
 )
 
 NAME = "preprocess"
+#: True on the first occurrence of each row (over every original column), False on its repeats.
+FIRST = "_first"
 #: Relative error of ``approxQuantile`` for the median fallback (exact up to this many rows).
 MEDIAN_EXACT_ROWS = 200_000
 MEDIAN_RELATIVE_ERROR = 1e-4
@@ -86,7 +89,10 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
         p.name[len("spark_") : -len(".done.json")] for p in paths.root.glob("spark_detect*.done.json")
     )
     with Outputs(paths, current_job()) as outputs:
-        outputs.start([paths.spark_features, paths.summary], invalidate=["detect", *detect_markers])
+        outputs.start(
+            [paths.spark_features, paths.spark_duplicate_rows, paths.summary],
+            invalidate=["detect", *detect_markers],
+        )
         _preprocess(spark, config, paths, log, outputs)
         stage("publish")
         outputs.commit()
@@ -96,6 +102,7 @@ def _preprocess(
     spark: Any, config: PipelineConfig, paths: RunPaths, log: logging.Logger, outputs: Outputs
 ) -> None:
     from pyspark import StorageLevel
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, FloatType
 
@@ -126,21 +133,21 @@ def _preprocess(
     }
     log.info("read %s: %d rows x %d columns", paths.flattened.name, rows_before, len(names))
 
-    # -- duplicates: equal over every original column; keep the first occurrence's position
-    stage("remove duplicates")
-    if processing.drop_duplicates and names:
-        kept = table.groupBy(*(col[n] for n in names)).agg(F.min(POS).alias(POS))
+    # -- duplicates: equal over every original column after the first occurrence; counted, all kept
+    stage("find duplicates")
+    rows_after = rows_before
+    if names:
+        first = F.row_number().over(Window.partitionBy(*(col[n] for n in names)).orderBy(POS)) == 1
     else:
-        kept = table
-    kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
-    rows_after = kept.count()
-    removed = rows_before - rows_after if processing.drop_duplicates else 0
-    if processing.drop_duplicates:
-        log.info("removed %d duplicate row(s); %d remain", removed, rows_after)
-    summary["duplicates_removed"] = removed
+        first = F.lit(True)
+    kept = table.withColumn(FIRST, first).persist(StorageLevel.MEMORY_AND_DISK)
+    write_parts(kept.where(~F.col(FIRST)).select(POS), outputs.path(paths.spark_duplicate_rows))
+    duplicates = spark.read.parquet(str(outputs.path(paths.spark_duplicate_rows))).count()
+    summary["duplicates"] = int(duplicates)
+    if duplicates:
+        log.info("%d row(s) repeat an earlier row; every row is scored", duplicates)
     if rows_after < MIN_ROWS:
-        hint = f" after removing {removed} duplicate(s)" if removed else ""
-        raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {rows_after}{hint}")
+        raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {rows_after}")
 
     if label and label not in col:
         raise DataError(f"label column {label!r} not found; columns are: {', '.join(names[:40])}")
@@ -149,7 +156,7 @@ def _preprocess(
     # -- feature selection (one pass of aggregates, which also checks the label column)
     stage("select features")
     features, dropped, stats = _select_features(
-        kept, processing, names, col, dtypes, floating, rows_after, labels
+        kept, processing, names, col, dtypes, floating, rows_after, labels, distinct=rows_after - duplicates
     )
     log_feature_choice(features, dropped, summary["dtypes"])
 
@@ -273,12 +280,15 @@ def _select_features(
     floating: set[str],
     rows: int,
     labels: _Label | None,
+    *,
+    distinct: int,
 ) -> tuple[list[str], dict[str, str], dict[str, dict[str, Any]]]:
     """The rules of ``anomaly_detection.features.preprocess.select_features`` from one pass of Spark aggregates.
 
     The same pass checks the label column first (the native order). Returns ``(features, dropped,
     stats)``; ``stats[name]`` holds the finite count, finite min/max and the number of +-inf values
-    of each feature.
+    of each feature. The identifier step rule looks at the ``distinct`` first occurrences only
+    (column ``FIRST``), as the native rule skips duplicate rows.
     """
     from pyspark.sql import functions as F
 
@@ -295,7 +305,7 @@ def _select_features(
     sequence_check = [
         n
         for n in numeric
-        if not processing.include_features and rows > 20 and pd_is_integer(dtypes[n]) and not _id_name(n)
+        if not processing.include_features and distinct > 20 and pd_is_integer(dtypes[n]) and not _id_name(n)
     ]
     aggregates = []
     for n in numeric:
@@ -309,8 +319,8 @@ def _select_features(
             F.max(F.when(finite, value)).alias(f"{col[n]}_max"),
             F.count(F.when(infinite, 1)).alias(f"{col[n]}_inf"),
         ]
-    for n in sequence_check:  # cheap necessary conditions of an arithmetic sequence, exact integers
-        exact = F.col(col[n]).cast("decimal(38,0)")
+    for n in sequence_check:  # cheap necessary conditions of an arithmetic sequence over first occurrences
+        exact = F.when(F.col(FIRST), F.col(col[n]).cast("decimal(38,0)"))
         aggregates += [
             F.count(exact).alias(f"{col[n]}_n"),
             F.min(exact).alias(f"{col[n]}_lo"),
@@ -344,7 +354,8 @@ def _select_features(
         elif agg[f"{c}_present"] == 0:
             dropped[name] = "all values missing"
         elif not processing.include_features and (
-            _id_name(name) or (name in sequence_check and _is_step_sequence(kept, c, agg, rows))
+            _id_name(name)
+            or (name in sequence_check and _is_step_sequence(kept.where(F.col(FIRST)), c, agg, distinct))
         ):
             dropped[name] = "looks like an identifier"
         elif agg[f"{c}_finite"] == 0:
