@@ -144,7 +144,8 @@ def _detect(
 
     stage(f"read {paths.spark_features.name}")
     started = time.perf_counter()
-    names = list(json.loads(paths.summary.read_text(encoding="utf-8"))["features"])
+    summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+    names = list(summary["features"])
     ccols = [f"c{i}" for i in range(len(names))]
     stored = spark.read.parquet(str(paths.spark_features))
     with_labels = "_label" in stored.columns
@@ -161,7 +162,8 @@ def _detect(
         n,
         size=config.modeling.fit_sample_size,
         seed=config.modeling.random_state,
-        distinct=config.processing.fit_on_distinct_rows,
+        # only with repeated rows: dropDuplicates shuffles the sample, which moves KMeans' start
+        distinct=config.processing.fit_on_distinct_rows and summary.get("duplicates", 0) > 0,
     )
     log.info(
         "read %s: %d rows x %d features%s",
