@@ -82,8 +82,13 @@ class ColumnList:
 
 
 def is_row_arrays(node: Any) -> bool:
-    """A non-empty list whose first items are all lists."""
-    return isinstance(node, list) and bool(node) and all(isinstance(item, list) for item in node[:SAMPLE])
+    """A non-empty list whose first items are mostly lists and never objects (a stray item is an
+    error of :func:`rows_to_records`)."""
+    if not isinstance(node, list) or not node:
+        return False
+    sample = node[:SAMPLE]
+    arrays = sum(isinstance(item, list) for item in sample)
+    return arrays * 2 >= len(sample) and not any(isinstance(item, dict) for item in sample)
 
 
 def _names(descriptors: Any) -> list[str] | None:
