@@ -185,3 +185,15 @@ def test_next_cursor(body, cursor, warned, caplog):
 
 def test_next_cursor_at_a_dotted_path():
     assert next_cursor({"paging": {"after": "Q2"}}, "paging.after", 1, set(), PagingNotes()) == "Q2"
+
+
+def test_a_meta_list_of_column_descriptors_beside_the_data():
+    """ClickHouse's JSONCompact: the ``meta`` list names the columns and is not itself a candidate."""
+    payload = {
+        "meta": [{"name": "k", "type": "String"}, {"name": "v", "type": "UInt8"}],
+        "data": [["a", 1]],
+        "rows": 1,
+    }
+    found = find_records(payload, None, source="s")
+    assert found.records == [{"k": "a", "v": 1}] and "from 'meta' (columns + data)" in found.shape
+    assert found.others == ["'meta' (the column list of 'data', not data)"]
