@@ -69,13 +69,17 @@ class AuthConfig(_Model):
 
 
 class PaginationConfig(_Model):
-    type: Literal["none", "offset", "page", "next_url", "link_header"] = "none"
+    type: Literal["none", "offset", "page", "next_url", "link_header", "cursor"] = "none"
     page_size: int = Field(100, gt=0)
     limit_param: str = "limit"
     offset_param: str = "offset"
     page_param: str = "page"
     start_page: int = Field(1, ge=0)
     next_url_path: str = "next"
+    #: Dotted path of the next page's cursor in the body (cursor pagination).
+    cursor_path: str = "next_cursor"
+    #: Query parameter that sends the cursor back (cursor pagination).
+    cursor_param: str = "cursor"
     max_pages: int = Field(10_000, gt=0)
 
 

@@ -124,9 +124,11 @@ def ingest_stage(
         "columns": int(result.frame.shape[1]),
         "pages": len(result.pages),
         "records_path": result.records_path,
+        "records_shape": result.records_shape,
         "truncated_at_max_records": result.truncated,
         "seconds": round(time.perf_counter() - started, 3),
         "key_collisions": result.stats.collisions,
+        "warnings": result.warnings,
     }
     atomic.write_json(paths.ingest_info, info)
     return info
@@ -180,10 +182,12 @@ def _bulk_ingest_stage(
         "pages": result.pages,
         "requests": result.requests,
         "records_path": config.source.records_path,
+        "records_shape": result.records_shape,
         "truncated_at_max_records": result.truncated,
         "seconds": result.seconds,
         "records_per_second": round(result.records_per_second, 1),
         "bulk": True,
+        "warnings": result.warnings,
     }
     if routed:
         info["routed_to_spark"] = routed
