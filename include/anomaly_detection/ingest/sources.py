@@ -47,7 +47,7 @@ def ingest_sources(
     """Run the native ``ingest`` once per URL and combine the results (one URL: unchanged)."""
     sources = per_url(source)
     if len(sources) == 1:
-        return ingest(source, processing, raw_dir, **kwargs)
+        return ingest(sources[0], processing, raw_dir, **kwargs)
     results = [
         ingest(single, processing, source_raw_dir(raw_dir, i, len(sources)), **kwargs)
         for i, single in enumerate(sources)
@@ -130,7 +130,7 @@ def bulk_ingest_sources(
     """Run the bulk ``ingest_to_parquet`` once per URL and merge the part files (one URL: unchanged)."""
     sources = per_url(source)
     if len(sources) == 1:
-        return ingest_to_parquet(source, processing, raw_dir, parts_dir, **kwargs)
+        return ingest_to_parquet(sources[0], processing, raw_dir, parts_dir, **kwargs)
     folders = [Path(parts_dir) / f".source-{i + 1}" for i in range(len(sources))]
     results = [
         ingest_to_parquet(single, processing, source_raw_dir(raw_dir, i, len(sources)), folders[i], **kwargs)
