@@ -427,7 +427,10 @@ def format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> st
             value = _value_at(data, loc)
             shown = (
                 f" (got {value!r})"
-                if value is not None and not isinstance(value, (dict, list)) and repr(value) not in message
+                if value is not None
+                and not isinstance(value, (dict, list))
+                and repr(value) not in message
+                and "got " not in message  # the validator showed the value (a URL: redacted)
                 else ""
             )
             problems.append(f"{path}: {message}{shown}")

@@ -105,3 +105,9 @@ def test_the_source_column_is_never_a_feature():
 )
 def test_the_report_title_names_the_source(name, url, title):
     assert source_title(name, url) == title
+
+
+def test_a_bad_source_url_is_shown_redacted():
+    with pytest.raises(ConfigError) as error:
+        build_config({"source": {"url": "ftp://x.example/y?api_key=s3cr3t"}})
+    assert "s3cr3t" not in str(error.value) and "api_key=***" in str(error.value)
