@@ -73,7 +73,9 @@ def validate_rows(rows: int, validation: ValidationConfig) -> None:
 
 
 def validate_summary(summary: dict[str, Any], validation: ValidationConfig) -> None:
-    """Stop before detection when too few features are left or most feature cells are missing."""
+    """Stop before detection when too few rows were ingested, too few features are left or most
+    feature cells are missing."""
+    validate_rows(int(summary.get("rows_before") or 0), validation)
     features = len(summary.get("features") or [])
     if features < validation.min_features:
         raise DataError(

@@ -135,7 +135,6 @@ def ingest_stage(
         "warnings": result.warnings,
     }
     atomic.write_json(paths.ingest_info, info)
-    checks.validate_rows(info["rows"], config.validation)
     return info
 
 
@@ -199,7 +198,6 @@ def _bulk_ingest_stage(
     if routed:
         info["routed_to_spark"] = routed
     atomic.write_json(paths.ingest_info, info)
-    checks.validate_rows(info["rows"], config.validation)
     return info
 
 
@@ -544,6 +542,7 @@ def run_pipeline(
             if on_stage:
                 on_stage("ingest")
             ingested = ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
+            checks.validate_rows(ingested["rows"], config.validation)
             path, why = choose_path(config, ingested["rows"], routed=ingested.get("routed_to_spark"))
             log.info("%s path (%s)", path, why)
             meta["mode"] = path
