@@ -69,18 +69,23 @@ class AuthConfig(_Model):
 
 
 class PaginationConfig(_Model):
-    type: Literal["none", "offset", "page", "next_url", "link_header"] = "none"
+    type: Literal["none", "offset", "page", "next_url", "link_header", "cursor"] = "none"
     page_size: int = Field(100, gt=0)
     limit_param: str = "limit"
     offset_param: str = "offset"
     page_param: str = "page"
     start_page: int = Field(1, ge=0)
     next_url_path: str = "next"
+    #: Dotted path of the next page's cursor in the body (cursor pagination).
+    cursor_path: str = "next_cursor"
+    #: Query parameter that sends the cursor back (cursor pagination).
+    cursor_param: str = "cursor"
     max_pages: int = Field(10_000, gt=0)
 
 
 class SourceConfig(_Model):
-    url: str = "http://127.0.0.1:8765/records"
+    #: One URL, or a list of URLs of the same kind (one per region or month) read in one run.
+    url: str | list[str] = "http://127.0.0.1:8765/records"
     method: Literal["GET", "POST"] = "GET"
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
@@ -101,11 +106,26 @@ class SourceConfig(_Model):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
+    def _http_url(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one URL")
+            for index, item in enumerate(value):
+                _check_http_url(item, f"item {index}: ")
+            return value
+        _check_http_url(value)
         return value
+
+    @property
+    def urls(self) -> list[str]:
+        """Every URL of the source, in order (one for a single string)."""
+        return list(self.url) if isinstance(self.url, list) else [self.url]
+
+
+def _check_http_url(value: str, where: str = "") -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{where}must be an http(s) URL with a host, got {redact_url(value)!r}")
 
 
 class ProcessingConfig(_Model):
@@ -137,6 +157,17 @@ class ProcessingConfig(_Model):
     #: Memory the native path may use, in MiB; None: half of this machine's physical memory.
     #: A larger dataset stops with advice to use Spark (``mode: native``) or goes to Spark (``auto``).
     native_memory_budget_mb: int | None = Field(None, gt=0)
+
+
+class ValidationConfig(_Model):
+    """Thresholds that stop a run whose report would mislead (the raw snapshot is kept)."""
+
+    #: Fewer ingested rows than this stops the run.
+    min_rows: int = Field(20, ge=2)
+    #: A larger share of the feature cells missing (imputed) stops the run.
+    max_missing_share: float = Field(0.8, gt=0, le=1)
+    #: Fewer usable feature (measure) columns than this stops the run.
+    min_features: int = Field(1, ge=1)
 
 
 class SparkConfig(_Model):
@@ -229,6 +260,7 @@ class PipelineConfig(_Model):
     name: str = "default"
     source: SourceConfig = Field(default_factory=SourceConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     modeling: ModelingConfig = Field(default_factory=ModelingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -239,7 +271,9 @@ class PipelineConfig(_Model):
         """The config as plain data with every secret-looking value masked."""
         data = self.model_dump(mode="json")
         src = data["source"]
-        src["url"] = redact_url(src["url"])
+        src["url"] = (
+            [redact_url(u) for u in src["url"]] if isinstance(src["url"], list) else redact_url(src["url"])
+        )
         src["headers"] = {k: (REDACTED if looks_secret(k, v) else v) for k, v in src["headers"].items()}
         src["params"] = {k: (REDACTED if looks_secret(k, v) else v) for k, v in src["params"].items()}
         return data
@@ -249,11 +283,13 @@ class PipelineConfig(_Model):
         values and URL passwords), to be masked wherever text is logged or rendered."""
         source = self.source
         pairs = [*source.headers.items(), *source.params.items()]
-        parts = urlsplit(source.url)
-        pairs += parse_qsl(parts.query, keep_blank_values=True)
-        found = [str(v) for k, v in pairs if looks_secret(k, v)]
-        if parts.password:
-            found.append(parts.password)
+        passwords = []
+        for url in source.urls:
+            parts = urlsplit(url)
+            pairs += parse_qsl(parts.query, keep_blank_values=True)
+            if parts.password:
+                passwords.append(parts.password)
+        found = [str(v) for k, v in pairs if looks_secret(k, v)] + passwords
         for value in list(found):
             scheme, _, rest = value.strip().partition(" ")
             if rest and _SECRET_VALUE.match(value):
@@ -404,7 +440,10 @@ def format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> st
             value = _value_at(data, loc)
             shown = (
                 f" (got {value!r})"
-                if value is not None and not isinstance(value, (dict, list)) and repr(value) not in message
+                if value is not None
+                and not isinstance(value, (dict, list))
+                and repr(value) not in message
+                and "got " not in message  # the validator showed the value (a URL: redacted)
                 else ""
             )
             problems.append(f"{path}: {message}{shown}")

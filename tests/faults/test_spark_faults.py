@@ -245,6 +245,24 @@ def paused(process: subprocess.Popen) -> Iterator[None]:
         os.killpg(process.pid, signal.SIGCONT)
 
 
+@contextlib.contextmanager
+def detect_in_background(paths: RunPaths, config_path: Path, cluster: SparkStandalone):
+    """Run :func:`detect` in a thread; yields its future and a dict whose ``"process"`` is the
+    spark-submit process once started."""
+    started: dict = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-detect") as pool:
+        yield (
+            pool.submit(
+                detect,
+                paths,
+                config_path,
+                cluster,
+                on_start=lambda process: started.setdefault("process", process),
+            ),
+            started,
+        )
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -399,16 +417,8 @@ def test_detect_survives_a_worker_killed_midway(tmp_path, cluster, reference, fa
     again it gives the reference's outputs."""
     paths, config_path = copy_run(reference["base"], tmp_path, "worker-lost")
     offset = paths.log.stat().st_size
-    started: dict = {}
     clock = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-detect") as pool:
-        job = pool.submit(
-            detect,
-            paths,
-            config_path,
-            cluster,
-            on_start=lambda process: started.setdefault("process", process),
-        )
+    with detect_in_background(paths, config_path, cluster) as (job, started):
         # worker 2's executor has taken part in the job, and the job is mid-way through KMeans
         wait_for_condition(lambda: executor_ran_tasks(cluster, 2), job, "an executor on worker 2 ran tasks")
         wait_for_log(paths, offset, WORKER_KILL_AT, job)
@@ -456,16 +466,8 @@ def test_detect_driver_killed_midway_then_rerun(tmp_path, cluster, reference, fa
     earlier = read_done(paths.root, "detect")
     assert earlier is not None  # a complete earlier run: this is a rerun over its outputs
     offset = paths.log.stat().st_size
-    started: dict = {}
     clock = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-detect") as pool:
-        job = pool.submit(
-            detect,
-            paths,
-            config_path,
-            cluster,
-            on_start=lambda process: started.setdefault("process", process),
-        )
+    with detect_in_background(paths, config_path, cluster) as (job, started):
         wait_for_log(paths, offset, DRIVER_KILL_AT, job)
         half = list(paths.root.glob(".spark-detect.*.staging/models/kmeans.flagged.parquet"))
         os.killpg(started["process"].pid, signal.SIGKILL)  # spark-submit runs in its own process group

@@ -20,6 +20,7 @@ from sklearn.cluster import KMeans
 
 from anomaly_detection.config import ProcessingConfig
 from anomaly_detection.errors import DataError
+from anomaly_detection.ingest.sources import SOURCE_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ def select_features(
         column = table[name]
         if name in exclude:
             dropped[name] = "label column"
+        elif name == SOURCE_COLUMN:
+            dropped[name] = "source of the record"
         elif name not in candidates:
             dropped[name] = "not in include_features"
         elif name in processing.exclude_features:

@@ -14,8 +14,9 @@ Pagination
     flattened and written, which happens in page order. Ingestion stops at the first empty or short page (or at a page
     identical to the one before it: an API that ignores the paging parameters), so at most one
     window of requests goes past the end. ``max_pages`` and ``max_records`` bound the plan itself.
-    ``next_url``, ``link_header`` and ``none`` are sequential by nature: one page at a time, with
-    the next page fetched (and flattened) while the current one is written.
+    ``next_url``, ``link_header``, ``cursor`` and ``none`` are sequential by nature: one page at a
+    time, with the next page fetched (and flattened) while the current one is written. The
+    warnings of a pagination that stopped early are returned with the result.
 
 Order
     Part file names sort in page order and each part keeps its page's record order, so sorting by
@@ -98,7 +99,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,13 @@ from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
 from anomaly_detection.ingest.flatten import FlattenStats
 from anomaly_detection.ingest.outbound import guarded_session
-from anomaly_detection.ingest.pagination import iter_pages, planned_urls, prefetch, read_records
+from anomaly_detection.ingest.pagination import (
+    PagingNotes,
+    iter_pages,
+    planned_urls,
+    prefetch,
+    read_records,
+)
 from anomaly_detection.ingest.parquet import PartWriter, TypedBatch, typed_batches
 from anomaly_detection.ingest.reader import ApiReader, Fetched
 from anomaly_detection.ingest.snapshot import GzipSnapshot, RawPage
@@ -145,6 +152,10 @@ class BulkIngestResult:
         Whether ``max_records`` cut the records short.
     requests : int
         HTTP requests sent: retries and pages fetched past the end included.
+    records_shape : str
+        Which path and shape the first page's records had, and why.
+    warnings : list of str
+        Why the pagination stopped early, when it did.
     """
 
     records: int
@@ -155,6 +166,8 @@ class BulkIngestResult:
     seconds: float
     truncated: bool = False
     requests: int = 0
+    records_shape: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def records_per_second(self) -> float:
@@ -237,7 +250,7 @@ class BulkReader(ApiReader):
 
 
 def _concurrent_pages(
-    reader: BulkReader, source: SourceConfig, pool: ThreadPoolExecutor
+    reader: BulkReader, source: SourceConfig, pool: ThreadPoolExecutor, notes: PagingNotes
 ) -> Iterator[tuple[int, str, list[Any]]]:
     """``(page, URL, records)`` of computed-URL pagination in page order, fetched ``2 x concurrency`` ahead.
 
@@ -259,15 +272,13 @@ def _concurrent_pages(
         while pending:
             number, url, future = pending.popleft()
             try:
-                record, records = _read_page(reader, source, url, future.result(), previous)
+                record, records = _read_page(reader, source, url, future.result(), previous, notes)
             except IngestionError as exc:
                 raise IngestionError(f"page {number}: {exc}") from None
             if records is None:
-                log.warning(
-                    "stopping pagination: page %d from %s is identical to the page before it "
-                    "(the API seems to ignore the paging parameters)",
-                    number,
-                    record.url,
+                notes.warn(
+                    f"stopping pagination: page {number} from {record.url} is identical to the page "
+                    "before it (the API seems to ignore the paging parameters)"
                 )
                 return
             previous = record.sha256
@@ -278,13 +289,13 @@ def _concurrent_pages(
             yield number, record.url, records
             if len(records) < page_size:
                 return
-        log.warning("stopping pagination at max_pages=%d", source.pagination.max_pages)
+        notes.warn(f"stopping pagination at max_pages={source.pagination.max_pages}")
     finally:
         _settle_unread(reader, [future for _, _, future in pending])
 
 
 def _read_page(
-    reader: BulkReader, source: SourceConfig, url: str, fetched: Fetched, previous: str
+    reader: BulkReader, source: SourceConfig, url: str, fetched: Fetched, previous: str, notes: PagingNotes
 ) -> tuple[RawPage, list[Any] | None]:
     """Parse a fetched page (fetching it again if its body is cut off) and find its records;
     None for records when the page is identical to the one before it (digest ``previous``)."""
@@ -294,7 +305,7 @@ def _read_page(
     if record.page > 1 and record.sha256 == previous:
         reader.snapshot.settle(record, None)
         return record, None
-    records, _ = read_records(reader, url, fetched, source.records_path)
+    records, _ = read_records(reader, url, fetched, source.records_path, notes)
     page_size = source.pagination.page_size
     if len(records) > page_size and source.pagination.type == "offset":
         raise IngestionError(
@@ -315,11 +326,13 @@ def _settle_unread(reader: BulkReader, futures: list[Future[Fetched]]) -> None:
             reader.snapshot.settle(future.result().record, None)
 
 
-def _sequential_pages(reader: BulkReader, source: SourceConfig) -> Iterator[tuple[int, str, list[Any]]]:
-    """Pages of next-link (or no) pagination, one request at a time."""
+def _sequential_pages(
+    reader: BulkReader, source: SourceConfig, notes: PagingNotes
+) -> Iterator[tuple[int, str, list[Any]]]:
+    """Pages of next-link, cursor (or no) pagination, one request at a time."""
     number = 0
     try:
-        for number, url, _, records, _ in iter_pages(reader, source):
+        for number, url, _, records, _ in iter_pages(reader, source, notes):
             yield number, reader.safe_url(url), records
     except IngestionError as exc:
         raise IngestionError(f"page {number + 1}: {exc}") from None
@@ -432,10 +445,13 @@ def ingest_to_parquet(
     progress = _Progress()
     truncated = False
     computed = source.pagination.type in ("offset", "page")
+    notes = PagingNotes()
     try:
         with ThreadPoolExecutor(max_workers=source.concurrency, thread_name_prefix="bulk-ingest") as pool:
             fetched = (
-                _concurrent_pages(reader, source, pool) if computed else _sequential_pages(reader, source)
+                _concurrent_pages(reader, source, pool, notes)
+                if computed
+                else _sequential_pages(reader, source, notes)
             )
             pages = typed_batches(fetched, processing.max_depth, batch_records, processing.max_columns)
             if not computed:
@@ -465,6 +481,8 @@ def ingest_to_parquet(
             f"the API returned no records ({progress.pages} page(s) from {reader.safe_url(source.url)}; raw responses in {raw_dir})"
         )
     writer.finish()
+    for original, renamed in notes.collisions.items():
+        progress.stats.collisions.setdefault(original, renamed)
     _log_notes(progress.stats, processing.max_depth)
     seconds = progress.seconds
     log.info(
@@ -486,4 +504,6 @@ def ingest_to_parquet(
         seconds=round(seconds, 3),
         truncated=truncated,
         requests=reader.requests,
+        records_shape=notes.shape,
+        warnings=list(notes.warnings),
     )

@@ -164,6 +164,22 @@ def _emit(out: dict[str, Any], name: str, column: Any, stats: FlattenStats) -> N
     out[name] = column
 
 
+def unique_names(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``names`` with the :func:`flatten_record` collision rule applied: a name already taken gets a
+    ``__dupN`` suffix. Returns the names and ``{name: first renaming}``, like ``FlattenStats.collisions``."""
+    out: dict[str, None] = {}
+    collisions: dict[str, str] = {}
+    for name in names:
+        if name in out:
+            n = 1
+            while f"{name}__dup{n}" in out:
+                n += 1
+            collisions.setdefault(name, f"{name}__dup{n}")
+            name = f"{name}__dup{n}"
+        out[name] = None
+    return list(out), collisions
+
+
 def _check_width(columns: int, max_columns: int | None, where: str) -> None:
     if max_columns is not None and columns > max_columns:
         raise TooManyColumns(

@@ -27,7 +27,7 @@ from anomaly_detection.ingest.flatten import (
     finalize_frame,
     flatten_records,
 )
-from anomaly_detection.ingest.pagination import iter_pages, prefetch
+from anomaly_detection.ingest.pagination import PagingNotes, iter_pages, prefetch
 from anomaly_detection.ingest.reader import ApiReader
 from anomaly_detection.ingest.snapshot import PageRecord
 
@@ -44,6 +44,10 @@ class IngestResult:
     notes: ColumnNotes
     truncated: bool = False
     secrets: list[str] = field(default_factory=list, repr=False)
+    #: Which path and shape the records had, and why (:func:`~anomaly_detection.ingest.records.find_records`).
+    records_shape: str = ""
+    #: Why the pagination stopped early, when it did.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def record_count(self) -> int:
@@ -100,7 +104,8 @@ def ingest(
     total = 0
     path_used = "<root>"
     truncated = False
-    for page, url, _, records, path_used in prefetch(iter_pages(reader, source)):
+    paging = PagingNotes()
+    for page, url, _, records, path_used in prefetch(iter_pages(reader, source, paging)):
         if source.max_records is not None and total + len(records) > source.max_records:
             records = records[: source.max_records - total]
             truncated = True
@@ -116,6 +121,8 @@ def ingest(
         )
     frame = pd.concat(chunks, ignore_index=True, sort=False) if len(chunks) > 1 else chunks[0]
     frame, notes = finalize_frame(frame, max_list_length=processing.max_list_length)
+    for original, renamed in paging.collisions.items():
+        stats.collisions.setdefault(original, renamed)
     for original, renamed in stats.collisions.items():
         log.warning("key %r appears twice after flattening; the second is kept as %r", original, renamed)
     for path in sorted(stats.truncated_paths)[:20]:
@@ -148,4 +155,6 @@ def ingest(
         notes=notes,
         truncated=truncated,
         secrets=reader.secrets,
+        records_shape=paging.shape,
+        warnings=list(paging.warnings),
     )

@@ -54,22 +54,31 @@ class Snapshot:
         self.raw_dir = Path(raw_dir)
         self.pages = self._manifest()
         self.by_url: dict[str, SavedPage] = {}
-        self.by_number: dict[int, SavedPage] = {}
+        self.by_number: dict[tuple[Path, int], SavedPage] = {}
         for page in self.pages:  # a URL fetched twice (a loop of next links): the first is the one read
             self.by_url.setdefault(_url_key(page.url), page)
-            self.by_number.setdefault(page.page, page)
+            self.by_number.setdefault((page.file.parent, page.page), page)
 
     def _manifest(self) -> list[SavedPage]:
-        jsonl, json_ = self.raw_dir / "manifest.jsonl", self.raw_dir / "manifest.json"
+        """The pages of ``raw/``, or of each ``raw/source-N/`` of a run with several URLs."""
+        sources = sorted(self.raw_dir.glob("source-*"), key=lambda p: (len(p.name), p.name))
+        if sources and not any(
+            (self.raw_dir / name).exists() for name in ("manifest.jsonl", "manifest.json")
+        ):
+            return [page for folder in sources for page in self._pages_in(folder)]
+        return self._pages_in(self.raw_dir)
+
+    def _pages_in(self, raw_dir: Path) -> list[SavedPage]:
+        jsonl, json_ = raw_dir / "manifest.jsonl", raw_dir / "manifest.json"
         if jsonl.exists():
             entries = [orjson.loads(line) for line in jsonl.read_bytes().splitlines() if line.strip()]
         elif json_.exists():
             entries = orjson.loads(json_.read_bytes())
         else:
-            raise PipelineError(f"replay: {self.raw_dir} has no manifest.json(l): not a raw snapshot")
+            raise PipelineError(f"replay: {raw_dir} has no manifest.json(l): not a raw snapshot")
         pages = []
         for entry in sorted(entries, key=lambda e: e["page"]):
-            path = self.raw_dir / entry["file"]
+            path = raw_dir / entry["file"]
             if not path.exists():
                 raise PipelineError(
                     f"replay: page {entry['page']} ({entry['url']}) is listed but {path} is missing"
@@ -82,7 +91,7 @@ class Snapshot:
         return pages
 
     def next_after(self, page: SavedPage) -> SavedPage | None:
-        return self.by_number.get(page.page + 1)
+        return self.by_number.get((page.file.parent, page.page + 1))
 
     def session(self) -> requests.Session:
         """A session whose every request is answered from the snapshot."""

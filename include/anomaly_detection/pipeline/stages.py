@@ -33,6 +33,8 @@ from anomaly_detection.features.preprocess import preprocess
 from anomaly_detection.ingest import memory
 from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
 from anomaly_detection.ingest.native import ingest
+from anomaly_detection.ingest.sources import bulk_ingest_sources, ingest_sources
+from anomaly_detection.pipeline import checks
 from anomaly_detection.report import insights
 from anomaly_detection.runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
@@ -97,7 +99,8 @@ def ingest_stage(
     session = session_factory() if session_factory else None
     guard = memory.IngestMemoryGuard(config.processing)
     try:
-        result = ingest(
+        result = ingest_sources(
+            ingest,
             config.source,
             config.processing,
             paths.raw,
@@ -123,10 +126,13 @@ def ingest_stage(
         "rows": len(result.frame),
         "columns": int(result.frame.shape[1]),
         "pages": len(result.pages),
+        "sources": len(config.source.urls),
         "records_path": result.records_path,
+        "records_shape": result.records_shape,
         "truncated_at_max_records": result.truncated,
         "seconds": round(time.perf_counter() - started, 3),
         "key_collisions": result.stats.collisions,
+        "warnings": result.warnings,
     }
     atomic.write_json(paths.ingest_info, info)
     return info
@@ -166,7 +172,8 @@ def _bulk_ingest_stage(
     from anomaly_detection.ingest.bulk import ingest_to_parquet
 
     with atomic.replacing(paths.flattened) as tmp:
-        result = ingest_to_parquet(
+        result = bulk_ingest_sources(
+            ingest_to_parquet,
             config.source,
             config.processing,
             paths.raw,
@@ -179,11 +186,14 @@ def _bulk_ingest_stage(
         "columns": len(result.columns),
         "pages": result.pages,
         "requests": result.requests,
+        "sources": len(config.source.urls),
         "records_path": config.source.records_path,
+        "records_shape": result.records_shape,
         "truncated_at_max_records": result.truncated,
         "seconds": result.seconds,
         "records_per_second": round(result.records_per_second, 1),
         "bulk": True,
+        "warnings": result.warnings,
     }
     if routed:
         info["routed_to_spark"] = routed
@@ -216,6 +226,7 @@ def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
     elif paths.labels.exists():
         paths.labels.unlink()
     atomic.write_json(paths.summary, summary)
+    checks.validate_summary(summary, config.validation)
     return {"rows": int(len(rows)), "features": kept.feature_names}
 
 
@@ -344,6 +355,7 @@ def select_stage(
     assert best is not None
     log.info("selection (%s): %s", config.evaluation.selection, why)
     summary = _read_json(paths.summary)
+    checks.validate_summary(summary, config.validation)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
     reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)))
     explanations = explain(reference, flagged[scored.feature_columns(len(reference.names))].to_numpy())
@@ -357,18 +369,23 @@ def select_stage(
     atomic.copy_file(scored.sample_path(paths.models, best.algorithm), paths.report_sample)
 
     ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
-    warnings = [f"best model: {flag}" for flag in best.flags]
+    model_warnings = [f"best model: {flag}" for flag in best.flags]
     if config.evaluation.selection == "ensemble" and best.algorithm != "ensemble":
-        warnings.append(f"selection: {why}")
+        model_warnings.append(f"selection: {why}")
     if not best.selectable:
-        warnings.append("no configuration passed the sanity checks; the best of the flawed ones is shown")
+        model_warnings.append(
+            "no configuration passed the sanity checks; the best of the flawed ones is shown"
+        )
+    warnings = checks.stage_warnings(
+        ingest_info, summary, model_warnings, records_path=config.source.records_path
+    )
     best_dict = best.to_dict()
     results_doc = {
         **(run_meta or {}),
         "run_id": paths.run_id,
         "status": "succeeded",
         "name": config.name,
-        "source_url": redact_url(config.source.url),
+        "source_url": _source_urls(config),
         "mode": (run_meta or {}).get("mode", "native"),
         "rows": {
             "ingested": ingest_info.get("rows", summary["rows_before"]),
@@ -404,6 +421,11 @@ def select_stage(
         100 * best.anomaly_share,
     )
     return {"best": best_dict, "anomaly_count": best.anomaly_count, "results": str(paths.results)}
+
+
+def _source_urls(config: PipelineConfig) -> str:
+    """The source's URL(s), redacted; several are joined with a space."""
+    return " ".join(redact_url(url) for url in config.source.urls)
 
 
 def _optional(what: str, build: Callable[[], Any]) -> Any:
@@ -463,6 +485,7 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
             "duration_seconds": results.get("duration_seconds"),
             "versions": results["versions"],
             "rerun_of": results.get("rerun_of"),
+            "orchestrator": results.get("orchestrator"),
         },
         config=config.redacted(),
         summary={**summary, "duplicates_flagged": results["rows"].get("duplicates_flagged")},
@@ -512,7 +535,7 @@ def _mark_failed(paths: RunPaths, config: PipelineConfig, error: str, meta: dict
         name=config.name,
         status="failed",
         error=error,
-        source_url=redact_url(config.source.url),
+        source_url=_source_urls(config),
     )
     doc["raw_snapshot"] = str(paths.raw)
     doc["log"] = str(paths.log)
@@ -533,13 +556,14 @@ def run_pipeline(
     paths = RunPaths.create(config.output.runs_dir, config.output.reports_dir, run_id)
     SECRET_MASK.add(*config.secret_values())
     started_at, clock = utc_now(), time.perf_counter()
-    meta: dict[str, Any] = {"started_at": started_at, "rerun_of": rerun_of}
+    meta: dict[str, Any] = {"started_at": started_at, "rerun_of": rerun_of, "orchestrator": "cli"}
     with run_logging(paths, echo=echo):
         try:
             resolve_stage(config, paths)
             if on_stage:
                 on_stage("ingest")
             ingested = ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
+            checks.validate_rows(ingested["rows"], config.validation)
             path, why = choose_path(config, ingested["rows"], routed=ingested.get("routed_to_spark"))
             log.info("%s path (%s)", path, why)
             meta["mode"] = path
@@ -548,6 +572,8 @@ def run_pipeline(
                     if on_stage:
                         on_stage(f"spark {job}")
                     spark_stage(config, paths, job)
+                    if job == "preprocess":
+                        checks.validate_summary(_read_json(paths.summary), config.validation)
             else:
                 if on_stage:
                     on_stage("preprocess")

@@ -106,7 +106,7 @@ def build_context(inputs: ReportInputs) -> dict[str, Any]:
         "time": time_section(inputs.time_view, timings),
         "history": history,
         "rerun": rerun_section(inputs.rerun),
-        "title": f"Anomaly report {run['name']} {run['run_id']}".strip(),
+        "title": f"Anomaly report {run['title']} {run['run_id']}".strip(),
         "run": run,
         "decision": decision_section(inputs.decision),
         "warnings": warnings,

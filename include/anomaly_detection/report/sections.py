@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,16 @@ def _status_class(status: Any) -> str:
     return "neutral"
 
 
+def source_title(name: Any, source_url: Any) -> str:
+    """What the report is about: the config ``name`` unless it is "default", else host and path of
+    the (first) source URL."""
+    if name and str(name) != "default":
+        return str(name)
+    first = str(source_url or "").split(" ")[0]
+    parts = urlsplit(first)
+    return f"{parts.hostname or ''}{parts.path}" or str(name or "")
+
+
 def run_section(run: Mapping[str, Any]) -> dict[str, Any]:
     versions = run.get("versions") or {}
     if not isinstance(versions, Mapping):
@@ -105,6 +116,8 @@ def run_section(run: Mapping[str, Any]) -> dict[str, Any]:
         "duration": format_duration(run.get("duration_seconds")),
         "versions": [(str(k), format_cell(v)) for k, v in versions.items()],
         "rerun_of": str(run["rerun_of"]) if run.get("rerun_of") else None,
+        "title": source_title(run.get("name"), run.get("source_url")),
+        "cli": run.get("orchestrator") == "cli",
     }
 
 

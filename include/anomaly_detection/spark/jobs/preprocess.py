@@ -44,6 +44,7 @@ from anomaly_detection.features.preprocess import (
     TRUE_TEXTS,
     log_feature_choice,
 )
+from anomaly_detection.ingest.sources import SOURCE_COLUMN
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.spark.jobs.common import (
     POS,
@@ -345,6 +346,8 @@ def _select_features(
         c = col[name]
         if name == label:
             dropped[name] = "label column"
+        elif name == SOURCE_COLUMN:
+            dropped[name] = "source of the record"
         elif name not in candidates:
             dropped[name] = "not in include_features"
         elif name in processing.exclude_features:
