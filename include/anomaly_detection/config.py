@@ -128,6 +128,9 @@ def _check_http_url(value: str, where: str = "") -> None:
         raise ValueError(f"{where}must be an http(s) URL with a host, got {redact_url(value)!r}")
 
 
+ColumnRoleName = Literal["measure", "categorical", "boolean", "timestamp", "identifier", "text", "ignored"]
+
+
 class ProcessingConfig(_Model):
     mode: Literal["native", "spark", "auto"] = "auto"
     auto_threshold_rows: int = Field(500_000, gt=0)
@@ -150,6 +153,8 @@ class ProcessingConfig(_Model):
 
     include_features: list[str] = Field(default_factory=list)
     exclude_features: list[str] = Field(default_factory=list)
+    #: Column name -> role, overriding the inferred one (see features/roles.py and docs/CONFIG.md).
+    column_roles: dict[str, ColumnRoleName] = Field(default_factory=dict)
     max_list_length: int = Field(10, ge=0)
     max_depth: int = Field(32, ge=1)
     #: A response whose records flatten to more columns than this is refused.

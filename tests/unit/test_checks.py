@@ -90,8 +90,8 @@ def test_the_source_column_is_never_a_feature():
     from anomaly_detection.features.preprocess import select_features
 
     table = pd.DataFrame({SOURCE_COLUMN: [1.0, 2.0, 3.0], "v": [1.0, 5.0, 2.0]})
-    features, dropped = select_features(table, build_config({}).processing)
-    assert features == ["v"] and dropped == {SOURCE_COLUMN: "source of the record"}
+    plan, _, dropped, _ = select_features(table, build_config({}).processing)
+    assert plan.names == ["v"] and dropped == {SOURCE_COLUMN: "source of the record"}
 
 
 @pytest.mark.parametrize(

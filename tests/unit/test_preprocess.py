@@ -52,15 +52,16 @@ def test_feature_selection_reasons():
             "skip": np.random.default_rng(3).normal(size=n),
         }
     )
-    features, dropped = select_features(table, _cfg(exclude_features=["skip"]))
-    assert features == ["paid", "flag", "x"]
-    assert dropped["id"] == "looks like an identifier"
-    assert dropped["row_number"] == "looks like an identifier"  # constant step integer sequence
-    assert dropped["userId"] == "looks like an identifier"
-    assert dropped["constant"].startswith("constant")
+    plan, roles, dropped, _ = select_features(table, _cfg(exclude_features=["skip"]))
+    assert plan.names == ["paid", "flag", "x"]
+    assert dropped["id"] == "identifier: integers stepping by a constant"
+    assert dropped["row_number"] == "identifier: integers stepping by a constant"
+    assert dropped["userId"] == "identifier: id-like name"  # 50 distinct values in 50 rows: not a code
+    assert dropped["constant"] == "constant (3)"
     assert dropped["empty"] == "all values missing"
-    assert dropped["text"].startswith("not numeric")
+    assert dropped["text"] == "constant (a)"
     assert dropped["skip"] == "in exclude_features"
+    assert roles["flag"].role == "boolean" and roles["paid"].role == "measure"
 
 
 def test_include_features_unknown_column_is_named():

@@ -1,100 +1,124 @@
-"""Why a row is anomalous: the features that deviate most from the normal rows, and in which direction.
+"""Why a row is anomalous: the features that set it apart from the normal rows, in the API's units.
 
-The method is the same for every detector, so it is honest whatever model won: each feature of a
-flagged row is compared with the rows the model called normal, as a robust z-score
+The method is the same for every detector and both engines, so it is honest whatever model won.
+Each feature of a flagged row is read again from the row itself (its observed value, through the
+run's feature plan, never an imputed one) and compared with the rows the model called normal in
+the report sample (a uniform random sample of the run):
 
-    z_j = (x_j - median_j) / (1.4826 * MAD_j)
+* a **measure** or a **duration** by a robust z-score ``(x - median) / spread``, where the median
+  is taken over the observed values, and the spread is 1.4826 x the median absolute deviation,
+  else 1.2533 x the mean absolute deviation, and never below 1 % of the feature's range over the
+  run (so no z-score comes from a spread of about 0): "fare ↑ 812 vs median 101 (+14.2 SD)";
+* a **categorical code**, a **boolean** or the **hour / day** of a timestamp by how rare the row's
+  value is: "payment_type = 9: rare value, in 0.3 % of rows". Its strength is the z-score whose
+  two-sided tail probability is the share of rows with a value at most as common (so evenly spread
+  codes are never rare), and it ranks beside the measures, but no SD figure is shown;
+* a **missing** value by how rare missing is for that feature: "felt missing (in 2.0 % of rows)".
 
-where the median and the median absolute deviation (MAD) are taken over the normal rows of the
-report sample (a uniform random sample of the run). 1.4826 makes the MAD a consistent estimate of
-the standard deviation for Gaussian data, so |z| reads like "standard deviations away". A feature
-with MAD 0 (more than half the normal rows share one value) falls back to the mean absolute
-deviation, then to a floor, so a row that leaves a constant feature still stands out.
-
-The scores and the scaling are per run: z-scores are computed on the scaled features (MinMax is
-affine per feature, so z is the same in original units), and the values shown are mapped back to
-the API's units with the run's MinMax minimum and maximum.
+The ``TOP_FEATURES`` strongest features with strength at least ``MIN_Z`` are named (the strongest
+always).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from anomaly_detection.features.derive import CYCLIC_KINDS, FeaturePlan, FeatureSpec, tail_shares, value_key
 
 #: 1 / Phi^-1(3/4): scales the MAD to the standard deviation of a normal distribution.
 MAD_TO_SD = 1.4826
 #: Mean absolute deviation to standard deviation for Gaussian data (sqrt(pi / 2)).
 MEAN_AD_TO_SD = 1.2533
-#: Smallest spread used (in scaled units, where every feature spans [0, 1]).
-SCALE_FLOOR = 1e-6
-#: Largest |z| reported; beyond it the number says nothing more.
-Z_CAP = 1e6
-#: Features named per row, and the smallest |z| worth naming (unless no feature reaches it).
+#: Smallest spread, as a share of the feature's range over the run.
+SPREAD_FLOOR = 0.01
+#: Features named per row, and the smallest strength worth naming (unless no feature reaches it).
 TOP_FEATURES = 3
 MIN_Z = 2.0
 #: Below this many normal rows in the sample, every sampled row is the reference.
 MIN_REFERENCE_ROWS = 20
+MAGNITUDE_KINDS = frozenset({"measure", "duration"})
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def rarity_z(share: np.ndarray | float) -> np.ndarray:
+    """The |z| of a standard normal with two-sided tail probability ``share`` (1 -> 0, 0.05 -> 1.96)."""
+    share = np.clip(np.asarray(share, dtype=np.float64), 1e-12, 1.0)
+    return np.maximum(ndtri(1.0 - share / 2.0), 0.0)
 
 
 @dataclass(frozen=True)
 class Reference:
-    """Robust location and spread of every feature over the normal rows.
+    """The normal rows of the report sample, per feature.
 
     Attributes
     ----------
-    names : list of str
-        Feature names, length ``n_features``.
-    median, scale : numpy.ndarray
-        Per-feature median and robust standard deviation of the normal rows, in scaled units,
-        shape ``(n_features,)``.
-    minimum, span : numpy.ndarray
-        The run's MinMax scaling: original value = scaled * span + minimum, shape ``(n_features,)``.
-    rows : int
-        How many rows the reference was computed from.
+    plan : FeaturePlan
+        The run's feature plan (``n_features`` specs).
+    values : ndarray of shape (n_reference, n_features)
+        The reference rows' features in the API's units, NaN where missing.
+    median, spread : ndarray of shape (n_features,)
+        Median of the observed values and the floored robust spread (magnitude kinds; NaN otherwise).
+    minimum, span : ndarray of shape (n_features,)
+        The run's MinMax scaling: original value = scaled * span + minimum.
     """
 
-    names: list[str]
+    plan: FeaturePlan
+    values: np.ndarray
     median: np.ndarray
-    scale: np.ndarray
+    spread: np.ndarray
     minimum: np.ndarray
     span: np.ndarray
-    rows: int
+
+    @property
+    def names(self) -> list[str]:
+        return self.plan.names
+
+    @property
+    def rows(self) -> int:
+        return len(self.values)
 
     def original(self, scaled: np.ndarray) -> np.ndarray:
         """Map scaled feature values back to the API's units (broadcasts over rows)."""
         return np.asarray(scaled, dtype=np.float64) * self.span + self.minimum
 
 
-def robust_scale(X: np.ndarray, median: np.ndarray) -> np.ndarray:
-    """Per-column robust standard deviation: 1.4826 * MAD, else 1.2533 * mean |x - median|, else a floor."""
-    deviation = np.abs(X - median)
-    mad = MAD_TO_SD * np.median(deviation, axis=0)
-    mean_ad = MEAN_AD_TO_SD * deviation.mean(axis=0)
-    return np.where(mad > SCALE_FLOOR, mad, np.maximum(mean_ad, SCALE_FLOOR))
+def robust_spread(values: np.ndarray, median: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """Per column: 1.4826 * MAD, else 1.2533 * mean |x - median|, never below 1 % of ``span``; NaN ignored."""
+    deviation = np.abs(values - median)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no spread
+        mad = MAD_TO_SD * np.nanmedian(deviation, axis=0)
+        mean_ad = MEAN_AD_TO_SD * np.nanmean(deviation, axis=0)
+    floor = SPREAD_FLOOR * np.where(span > 0, span, 1.0)
+    spread = np.where(np.nan_to_num(mad) > floor, mad, np.nan_to_num(mean_ad))
+    return np.maximum(spread, floor)
 
 
 def fit_reference(
-    X: np.ndarray,
+    rows: pd.DataFrame,
     normal: np.ndarray,
-    names: Sequence[str],
+    plan: FeaturePlan,
     *,
     scaling: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Reference:
-    """Robust per-feature statistics of the normal rows of a sample.
+    """Statistics of the normal rows of the report sample.
 
     Parameters
     ----------
-    X : numpy.ndarray
-        Scaled features of a uniform sample of the run, shape ``(n_sample, n_features)``.
-    normal : numpy.ndarray
-        Which sampled rows the model called normal, shape ``(n_sample,)`` (bool).
-    names : sequence of str
-        Feature names, length ``n_features``.
+    rows : DataFrame of shape (n_sample, n_columns)
+        The sampled rows of the flattened API table.
+    normal : ndarray of shape (n_sample,), dtype bool
+        Which sampled rows the model called normal.
+    plan : FeaturePlan
+        The run's feature plan (``data_summary.json["feature_plan"]``).
     scaling : mapping, optional
-        The data summary's ``scaling`` (``{"min": {name: v}, "max": {name: v}}``); without it
-        values are shown in scaled units.
+        The data summary's ``scaling`` (``{"min": {name: v}, "max": {name: v}}``).
 
     Returns
     -------
@@ -105,27 +129,21 @@ def fit_reference(
     ValueError
         If the sample has no rows or the shapes disagree.
     """
-    X = np.asarray(X, dtype=np.float64)
     normal = np.asarray(normal, dtype=bool)
-    names = [str(n) for n in names]
-    if X.ndim != 2 or X.shape[1] != len(names) or len(normal) != len(X):
-        raise ValueError(
-            f"features of shape {X.shape} do not match {len(names)} names and {len(normal)} flags"
-        )
-    if len(X) == 0:
+    if len(normal) != len(rows):
+        raise ValueError(f"{len(rows)} sampled rows do not match {len(normal)} flags")
+    if len(rows) == 0:
         raise ValueError("no sampled rows to compare the anomalies with")
-    reference = X[normal] if normal.sum() >= MIN_REFERENCE_ROWS else X
-    median = np.median(reference, axis=0)
+    values = plan.transform(rows).to_numpy(dtype=np.float64)
+    reference = values[normal] if normal.sum() >= MIN_REFERENCE_ROWS else values
+    names = plan.names
     minimum = np.array([float((scaling or {}).get("min", {}).get(n, 0.0)) for n in names])
     maximum = np.array([float((scaling or {}).get("max", {}).get(n, 1.0)) for n in names])
     span = np.where(maximum > minimum, maximum - minimum, 1.0)
-    return Reference(names, median, robust_scale(reference, median), minimum, span, len(reference))
-
-
-def zscores(reference: Reference, X: np.ndarray) -> np.ndarray:
-    """Robust z-score of every feature of every row, shape ``(n_rows, n_features)``, capped at +-1e6."""
-    z = (np.asarray(X, dtype=np.float64) - reference.median) / reference.scale
-    return np.clip(z, -Z_CAP, Z_CAP)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no median
+        median = np.nanmedian(reference, axis=0)
+    return Reference(plan, reference, median, robust_spread(reference, median, span), minimum, span)
 
 
 @dataclass(frozen=True)
@@ -137,28 +155,23 @@ class Explanation:
     features : list of str
         Feature names.
     z : list of float
-        Their robust z-scores (sign = direction).
-    values, medians : list of float
-        The row's value and the normal rows' median, in the API's units.
+        Their strength as a signed z-score (a rare value counts as positive).
+    texts : list of str
+        One phrase per feature, in the API's units.
     """
 
     features: list[str]
     z: list[float]
-    values: list[float]
-    medians: list[float]
+    texts: list[str]
 
     @property
     def text(self) -> str:
-        """``m03 ↑ 812 vs median 101 (+14.2 SD); m07 ↓ ...``."""
-        return "; ".join(
-            f"{name} {'↑' if z > 0 else '↓'} {_num(value)} vs median {_num(median)} ({_z(z)} SD)"
-            for name, z, value, median in zip(self.features, self.z, self.values, self.medians)
-        )
+        return "; ".join(self.texts)
 
     @property
     def codes(self) -> str:
         """Machine-readable ``name:+z`` pairs, e.g. ``m03:+14.2;m07:-9.1``."""
-        return ";".join(f"{name}:{_z(z)}" for name, z in zip(self.features, self.z))
+        return ";".join(f"{name}:{z:+.1f}" for name, z in zip(self.features, self.z))
 
 
 def _num(value: float) -> str:
@@ -166,50 +179,139 @@ def _num(value: float) -> str:
         return str(value)
     if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
         return f"{value:.3g}"
-    return f"{value:.4g}"
+    return f"{value:,.4g}" if abs(value) >= 1e4 else f"{value:.4g}"
 
 
-def _z(z: float) -> str:
-    return f"{z:+.1f}" if abs(z) < 1e5 else (">+1e5" if z > 0 else "<-1e5")
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``12.5 min``, ``23.7 h`` or ``3.2 d``."""
+    if not np.isfinite(seconds):
+        return str(seconds)
+    size = abs(seconds)
+    for limit, unit, per in ((120, "s", 1), (7_200, "min", 60), (172_800, "h", 3_600)):
+        if size < limit:
+            return f"{seconds / per:.3g} {unit}"
+    return f"{seconds / 86_400:.3g} d"
+
+
+def _share(share: float) -> str:
+    return f"{share:.1%}" if share >= 0.001 else f"{share:.2%}" if share >= 0.0001 else f"{share:.1e}"
+
+
+def _bucket(spec: FeatureSpec, sin: np.ndarray, cos: np.ndarray) -> np.ndarray:
+    turn = np.mod(np.arctan2(sin, cos) / (2 * np.pi), 1.0)
+    return np.floor(turn * (24 if spec.kind == "hour" else 7) + 1e-9)
+
+
+def _column_strength(
+    reference: Reference, j: int, spec: FeatureSpec, x: np.ndarray, shown: pd.Series | None
+) -> tuple[np.ndarray, list[str]]:
+    """Signed strength and phrase of feature ``j`` for every explained row."""
+    ref = reference.values[:, j]
+    n_ref = max(len(ref), 1)
+    missing = np.isnan(x)
+    strength = np.zeros(len(x))
+    texts = [""] * len(x)
+    missing_share = float(np.isnan(ref).mean()) if len(ref) else 0.0
+    if missing.any() and spec.kind != "rarity":
+        strength[missing] = rarity_z(max(missing_share, 0.5 / n_ref))
+        for i in np.flatnonzero(missing):
+            texts[i] = f"{spec.name} missing (in {_share(missing_share)} of rows)"
+    present = np.flatnonzero(~missing)
+    if spec.kind in MAGNITUDE_KINDS:
+        z = (x[present] - reference.median[j]) / reference.spread[j]
+        strength[present] = z
+        show = duration_text if spec.kind == "duration" else _num
+        for i, zi in zip(present, z):
+            arrow = "↑" if zi > 0 else "↓"
+            texts[i] = f"{spec.name} {arrow} {show(x[i])} vs median {show(reference.median[j])} ({zi:+.1f} SD)"
+    elif spec.kind == "rarity":
+        strength[:] = rarity_z(np.exp(-x))
+        counts, total = spec.counts or {}, max(spec.rows or 1, 1)
+        for i in range(len(x)):
+            key = value_key(shown.iloc[i]) if shown is not None else "?"
+            share = counts.get(key, 0) / total
+            texts[i] = f"{spec.column} = {key or 'missing'}: rare value, in {_share(share)} of rows"
+    elif spec.kind == "boolean":
+        observed = pd.Series(ref[~np.isnan(ref)]).map(value_key)
+        counts = observed.value_counts().to_dict()
+        keys = pd.Series(x[present]).map(value_key)
+        strength[present] = rarity_z(tail_shares(counts, keys))
+        for i, key in zip(present, keys):
+            share = counts.get(key, 0) / max(len(observed), 1)
+            texts[i] = f"{spec.name} = {key}: rare value, in {_share(share)} of rows"
+    return strength, texts
+
+
+def _cyclic_strength(
+    reference: Reference, j: int, spec: FeatureSpec, sin: np.ndarray, cos: np.ndarray
+) -> tuple[np.ndarray, list[str]]:
+    k = reference.names.index(spec.name.replace("(sin)", "(cos)"))
+    ref = _bucket(spec, reference.values[:, j], reference.values[:, k])
+    ref = ref[np.isfinite(ref)]
+    buckets = _bucket(spec, sin, cos)
+    counts = pd.Series(ref).map(value_key).value_counts().to_dict()
+    tails = tail_shares(counts, pd.Series(buckets).map(value_key))
+    strength = np.zeros(len(sin))
+    texts = [""] * len(sin)
+    for i, bucket in enumerate(buckets):
+        if not np.isfinite(bucket):
+            continue
+        share = counts.get(value_key(bucket), 0) / max(ref.size, 1)
+        strength[i] = rarity_z(tails[i])
+        when = f"{int(bucket):02d}:00" if spec.kind == "hour" else WEEKDAYS[int(bucket) % 7]
+        what = "hour of day" if spec.kind == "hour" else "day of week"
+        texts[i] = f"{spec.column} {what} {when}: rare, in {_share(share)} of rows"
+    return strength, texts
 
 
 def explain(
-    reference: Reference, X: np.ndarray, *, top: int = TOP_FEATURES, min_z: float = MIN_Z
+    reference: Reference, rows: pd.DataFrame, *, top: int = TOP_FEATURES, min_z: float = MIN_Z
 ) -> list[Explanation]:
-    """Name the ``top`` most deviating features of every row of ``X``.
+    """Name the ``top`` strongest features of every row of ``rows``.
 
     Parameters
     ----------
     reference : Reference
         From :func:`fit_reference`.
-    X : numpy.ndarray
-        Scaled features of the rows to explain, shape ``(n_rows, n_features)``.
+    rows : DataFrame of shape (n_rows, n_columns)
+        The rows to explain, as in the flattened API table.
     top : int, optional
         Most features named per row.
     min_z : float, optional
-        Features below this |z| are left out, except the strongest one, which is always named.
+        Features weaker than this are left out, except the strongest one, which is always named.
 
     Returns
     -------
     list of Explanation
-        One per row of ``X``, in order.
+        One per row, in order.
     """
-    X = np.asarray(X, dtype=np.float64).reshape(-1, len(reference.names))
-    z = zscores(reference, X)
-    k = min(top, z.shape[1])
-    order = np.argsort(-np.abs(z), axis=1, kind="stable")[:, :k]
-    strongest = np.take_along_axis(z, order, axis=1)
-    values = np.take_along_axis(X, order, axis=1) * reference.span[order] + reference.minimum[order]
-    medians = reference.original(reference.median)[order]
+    rows = rows.reset_index(drop=True)
+    values = reference.plan.transform(rows).to_numpy(dtype=np.float64)
+    n, d = values.shape
+    strength = np.zeros((n, d))
+    texts: list[list[str]] = [[""] * d for _ in range(n)]
+    for j, spec in enumerate(reference.plan.specs):
+        if spec.kind == "missing" or (spec.kind in CYCLIC_KINDS and spec.part != "sin"):
+            continue  # a missing value is explained on its own feature; a cycle on its sine
+        if spec.kind in CYCLIC_KINDS:
+            k = reference.names.index(spec.name.replace("(sin)", "(cos)"))
+            column, phrases = _cyclic_strength(reference, j, spec, values[:, j], values[:, k])
+        else:
+            shown = rows[spec.column] if spec.kind == "rarity" and spec.column in rows else None
+            column, phrases = _column_strength(reference, j, spec, values[:, j], shown)
+        strength[:, j] = column
+        for i in range(n):
+            texts[i][j] = phrases[i]
+    k = min(top, d)
+    order = np.argsort(-np.abs(strength), axis=1, kind="stable")[:, :k]
     out = []
-    for i in range(len(X)):
-        keep = [j for j in range(k) if j == 0 or abs(strongest[i, j]) >= min_z]
+    for i in range(n):
+        keep = [j for rank, j in enumerate(order[i]) if (rank == 0 or abs(strength[i, j]) >= min_z) and texts[i][j]]
         out.append(
             Explanation(
-                features=[reference.names[order[i, j]] for j in keep],
-                z=[float(strongest[i, j]) for j in keep],
-                values=[float(values[i, j]) for j in keep],
-                medians=[float(medians[i, j]) for j in keep],
+                features=[reference.names[j] for j in keep],
+                z=[float(strength[i, j]) for j in keep],
+                texts=[texts[i][j] for j in keep],
             )
         )
     return out
@@ -220,5 +322,17 @@ def feature_counts(explanations: Sequence[Explanation]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for explanation in explanations:
         for name in explanation.features:
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def named_features(codes: Iterable[str]) -> dict[str, int]:
+    """:func:`feature_counts` from ``anomalies.csv``'s ``top_features`` column (``name:+z;...`` per row)."""
+    counts: dict[str, int] = {}
+    for row in codes:
+        if not isinstance(row, str) or not row:
+            continue
+        for pair in row.split(";"):
+            name = pair.rsplit(":", 1)[0]
             counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

@@ -10,7 +10,7 @@ chained by :func:`preprocess`.
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,8 @@ from sklearn.cluster import KMeans
 
 from anomaly_detection.config import ProcessingConfig
 from anomaly_detection.errors import DataError
+from anomaly_detection.features.derive import FeaturePlan, plan_features
+from anomaly_detection.features.roles import FEATURE_ROLES, ColumnRole, infer_roles
 from anomaly_detection.ingest.sources import SOURCE_COLUMN
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,6 @@ log = logging.getLogger(__name__)
 MIN_ROWS = 2
 MIN_COMPLETE_ROWS_FOR_KMEANS = 20
 IMPUTATION_FIT_SAMPLE = 50_000
-ID_NAME = re.compile(r"(^|[._\-\s])(id|uuid|guid|index|idx)$", re.I)
-CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")
 TRUE_TEXTS = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "outlier"}
 FALSE_TEXTS = {"0", "false", "no", "n", "f", "normal", "inlier"}
 
@@ -112,64 +112,54 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _is_id_like(name: str, column: pd.Series) -> bool:
-    if ID_NAME.search(name) or CAMEL_ID.search(name):
-        return True
-    if pd.api.types.is_integer_dtype(column) and len(column) > 20:
-        diffs = np.diff(column.to_numpy())
-        return bool(diffs.size) and bool((diffs == diffs[0]).all()) and diffs[0] != 0
-    return False
-
-
 def select_features(
     table: pd.DataFrame,
     processing: ProcessingConfig,
     *,
-    exclude: set[str] = frozenset(),
+    ignored: Mapping[str, str] | None = None,
     repeats: np.ndarray | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """Choose the numeric feature columns; return ``(features, dropped)`` with a reason per dropped column.
+    time_column: str | None = None,
+) -> tuple[FeaturePlan, dict[str, ColumnRole], dict[str, str], pd.DataFrame]:
+    """Infer the column roles and plan the features; drop the features without spread.
 
-    ``repeats`` (shape ``(n_rows,)``, bool) marks duplicate rows, left out of the identifier step
-    rule (an ID column whose record repeats still steps by a constant over the first occurrences).
+    ``ignored`` names the columns that are never features, with the reason (the label column);
+    ``repeats`` (shape ``(n_rows,)``, bool) marks duplicate rows, left out of the row-counter rule.
+
+    Returns
+    -------
+    plan : FeaturePlan
+    roles : dict
+        Column -> :class:`ColumnRole`.
+    dropped : dict
+        Column or feature -> why it gives no feature.
+    raw : DataFrame of shape (n_rows, n_features)
+        The planned features in the API's units (NaN = missing), before scaling.
     """
-    dropped: dict[str, str] = {}
-    missing = [c for c in processing.include_features if c not in table.columns]
-    if missing:
+    unknown = [c for c in processing.include_features if c not in table.columns]
+    if unknown:
         raise DataError(
-            f"processing.include_features names unknown column(s) {missing}; columns are: "
+            f"processing.include_features names unknown column(s) {unknown}; columns are: "
             f"{', '.join(map(str, table.columns[:40]))}"
         )
-    candidates = processing.include_features or list(table.columns)
-    features: list[str] = []
-    for name in table.columns:
-        column = table[name]
-        if name in exclude:
-            dropped[name] = "label column"
-        elif name == SOURCE_COLUMN:
-            dropped[name] = "source of the record"
-        elif name not in candidates:
-            dropped[name] = "not in include_features"
-        elif name in processing.exclude_features:
-            dropped[name] = "in exclude_features"
-        elif not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
-            dropped[name] = f"not numeric ({column.dtype})"
-        elif column.isna().all():
-            dropped[name] = "all values missing"
-        elif not processing.include_features and _is_id_like(
-            str(name), column if repeats is None else column[~repeats]
-        ):
-            dropped[name] = "looks like an identifier"
+    roles = infer_roles(
+        table, processing, ignored={SOURCE_COLUMN: "source of the record", **(ignored or {})}, repeats=repeats
+    )
+    dropped = {n: r.why_not_a_feature for n, r in roles.items() if r.role not in FEATURE_ROLES}
+    plan = plan_features(table, roles, time_column=time_column)
+    raw = plan.transform(table)
+    kept = []
+    for name in raw.columns:
+        values = raw[name].to_numpy(dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            dropped[name] = "no finite values"
+        elif finite.min() == finite.max():
+            dropped[name] = f"constant ({finite[0]:g})"
         else:
-            values = column.to_numpy(dtype=float, na_value=np.nan)
-            finite = values[np.isfinite(values)]
-            if finite.size == 0:
-                dropped[name] = "no finite values"
-            elif finite.min() == finite.max():
-                dropped[name] = f"constant ({finite[0]:g})"
-            else:
-                features.append(name)
-    return features, dropped
+            kept.append(name)
+    if len(kept) < len(raw.columns):
+        plan, raw = plan.keep(set(kept)), raw[kept]
+    return plan, roles, dropped, raw
 
 
 def log_feature_choice(features: list[str], dropped: dict[str, str], dtypes: dict[str, str]) -> None:
@@ -252,6 +242,7 @@ def preprocess(
     processing: ProcessingConfig,
     *,
     label_column: str | None = None,
+    time_column: str | None = None,
     random_state: int = 0,
 ) -> PreprocessResult:
     """Mark duplicates, choose features, scale to [0, 1] and impute missing values (no row removed)."""
@@ -271,12 +262,17 @@ def preprocess(
         raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {len(table)}")
 
     labels = extract_labels(table, label_column) if label_column else None
-    features, dropped = select_features(
-        table, processing, exclude={label_column} if label_column else set(), repeats=duplicates
+    plan, roles, dropped, raw = select_features(
+        table,
+        processing,
+        ignored={label_column: "label column"} if label_column else None,
+        repeats=duplicates,
+        time_column=time_column,
     )
+    features = plan.names
     log_feature_choice(features, dropped, summary["dtypes"])
 
-    values = np.array(table[features].to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
+    values = np.array(raw.to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
     infinite = ~np.isfinite(values) & ~np.isnan(values)
     n_infinite = int(infinite.sum())
     if n_infinite:
@@ -296,6 +292,8 @@ def preprocess(
     summary.update(
         rows_after=int(len(table)),
         features=list(features),
+        roles={name: {"role": r.role, "reason": r.reason} for name, r in roles.items()},
+        feature_plan=plan.to_dict(),
         columns_dropped=dropped,
         imputed_values=n_missing,
         imputation=method,

@@ -26,7 +26,8 @@ from anomaly_detection import __version__, atomic
 from anomaly_detection.config import PipelineConfig, redact_url
 from anomaly_detection.detect import scored
 from anomaly_detection.detect.evaluate import ModelResult, better, choose, evaluate, select_best
-from anomaly_detection.detect.explain import Reference, explain, feature_counts, fit_reference
+from anomaly_detection.detect.explain import Reference, explain, fit_reference, named_features
+from anomaly_detection.features.derive import feature_plan
 from anomaly_detection.detect.grid import DetectorSettings, run_grid
 from anomaly_detection.errors import PipelineError
 from anomaly_detection.features.preprocess import preprocess
@@ -210,6 +211,7 @@ def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
         pd.read_parquet(paths.flattened),
         config.processing,
         label_column=config.evaluation.label_column,
+        time_column=config.report.time_column,
         random_state=config.modeling.random_state,
     )
     rows = kept.rows
@@ -318,12 +320,13 @@ def _model_results(paths: RunPaths, algorithms: list[str]) -> list[ModelResult]:
     return results
 
 
-def _reference(summary: dict[str, Any], sample: pd.DataFrame) -> Reference:
-    """Robust statistics of the normal rows of a run's uniform sample (see :mod:`.explain`)."""
-    names = list(summary["features"])
+def _reference(summary: dict[str, Any], sample: pd.DataFrame, paths: RunPaths) -> Reference:
+    """The normal rows of a run's uniform sample, read again from the flattened table (see :mod:`.explain`)."""
     uniform = sample[sample["sampled"].to_numpy(dtype=bool)]
-    X = uniform[scored.feature_columns(len(names))].to_numpy(dtype=np.float64)
-    return fit_reference(X, uniform["anomaly"].to_numpy() == 0, names, scaling=summary.get("scaling"))
+    rows = scored.rows_at(paths.flattened, uniform["position"].to_numpy())
+    return fit_reference(
+        rows, uniform["anomaly"].to_numpy() == 0, feature_plan(summary), scaling=summary.get("scaling")
+    )
 
 
 def _duplicates_flagged(paths: RunPaths, flagged: np.ndarray, *, spark: bool) -> int | None:
@@ -357,9 +360,9 @@ def select_stage(
     summary = _read_json(paths.summary)
     checks.validate_summary(summary, config.validation)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
-    reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)))
-    explanations = explain(reference, flagged[scored.feature_columns(len(reference.names))].to_numpy())
+    reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)), paths)
     anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
+    explanations = explain(reference, anomalies)
     anomalies.insert(0, "top_features", [e.codes for e in explanations])
     anomalies.insert(0, "explanation", [e.text for e in explanations])
     anomalies.insert(0, "score", flagged["score"].to_numpy())
@@ -451,15 +454,8 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     top_anomalies = pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies)
     if decision is None and (paths.root / "decision.json").exists():
         decision = _read_json(paths.root / "decision.json")
-    reference = _reference(summary, sample)
-    flagged_sample = sample[sample["anomaly"].to_numpy() == 1].sort_values(
-        ["score", "position"], ascending=[False, True]
-    )
-    top_explained = explain(
-        reference,
-        flagged_sample[scored.feature_columns(len(feature_names))].to_numpy()[: config.report.top_anomalies],
-    )
-    named = feature_counts(top_explained)
+    reference = _reference(summary, sample, paths)
+    named = named_features(top_anomalies["top_features"])
     flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))[
         "position"
     ].to_numpy()
@@ -503,7 +499,7 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
         decision=decision,
         warnings=results.get("warnings", []),
         explained_features=named,
-        explained_rows=len(top_explained),
+        explained_rows=len(top_anomalies),
         explanation_reference_rows=reference.rows,
         time_view=time_view,
         history=history_view,

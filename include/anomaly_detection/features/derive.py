@@ -1,0 +1,238 @@
+"""The feature plan: which features each column gives, by its role (see :mod:`.roles`).
+
+A plan is fitted once on the whole table (:func:`plan_features`), stored in ``data_summary.json``
+(``feature_plan``) and applied to any rows of that table (:meth:`FeaturePlan.transform`): by the
+native preprocessing to build the matrix, and by the explanations to read a flagged row's observed
+values. Every value is in the API's units; missing stays NaN (imputation happens after scaling).
+
+=========  ========================================  =========================================
+kind       from                                      value
+=========  ========================================  =========================================
+measure    a measure column                          the number
+boolean    a boolean column                          0 or 1
+rarity     a categorical column                      -ln(tail share): the share of the rows whose
+                                                     value is at most as common as this one (a
+                                                     missing value is a value of its own), so
+                                                     evenly spread codes are never "rare"
+hour       the main timestamp (spanning >= 2 days)   hour of day on the circle (sin, cos)
+weekday    the main timestamp (spanning >= 14 days)  day of week on the circle (sin, cos)
+duration   two paired timestamps of one record       end - start, in seconds
+missing    a measure missing in more than half       1 where missing, else 0
+           of the rows
+=========  ========================================  =========================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_detection.features.roles import ColumnRole
+
+#: Start and end words of paired timestamps (``pickup``/``dropoff``, ``start``/``end`` ...).
+PAIRED_WORDS = (
+    ("pickup", "dropoff"), ("pick_up", "drop_off"), ("start", "end"), ("start", "stop"), ("begin", "end"),
+    ("created", "closed"), ("created", "resolved"), ("opened", "closed"), ("open", "close"),
+    ("departure", "arrival"), ("depart", "arrive"), ("checkin", "checkout"), ("from", "to"),
+)  # fmt: skip
+#: A column missing in more than this share of the rows gets a missing-indicator feature.
+MISSING_INDICATOR_SHARE = 0.5
+MIN_SPAN_FOR_HOUR = pd.Timedelta(days=2)
+MIN_SPAN_FOR_WEEKDAY = pd.Timedelta(days=14)
+CYCLIC_KINDS = frozenset({"hour", "weekday"})
+NANOSECONDS = {"s": 10**9, "ms": 10**6, "us": 10**3}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature: its name, kind (see the module table) and the column(s) it comes from."""
+
+    name: str
+    kind: str
+    column: str
+    end: str | None = None  # the end timestamp of a duration
+    part: str | None = None  # "sin" or "cos" of a cyclic feature
+    counts: dict[str, int] | None = None  # rarity: value key -> rows holding it
+    rows: int | None = None  # rarity: rows counted
+
+
+@dataclass
+class FeaturePlan:
+    """Feature specs in matrix order, plus each timestamp column's epoch unit (None: datetime values)."""
+
+    specs: list[FeatureSpec]
+    time_units: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"specs": [asdict(s) for s in self.specs], "time_units": dict(self.time_units)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeaturePlan:
+        return cls([FeatureSpec(**s) for s in data["specs"]], dict(data.get("time_units") or {}))
+
+    def keep(self, names: set[str]) -> FeaturePlan:
+        """The plan without the features not in ``names``."""
+        return FeaturePlan([s for s in self.specs if s.name in names], self.time_units)
+
+    def transform(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The features of ``table``'s rows in the API's units; shape ``(n_rows, n_features)``, NaN = missing."""
+        instants: dict[str, pd.Series] = {}
+
+        def when(column: str) -> pd.Series:
+            if column not in instants:
+                instants[column] = to_instants(table[column], self.time_units.get(column))
+            return instants[column]
+
+        columns: dict[str, np.ndarray] = {}
+        for spec in self.specs:
+            columns[spec.name] = _feature(spec, table, when)
+        return pd.DataFrame(columns, index=table.index, columns=self.names)
+
+
+def value_key(value: Any) -> str:
+    """The key of a categorical value: integer-valued numbers without ``.0``; missing is ``""``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
+
+
+def tail_shares(counts: Mapping[str, int], keys: pd.Series) -> np.ndarray:
+    """For each key, the share of the counted rows whose key is at most as common (unseen: half a row).
+
+    Parameters
+    ----------
+    counts : mapping
+        Key -> rows holding it.
+    keys : Series of shape (n_rows,)
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), values in (0, 1]
+    """
+    total = max(sum(counts.values()), 1)
+    ordered = sorted(counts.values())
+    cumulative = np.cumsum(ordered)
+    upto = {c: int(cumulative[np.searchsorted(ordered, c, side="right") - 1]) for c in set(ordered)}
+    tail = {key: upto[count] / total for key, count in counts.items()}
+    return keys.map(lambda k: tail.get(k, 0.5 / total)).to_numpy(dtype=np.float64)
+
+
+def to_instants(values: pd.Series, unit: str | None) -> pd.Series:
+    """Instants (``datetime64[ns, UTC]``) of a timestamp column: datetimes, epoch numbers or text."""
+    if unit:
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        return pd.to_datetime(numbers * NANOSECONDS[unit], unit="ns", utc=True, errors="coerce")
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values):
+        return pd.to_datetime(values, utc=True, errors="coerce")
+    return pd.to_datetime(values.astype("string"), utc=True, errors="coerce", format="mixed")
+
+
+def _feature(spec: FeatureSpec, table: pd.DataFrame, when: Any) -> np.ndarray:
+    if spec.kind in ("measure", "boolean"):
+        values = table[spec.column]
+        if pd.api.types.is_bool_dtype(values) or values.dtype == object:
+            values = values.map(lambda v: float(v) if isinstance(v, bool | int | float) else np.nan)
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if spec.kind == "missing":
+        return table[spec.column].isna().to_numpy(dtype=np.float64)
+    if spec.kind == "rarity":
+        return -np.log(tail_shares(spec.counts or {}, table[spec.column].map(value_key)))
+    instants = when(spec.column)
+    if spec.kind == "duration":
+        end = when(spec.end)
+        return ((end - instants).dt.total_seconds()).to_numpy(dtype=np.float64, na_value=np.nan)
+    if spec.kind in CYCLIC_KINDS:
+        turn = cyclic_position(instants, spec.kind)
+        angle = 2 * np.pi * turn
+        return np.sin(angle) if spec.part == "sin" else np.cos(angle)
+    raise ValueError(f"unknown feature kind {spec.kind!r}")
+
+
+def cyclic_position(instants: pd.Series, kind: str) -> np.ndarray:
+    """Where each instant lies in its day (``hour``) or week (``weekday``, Monday = 0), in [0, 1)."""
+    hours = (instants.dt.hour + instants.dt.minute / 60).to_numpy(dtype=np.float64, na_value=np.nan)
+    if kind == "hour":
+        return hours / 24
+    return (instants.dt.dayofweek.to_numpy(dtype=np.float64, na_value=np.nan) + hours / 24) / 7
+
+
+def paired_timestamps(names: list[str]) -> list[tuple[str, str]]:
+    """Pairs ``(start, end)`` of timestamp columns whose names differ by a start and an end word."""
+    pairs = []
+    lowered = {name.lower(): name for name in names}
+    for name in names:
+        low = name.lower()
+        for start, end in PAIRED_WORDS:
+            if start in low:
+                partner = lowered.get(low.replace(start, end))
+                if partner and partner != name and (name, partner) not in pairs:
+                    pairs.append((name, partner))
+    return pairs
+
+
+def plan_features(
+    table: pd.DataFrame, roles: Mapping[str, ColumnRole], *, time_column: str | None = None
+) -> FeaturePlan:
+    """Fit the feature plan of a table from its column roles.
+
+    Parameters
+    ----------
+    table : DataFrame of shape (n_rows, n_columns)
+    roles : mapping
+        Column -> role, from :func:`.roles.infer_roles`.
+    time_column : str, optional
+        The main timestamp (``report.time_column``); by default the first timestamp column.
+
+    Returns
+    -------
+    FeaturePlan
+    """
+    rows = len(table)
+    specs: list[FeatureSpec] = []
+    stamps = [name for name, role in roles.items() if role.role == "timestamp"]
+    units = {name: roles[name].unit for name in stamps}
+    for name, role in roles.items():
+        if role.role in ("measure", "boolean"):
+            specs.append(FeatureSpec(name, role.role, name))
+            if table[name].isna().mean() > MISSING_INDICATOR_SHARE:
+                specs.append(FeatureSpec(f"{name} missing", "missing", name))
+        elif role.role == "categorical":
+            counts = table[name].map(value_key).value_counts()
+            specs.append(
+                FeatureSpec(name, "rarity", name, counts={str(k): int(v) for k, v in counts.items()}, rows=rows)
+            )
+    for start, end in paired_timestamps(stamps):
+        specs.append(FeatureSpec(f"duration {start} → {end}", "duration", start, end=end))
+    main = time_column if time_column in stamps else (stamps[0] if stamps else None)
+    if main is not None:
+        instants = to_instants(table[main], units.get(main)).dropna()
+        span = instants.max() - instants.min() if len(instants) else pd.Timedelta(0)
+        cyclic = []
+        if span >= MIN_SPAN_FOR_HOUR and instants.dt.hour.nunique() > 1:
+            cyclic.append(("hour", "hour of day"))
+        if span >= MIN_SPAN_FOR_WEEKDAY:
+            cyclic.append(("weekday", "day of week"))
+        for kind, label in cyclic:
+            for part in ("sin", "cos"):
+                specs.append(FeatureSpec(f"{main} {label} ({part})", kind, main, part=part))
+    return FeaturePlan(specs, {name: units[name] for name in stamps})
+
+
+def feature_plan(summary: Mapping[str, Any]) -> FeaturePlan:
+    """The feature plan of a data summary; one measure per feature for a summary written without one."""
+    if summary.get("feature_plan"):
+        return FeaturePlan.from_dict(summary["feature_plan"])
+    return FeaturePlan([FeatureSpec(str(n), "measure", str(n)) for n in summary["features"]])
