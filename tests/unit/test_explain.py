@@ -44,7 +44,9 @@ def test_the_planted_column_and_its_direction_are_named_first():
     assert got[1].features == ["tip"] and got[1].z[0] < -5
     assert got[2].features == ["distance", "passengers"] and got[2].z[0] > got[2].z[1] > 2
     assert len(got[3].features) == 1 and abs(got[3].z[0]) < 2  # the strongest is always named
-    assert got[0].codes.startswith("fare:+") and got[0].text.startswith("fare ↑") and "vs median" in got[0].text
+    assert (
+        got[0].codes.startswith("fare:+") and got[0].text.startswith("fare ↑") and "vs median" in got[0].text
+    )
     assert got[1].text.startswith("tip ↓")
     counts = feature_counts(got)
     assert sum(counts.values()) == 5 and counts[got[3].features[0]] == 2
@@ -80,7 +82,10 @@ def test_no_z_score_comes_from_a_spread_of_about_zero():
     table["passengers"] = 1.0  # MAD and mean deviation 0 in the reference
     span = np.array([30.0, 30.0, 30.0, 5.0])
     assert (robust_spread(table.to_numpy(), table.median().to_numpy(), span) >= 0.01 * span).all()
-    scaling = {"min": dict(zip(NAMES, [30.0, 30.0, 30.0, 1.0])), "max": dict(zip(NAMES, [60.0, 60.0, 60.0, 6.0]))}
+    scaling = {
+        "min": dict(zip(NAMES, [30.0, 30.0, 30.0, 1.0])),
+        "max": dict(zip(NAMES, [60.0, 60.0, 60.0, 6.0])),
+    }
     reference = fit_reference(table, np.ones(len(table), bool), MEASURES, scaling=scaling)
     row = pd.DataFrame([table.median()]).reset_index(drop=True)
     row.loc[0, "passengers"] = 6.0
@@ -105,7 +110,12 @@ def test_codes_and_booleans_read_as_rare_values_never_in_sd_units():
     table.loc[8, "tsunami"] = 1
     out = preprocess(table, build_config({}).processing)
     roles = {name: r["role"] for name, r in out.summary["roles"].items()}
-    assert roles == {"fare": "measure", "ratecodeid": "categorical", "zone_id": "categorical", "tsunami": "boolean"}
+    assert roles == {
+        "fare": "measure",
+        "ratecodeid": "categorical",
+        "zone_id": "categorical",
+        "tsunami": "boolean",
+    }
     reference = fit_reference(table, np.ones(n, bool), feature_plan(out.summary))
     got = explain(reference, table.iloc[[7, 8]])
     assert got[0].texts[0] == "ratecodeid = 99: rare value, in 0.05% of rows"

@@ -223,7 +223,9 @@ def _column_strength(
         show = duration_text if spec.kind == "duration" else _num
         for i, zi in zip(present, z):
             arrow = "↑" if zi > 0 else "↓"
-            texts[i] = f"{spec.name} {arrow} {show(x[i])} vs median {show(reference.median[j])} ({zi:+.1f} SD)"
+            texts[i] = (
+                f"{spec.name} {arrow} {show(x[i])} vs median {show(reference.median[j])} ({zi:+.1f} SD)"
+            )
     elif spec.kind == "rarity":
         strength[:] = rarity_z(np.exp(-x))
         counts, total = spec.counts or {}, max(spec.rows or 1, 1)
@@ -306,7 +308,11 @@ def explain(
     order = np.argsort(-np.abs(strength), axis=1, kind="stable")[:, :k]
     out = []
     for i in range(n):
-        keep = [j for rank, j in enumerate(order[i]) if (rank == 0 or abs(strength[i, j]) >= min_z) and texts[i][j]]
+        keep = [
+            j
+            for rank, j in enumerate(order[i])
+            if (rank == 0 or abs(strength[i, j]) >= min_z) and texts[i][j]
+        ]
         out.append(
             Explanation(
                 features=[reference.names[j] for j in keep],

@@ -212,7 +212,9 @@ def plan_features(
         elif role.role == "categorical":
             counts = table[name].map(value_key).value_counts()
             specs.append(
-                FeatureSpec(name, "rarity", name, counts={str(k): int(v) for k, v in counts.items()}, rows=rows)
+                FeatureSpec(
+                    name, "rarity", name, counts={str(k): int(v) for k, v in counts.items()}, rows=rows
+                )
             )
     for start, end in paired_timestamps(stamps):
         specs.append(FeatureSpec(f"duration {start} → {end}", "duration", start, end=end))

@@ -127,7 +127,9 @@ def infer_role(name: str, values: pd.Series, *, first_occurrences: pd.Series | N
         return ColumnRole("timestamp", "date-time values")
     distinct = _distinct(present)
     if pd.api.types.is_bool_dtype(values):
-        return ColumnRole("boolean", "true/false values") if distinct > 1 else ColumnRole("ignored", "constant")
+        return (
+            ColumnRole("boolean", "true/false values") if distinct > 1 else ColumnRole("ignored", "constant")
+        )
     id_like = bool(ID_NAME.search(name) or CAMEL_ID.search(name))
     few = distinct <= MAX_CATEGORIES and distinct <= MAX_CATEGORY_SHARE * len(present)
     if pd.api.types.is_numeric_dtype(values):
@@ -191,17 +193,23 @@ def infer_roles(
             roles[name] = ColumnRole("ignored", ignored[name])
         elif name in processing.column_roles:
             role = processing.column_roles[name]
-            unit = epoch_unit("time", column) if role == "timestamp" and pd.api.types.is_numeric_dtype(column) else None
+            unit = (
+                epoch_unit("time", column)
+                if role == "timestamp" and pd.api.types.is_numeric_dtype(column)
+                else None
+            )
             roles[name] = ColumnRole(role, "set in processing.column_roles", unit=unit)
         elif processing.include_features and name not in processing.include_features:
             roles[name] = ColumnRole("ignored", "not in include_features")
         elif name in processing.exclude_features:
             roles[name] = ColumnRole("ignored", "in exclude_features")
         else:
-            role = infer_role(
-                name, column, first_occurrences=None if repeats is None else column[~repeats]
-            )
-            if processing.include_features and role.role in ("identifier", "text") and pd.api.types.is_numeric_dtype(column):
+            role = infer_role(name, column, first_occurrences=None if repeats is None else column[~repeats])
+            if (
+                processing.include_features
+                and role.role in ("identifier", "text")
+                and pd.api.types.is_numeric_dtype(column)
+            ):
                 role = ColumnRole("measure", "in include_features")
             roles[name] = role
     return roles

@@ -27,9 +27,9 @@ from anomaly_detection.config import PipelineConfig, redact_url
 from anomaly_detection.detect import scored
 from anomaly_detection.detect.evaluate import ModelResult, better, choose, evaluate, select_best
 from anomaly_detection.detect.explain import Reference, explain, fit_reference, named_features
-from anomaly_detection.features.derive import feature_plan
 from anomaly_detection.detect.grid import DetectorSettings, run_grid
 from anomaly_detection.errors import PipelineError
+from anomaly_detection.features.derive import feature_plan
 from anomaly_detection.features.preprocess import preprocess
 from anomaly_detection.ingest import memory
 from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
@@ -360,7 +360,9 @@ def select_stage(
     summary = _read_json(paths.summary)
     checks.validate_summary(summary, config.validation)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
-    reference = _reference(summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)), paths)
+    reference = _reference(
+        summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)), paths
+    )
     anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
     explanations = explain(reference, anomalies)
     anomalies.insert(0, "top_features", [e.codes for e in explanations])
