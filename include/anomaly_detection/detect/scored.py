@@ -220,3 +220,16 @@ def read_sample(path: Path) -> pd.DataFrame:
     tables = [pq.read_table(f) for f in parquet_files(path)]
     frame = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=list(SAMPLE_META))
     return frame.sort_values("position", kind="stable").reset_index(drop=True)
+
+
+def repeats_among(positions: np.ndarray, duplicate_rows: Path) -> int | None:
+    """How many of ``positions`` repeat an earlier row, from ``duplicate_rows.npy`` (native) or the
+    ``duplicate_rows.spark.parquet`` folder (Spark); None when the duplicates were not recorded."""
+    duplicate_rows = Path(duplicate_rows)
+    if duplicate_rows.is_dir():
+        repeats = pd.read_parquet(duplicate_rows).iloc[:, 0].to_numpy()
+    elif duplicate_rows.suffix == ".npy" and duplicate_rows.exists():
+        repeats = np.load(duplicate_rows)
+    else:
+        return None
+    return int(np.isin(positions, repeats).sum())

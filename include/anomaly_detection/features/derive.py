@@ -131,11 +131,14 @@ def tail_shares(counts: Mapping[str, int], keys: pd.Series) -> np.ndarray:
 
 
 def to_instants(values: pd.Series, unit: str | None) -> pd.Series:
-    """Instants (``datetime64[ns, UTC]``) of a timestamp column: datetimes, epoch numbers or text."""
+    """Wall-clock times (as ``datetime64[ns, UTC]``) of a timestamp column: datetimes in their own
+    zone, epoch numbers (UTC) or text."""
     if unit:
         numbers = pd.to_numeric(values, errors="coerce").astype("float64")
         return pd.to_datetime(numbers * NANOSECONDS[unit], unit="ns", utc=True, errors="coerce")
-    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values):
+    if isinstance(values.dtype, pd.DatetimeTZDtype):  # the wall-clock time of the value's own zone
+        return values.dt.tz_localize(None).dt.tz_localize("UTC")
+    if pd.api.types.is_datetime64_any_dtype(values):
         return pd.to_datetime(values, utc=True, errors="coerce")
     return pd.to_datetime(values.astype("string"), utc=True, errors="coerce", format="mixed")
 

@@ -292,7 +292,10 @@ def preprocess(
     summary.update(
         rows_after=int(len(table)),
         features=list(features),
-        roles={name: {"role": r.role, "reason": r.reason} for name, r in roles.items()},
+        roles={
+            name: {"role": r.role, "reason": r.reason, **({"unit": r.unit} if r.unit else {})}
+            for name, r in roles.items()
+        },
         feature_plan=plan.to_dict(),
         columns_dropped=dropped,
         imputed_values=n_missing,

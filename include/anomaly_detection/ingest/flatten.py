@@ -357,11 +357,25 @@ def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
         if head.str.match(_ISO_TIMESTAMP).all() and as_text.str.match(_ISO_TIMESTAMP).all():
             stamps = pd.to_datetime(as_text, format="ISO8601", utc=True, errors="coerce")
             if stamps.notna().all():
-                frame[name] = pd.to_datetime(
-                    col.where(col.astype(str).str.strip() != ""), format="ISO8601", utc=True, errors="coerce"
-                )
+                frame[name] = _datetimes(col.where(col.astype(str).str.strip() != ""), as_text)
                 notes.datetimes.append(str(name))
     return frame
+
+
+def _datetimes(values: pd.Series, present: pd.Series) -> pd.Series:
+    """ISO text as datetimes that keep the values' own zone: naive text stays naive (local time, never
+    labelled UTC), one shared offset is kept; only text mixing offsets is converted to UTC."""
+    zoned = present.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
+    if not zoned.any():
+        return pd.to_datetime(values, format="ISO8601", errors="coerce")
+    if zoned.all():
+        try:
+            parsed = pd.to_datetime(values, format="ISO8601", errors="coerce")
+            if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+                return parsed
+        except (ValueError, TypeError):
+            pass
+    return pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce")
 
 
 def finalize_frame(frame: pd.DataFrame, *, max_list_length: int) -> tuple[pd.DataFrame, ColumnNotes]:

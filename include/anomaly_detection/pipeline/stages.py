@@ -37,6 +37,7 @@ from anomaly_detection.ingest.native import ingest
 from anomaly_detection.ingest.sources import bulk_ingest_sources, ingest_sources
 from anomaly_detection.pipeline import checks
 from anomaly_detection.report import insights
+from anomaly_detection.report.format import datetimes_as_iso, epochs_as_iso
 from anomaly_detection.runs import SECRET_MASK, RunPaths, run_logging, utc_now
 
 log = logging.getLogger(__name__)
@@ -329,17 +330,6 @@ def _reference(summary: dict[str, Any], sample: pd.DataFrame, paths: RunPaths) -
     )
 
 
-def _duplicates_flagged(paths: RunPaths, flagged: np.ndarray, *, spark: bool) -> int | None:
-    """How many flagged positions repeat an earlier row; None when the duplicates were not recorded."""
-    if spark and paths.spark_duplicate_rows.is_dir():
-        repeats = pd.read_parquet(paths.spark_duplicate_rows).iloc[:, 0].to_numpy()
-    elif not spark and paths.duplicate_rows.exists():
-        repeats = np.load(paths.duplicate_rows)
-    else:
-        return None
-    return int(np.isin(flagged, repeats).sum())
-
-
 def select_stage(
     config: PipelineConfig, paths: RunPaths, *, run_meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -365,6 +355,7 @@ def select_stage(
     )
     anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
     explanations = explain(reference, anomalies)
+    anomalies = datetimes_as_iso(anomalies)
     anomalies.insert(0, "top_features", [e.codes for e in explanations])
     anomalies.insert(0, "explanation", [e.text for e in explanations])
     anomalies.insert(0, "score", flagged["score"].to_numpy())
@@ -396,10 +387,11 @@ def select_stage(
             "ingested": ingest_info.get("rows", summary["rows_before"]),
             "scored": summary["rows_after"],
             "duplicates": summary["duplicates"],
-            "duplicates_flagged": _duplicates_flagged(
-                paths,
+            "duplicates_flagged": scored.repeats_among(
                 flagged["position"].to_numpy(),
-                spark=(run_meta or {}).get("mode") == "spark" or not paths.features.exists(),
+                paths.spark_duplicate_rows
+                if (run_meta or {}).get("mode") == "spark" or not paths.features.exists()
+                else paths.duplicate_rows,
             ),
         },
         "features": summary["features"],
@@ -452,8 +444,9 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     feature_names = list(summary["features"])
     sample = scored.read_sample(paths.report_sample)
     X = sample[scored.feature_columns(len(feature_names))].to_numpy(dtype=np.float64)
-    preview = scored.head(paths.flattened, config.report.preview_rows)
-    top_anomalies = pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies)
+    roles = summary.get("roles") or {}
+    preview = epochs_as_iso(scored.head(paths.flattened, config.report.preview_rows), roles)
+    top_anomalies = epochs_as_iso(pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies), roles)
     if decision is None and (paths.root / "decision.json").exists():
         decision = _read_json(paths.root / "decision.json")
     reference = _reference(summary, sample, paths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from numbers import Integral, Real
 from typing import Any
@@ -139,6 +140,35 @@ def format_cell(value: Any, limit: int = MAX_CELL_CHARS) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return shorten(" ".join(str(value).split()) if "\n" in str(value) else str(value), limit)
+
+
+def datetimes_as_iso(frame: pd.DataFrame) -> pd.DataFrame:
+    """Datetime columns as ISO-8601 text in their own zone (naive values without one), for CSV files."""
+    frame = frame.copy()
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(column):
+            frame[name] = [t.isoformat() if t is not pd.NaT else None for t in column]
+    return frame
+
+
+def epochs_as_iso(frame: pd.DataFrame | None, roles: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame | None:
+    """Epoch-number timestamp columns (``roles[name]["unit"]``: s, ms or us) as ISO-8601 UTC text."""
+    if frame is None:
+        return None
+    epochs = {
+        n: r["unit"]
+        for n, r in roles.items()
+        if r.get("role") == "timestamp" and r.get("unit") and n in frame
+    }
+    if not epochs:
+        return frame
+    frame = frame.copy()
+    for name, unit in epochs.items():
+        numbers = pd.to_numeric(frame[name], errors="coerce")
+        stamps = pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")
+        frame[name] = [s.isoformat() if s is not pd.NaT else None for s in stamps]
+    return frame
 
 
 def frame_table(

@@ -145,13 +145,26 @@ def summary_section(summary: Mapping[str, Any], feature_names: list[str]) -> dic
     rows_before, rows_after = summary.get("rows_before"), summary.get("rows_after")
     total_missing = sum(int(v) for v in missing.values() if isinstance(v, Integral | float) and v == v)
 
+    roles = summary.get("roles") or {}
+    gives: dict[str, list[str]] = {}
+    for spec in (summary.get("feature_plan") or {}).get("specs", []):
+        for column in (spec["column"], spec.get("end")):
+            if column and spec["name"] != column:
+                gives.setdefault(str(column), []).append(str(spec["name"]))
     columns = []
     for name in dict.fromkeys([*map(str, dtypes), *map(str, missing), *map(str, dropped), *feature_set]):
         count = missing.get(name)
+        inferred = roles.get(name)
+        derived = [f for f in gives.get(name, []) if f in feature_set]
         if name in dropped:
             role, role_class = f"dropped: {dropped[name]}", "dropped"
+        elif inferred and (name in feature_set or derived):
+            made = ", ".join([*(["itself"] if name in feature_set else []), *derived])
+            role, role_class = f"{inferred['role']} ({inferred['reason']}): feature {made}", "feature"
         elif name in feature_set:
             role, role_class = "feature", "feature"
+        elif inferred:
+            role, role_class = f"{inferred['role']} ({inferred['reason']}): no feature", ""
         else:
             role, role_class = "kept (not a feature)", ""
         columns.append(
