@@ -110,19 +110,31 @@ def test_numeric_strings_with_blanks_become_numbers_with_missing_values():
     assert frame["x"].iloc[0] == 1.5 and frame["x"].isna().tolist() == [False, True, True, False]
 
 
-def test_iso_timestamps_become_utc_datetimes():
+def test_iso_timestamps_become_datetimes_in_their_own_zone():
     frame, _, notes = table(
         [
-            {"t": "2019-01-01T00:46:40.000", "z": "2024-03-01T12:00:00Z", "d": "2024-03-01"},
-            {"t": "2019-01-01T01:00:00.000", "z": "2024-03-01T14:00:00+02:00", "d": "2024-03-02"},
+            {
+                "t": "2019-01-01T00:46:40.000",
+                "z": "2024-03-01T12:00:00Z",
+                "d": "2024-03-01",
+                "o": "2024-03-01T09:00-05:00",
+            },
+            {
+                "t": "2019-01-01T01:00:00.000",
+                "z": "2024-03-01T14:00:00+02:00",
+                "d": "2024-03-02",
+                "o": "2024-03-02T10:00-05:00",
+            },
         ]
     )
-    for name in ("t", "z", "d"):
+    for name in ("t", "z", "d", "o"):
         assert pd.api.types.is_datetime64_any_dtype(frame[name]), name
-        assert str(frame[name].dt.tz) == "UTC", name
-    assert frame.loc[0, "t"] == pd.Timestamp("2019-01-01T00:46:40", tz="UTC")
+    assert frame["t"].dt.tz is None and frame["d"].dt.tz is None  # naive local times are not labelled UTC
+    assert frame.loc[0, "t"] == pd.Timestamp("2019-01-01T00:46:40")
+    assert str(frame["z"].dt.tz) == "UTC"  # mixed offsets: converted to UTC
     assert frame.loc[1, "z"] == frame.loc[0, "z"]  # 14:00+02:00 is 12:00 UTC
-    assert set(notes.datetimes) == {"t", "z", "d"}
+    assert frame.loc[0, "o"].isoformat() == "2024-03-01T09:00:00-05:00"  # one shared offset is kept
+    assert set(notes.datetimes) == {"t", "z", "d", "o"}
 
 
 def test_text_that_is_not_a_timestamp_stays_text():
