@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from demo_process import run_cli
 from http_fixtures import api_server  # noqa: F401
 
@@ -63,7 +64,11 @@ def test_thirty_copies_of_an_absurd_record_are_all_flagged_and_listed(api_server
 
     assert "time" not in results["features"]  # epoch ms: a timestamp, never a raw feature
     summary = json.loads((run_dir / "data_summary.json").read_text())
-    assert summary["roles"]["time"] == {"role": "timestamp", "reason": "epoch ms under a time-like name", "unit": "ms"}
+    assert summary["roles"]["time"] == {
+        "role": "timestamp",
+        "reason": "epoch ms under a time-like name",
+        "unit": "ms",
+    }
     assert summary["roles"]["station"]["role"] == "categorical"
     assert "2024-01-01T01:17:00+00:00" in report  # the copies' epoch time shown as ISO text
     assert str(absurd["time"]) not in report
@@ -91,7 +96,9 @@ def taxi_records(n: int, seed: int) -> list[dict]:
     long_trip = rows[1_234]
     pickup = datetime.fromisoformat(long_trip["tpep_pickup_datetime"])
     long_trip.update(
-        tpep_dropoff_datetime=(pickup + timedelta(hours=20)).isoformat(sep=" "), trip_distance=1.2, fare_amount=9.0
+        tpep_dropoff_datetime=(pickup + timedelta(hours=20)).isoformat(sep=" "),
+        trip_distance=1.2,
+        fare_amount=9.0,
     )
     rows[2_000]["RatecodeID"] = 99
     return rows
@@ -122,3 +129,62 @@ def test_taxi_trips_durations_codes_and_explanations(api_server, tmp_path):  # n
         assert "1e5" not in text
     shown = pd.Timestamp(long_trip["tpep_pickup_datetime"].iloc[0]).isoformat()  # naive local time
     assert shown in report and f"{shown}+00:00" not in report  # shown as ISO text, never labelled UTC
+
+
+SHARED_API = Path(__file__).resolve().parents[3] / "shared" / "data" / "api"
+
+
+def serve_shared(server, path: str, name: str) -> str:
+    if not (SHARED_API / name).exists():
+        pytest.skip(f"shared API data not found at {SHARED_API}")
+    server.route(path, (200, {"Content-Type": "application/json"}, (SHARED_API / name).read_bytes()))
+    return server.url(path)
+
+
+def explanation_phrases(anomalies: pd.DataFrame) -> list[str]:
+    return [phrase for text in anomalies["explanation"] for phrase in text.split("; ")]
+
+
+def test_recorded_usgs_week_epoch_times_missing_fields_and_codes(api_server, tmp_path):  # noqa: F811
+    url = serve_shared(api_server, "/quakes.geojson", "usgs_earthquakes_all_week_2019.geojson")
+    run_dir, results, anomalies, report = run(tmp_path, "usgs", url)
+    summary = json.loads((run_dir / "data_summary.json").read_text())
+    roles = {name: role["role"] for name, role in summary["roles"].items()}
+    assert roles["properties.time"] == roles["properties.updated"] == "timestamp"
+    assert not {"properties.time", "properties.updated"} & set(results["features"])
+    assert roles["properties.tsunami"] == "boolean" and roles["properties.magType"] == "categorical"
+    assert "properties.felt missing" in results["features"]  # felt is missing in most rows
+    felt = pd.read_parquet(run_dir / "flattened.parquet")["properties.felt"]
+    for phrase in explanation_phrases(anomalies):
+        if phrase.startswith(
+            ("properties.magType", "properties.net", "properties.tsunami", "properties.status")
+        ):
+            assert "SD" not in phrase, phrase
+        for z in SD.findall(phrase):
+            assert abs(float(z)) <= 100, phrase
+        if phrase.startswith("properties.felt ↑"):  # the median of the observed values, never of imputed ones
+            median = float(phrase.split(" vs median ")[1].split(" ")[0].replace(",", ""))
+            assert median == pytest.approx(felt.median(), rel=0.5)
+    first = pd.Timestamp(
+        pd.read_parquet(run_dir / "flattened.parquet")["properties.time"].iloc[0], unit="ms", tz="UTC"
+    )
+    assert first.isoformat() in report  # the preview shows epoch ms as ISO text
+
+
+def test_recorded_taxi_trips_long_trip_and_codes(api_server, tmp_path):  # noqa: F811
+    url = serve_shared(api_server, "/resource/taxi.json", "nyc_yellow_taxi_2019.json")
+    run_dir, results, anomalies, _ = run(tmp_path, "taxi2019", url)
+    summary = json.loads((run_dir / "data_summary.json").read_text())
+    roles = {name: role["role"] for name, role in summary["roles"].items()}
+    for code in ("ratecodeid", "payment_type", "pulocationid", "dolocationid", "vendorid"):
+        assert roles[code] == "categorical", code
+    duration = "duration tpep_pickup_datetime → tpep_dropoff_datetime"
+    assert duration in results["features"]
+    pickup = pd.to_datetime(anomalies["tpep_pickup_datetime"])
+    dropoff = pd.to_datetime(anomalies["tpep_dropoff_datetime"])
+    longest = (dropoff - pickup).dt.total_seconds().idxmax()
+    assert (dropoff - pickup)[longest] > pd.Timedelta(hours=20)  # the day-long trip of the file is flagged
+    assert f"{duration} ↑ " in anomalies.loc[longest, "explanation"]
+    for phrase in explanation_phrases(anomalies):
+        if phrase.startswith(("ratecodeid", "payment_type", "pulocationid", "dolocationid", "vendorid")):
+            assert "SD" not in phrase and "rare value" in phrase, phrase

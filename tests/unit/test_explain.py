@@ -79,12 +79,13 @@ def test_a_value_missing_where_it_rarely_is_reads_missing():
 
 def test_no_z_score_comes_from_a_spread_of_about_zero():
     table = sample()
-    table["passengers"] = 1.0  # MAD and mean deviation 0 in the reference
+    table["passengers"] = 1.0 + np.random.default_rng(3).normal(0, 1e-9, len(table))  # spread ~0, MAD > 0
+    table["tip"] = 1.0  # one value on every row: MAD 0
     span = np.array([30.0, 30.0, 30.0, 5.0])
     assert (robust_spread(table.to_numpy(), table.median().to_numpy(), span) >= 0.01 * span).all()
     scaling = {
-        "min": dict(zip(NAMES, [30.0, 30.0, 30.0, 1.0])),
-        "max": dict(zip(NAMES, [60.0, 60.0, 60.0, 6.0])),
+        "min": dict(zip(NAMES, [30.0, 30.0, 0.0, 1.0])),
+        "max": dict(zip(NAMES, [60.0, 60.0, 5.0, 6.0])),
     }
     reference = fit_reference(table, np.ones(len(table), bool), MEASURES, scaling=scaling)
     row = pd.DataFrame([table.median()]).reset_index(drop=True)
@@ -93,6 +94,9 @@ def test_no_z_score_comes_from_a_spread_of_about_zero():
     assert got.features[0] == "passengers"
     z = float(SD.search(got.texts[0]).group(1))
     assert 1 < z <= 1 / 0.01 and "1e5" not in got.text
+    row.loc[0, "passengers"], row.loc[0, "tip"] = 1.0, 0.0
+    (got,) = explain(reference, row)
+    assert got.texts[0] == "tip = 0: rare value, in 0% of rows"  # a mostly-constant field: no SD figure
 
 
 def test_codes_and_booleans_read_as_rare_values_never_in_sd_units():

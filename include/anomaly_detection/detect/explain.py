@@ -9,7 +9,8 @@ the report sample (a uniform random sample of the run):
   is taken over the observed values, and the spread is 1.4826 x the median absolute deviation,
   else 1.2533 x the mean absolute deviation, and never below 1 % of the feature's range over the
   run (so no z-score comes from a spread of about 0): "fare ↑ 812 vs median 101 (+14.2 SD)";
-* a **categorical code**, a **boolean** or the **hour / day** of a timestamp by how rare the row's
+* a **categorical code**, a **boolean**, a measure that mostly holds one value (MAD 0, such as a
+  fee that is 0.5 on most rows) or the **hour / day** of a timestamp by how rare the row's
   value is: "payment_type = 9: rare value, in 0.3 % of rows". Its strength is the z-score whose
   two-sided tail probability is the share of rows with a value at most as common (so evenly spread
   codes are never rare), and it ranks beside the measures, but no SD figure is shown;
@@ -62,8 +63,9 @@ class Reference:
         The run's feature plan (``n_features`` specs).
     values : ndarray of shape (n_reference, n_features)
         The reference rows' features in the API's units, NaN where missing.
-    median, spread : ndarray of shape (n_features,)
-        Median of the observed values and the floored robust spread (magnitude kinds; NaN otherwise).
+    median, spread, mad : ndarray of shape (n_features,)
+        Median of the observed values, the floored robust spread and the median absolute deviation
+        (0 when more than half of the rows share one value: such a measure reads as a rare value).
     minimum, span : ndarray of shape (n_features,)
         The run's MinMax scaling: original value = scaled * span + minimum.
     """
@@ -72,6 +74,7 @@ class Reference:
     values: np.ndarray
     median: np.ndarray
     spread: np.ndarray
+    mad: np.ndarray
     minimum: np.ndarray
     span: np.ndarray
 
@@ -143,7 +146,11 @@ def fit_reference(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no median
         median = np.nanmedian(reference, axis=0)
-    return Reference(plan, reference, median, robust_spread(reference, median, span), minimum, span)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mad = np.nanmedian(np.abs(reference - median), axis=0)
+    spread = robust_spread(reference, median, span)
+    return Reference(plan, reference, median, spread, np.nan_to_num(mad, nan=1.0), minimum, span)
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,8 @@ def duration_text(seconds: float) -> str:
 
 
 def _share(share: float) -> str:
+    if share == 0:
+        return "0%"
     return f"{share:.1%}" if share >= 0.001 else f"{share:.2%}" if share >= 0.0001 else f"{share:.1e}"
 
 
@@ -217,6 +226,8 @@ def _column_strength(
         for i in np.flatnonzero(missing):
             texts[i] = f"{spec.name} missing (in {_share(missing_share)} of rows)"
     present = np.flatnonzero(~missing)
+    if spec.kind == "measure" and reference.mad[j] == 0:
+        spec = FeatureSpec(spec.name, "boolean", spec.column)  # mostly one value: read as a rare value
     if spec.kind in MAGNITUDE_KINDS:
         z = (x[present] - reference.median[j]) / reference.spread[j]
         strength[present] = z

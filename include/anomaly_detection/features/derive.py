@@ -14,8 +14,9 @@ rarity     a categorical column                      -ln(tail share): the share 
                                                      value is at most as common as this one (a
                                                      missing value is a value of its own), so
                                                      evenly spread codes are never "rare"
-hour       the main timestamp (spanning >= 2 days)   hour of day on the circle (sin, cos)
-weekday    the main timestamp (spanning >= 14 days)  day of week on the circle (sin, cos)
+hour       the main timestamp (its middle 90 %       hour of day on the circle (sin, cos)
+           spanning >= 2 days)
+weekday    ... spanning >= 14 days                   day of week on the circle (sin, cos)
 duration   two paired timestamps of one record       end - start, in seconds
 missing    a measure missing in more than half       1 where missing, else 0
            of the rows
@@ -224,7 +225,7 @@ def plan_features(
     main = time_column if time_column in stamps else (stamps[0] if stamps else None)
     if main is not None:
         instants = to_instants(table[main], units.get(main)).dropna()
-        span = instants.max() - instants.min() if len(instants) else pd.Timedelta(0)
+        span = instants.quantile(0.95) - instants.quantile(0.05) if len(instants) else pd.Timedelta(0)
         cyclic = []
         if span >= MIN_SPAN_FOR_HOUR and instants.dt.hour.nunique() > 1:
             cyclic.append(("hour", "hour of day"))

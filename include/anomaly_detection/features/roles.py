@@ -11,8 +11,8 @@ boolean        true/false, or exactly the two values 0 and 1               a 0/1
 timestamp      ISO date-time text, or epoch s / ms / us under a time-like  hour of day and day of week
                name (``time``, ``*_at``, ``updated``, ``pickup_datetime``)  (cyclic), and durations of
                                                                            paired timestamps
-identifier     an id-like name with mostly distinct values, or integers    nothing
-               stepping by a constant
+identifier     an id-like or code-like name with mostly distinct values,  nothing
+               or integers stepping by a constant
 text           other text                                                  nothing
 ignored        the label column, ``_source``, excluded, all missing,      nothing
                constant
@@ -55,6 +55,8 @@ EPOCH_RANGES = (("s", 1e8, 4.2e9), ("ms", 1e11, 4.2e12), ("us", 1e14, 4.2e15))
 #: At most this many distinct values, and at most this share of the rows, make a column categorical.
 MAX_CATEGORIES = 500
 MAX_CATEGORY_SHARE = 0.2
+#: Integer codes under a code-like or id-like name may be up to half of the rows distinct.
+MAX_CODE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,12 @@ def infer_role(name: str, values: pd.Series, *, first_occurrences: pd.Series | N
         sequence = values if first_occurrences is None else first_occurrences
         if is_identifier_sequence(sequence):
             return ColumnRole("identifier", "integers stepping by a constant")
-        if id_like:
-            if few and _integer_valued(present):
-                return ColumnRole("categorical", f"id-like name with {distinct} distinct codes")
-            return ColumnRole("identifier", "id-like name")
-        if CODE_NAME.search(name) and few and _integer_valued(present):
-            return ColumnRole("categorical", f"code-like name with {distinct} distinct codes")
+        codes = distinct <= MAX_CATEGORIES and distinct <= MAX_CODE_SHARE * len(present)
+        if id_like or CODE_NAME.search(name):
+            kind = "id-like" if id_like else "code-like"
+            if codes and _integer_valued(present):
+                return ColumnRole("categorical", f"{kind} name with {distinct} distinct codes")
+            return ColumnRole("identifier", f"{kind} name with {distinct} distinct values")
         return ColumnRole("measure", "numeric")
     if distinct == 1:
         return ColumnRole("ignored", f"constant ({_shown(present.iloc[0])})")
