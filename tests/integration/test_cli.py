@@ -27,7 +27,7 @@ def test_demo_run_reports_the_planted_anomalies(demo_api, tmp_path):
     planted = json.loads(urllib.request.urlopen(demo_api + "/planted").read())["ids"]
     run_dir = report.parent
     anomalies = pd.read_csv(run_dir / "anomalies.csv")
-    assert list(anomalies.columns[:5]) == ["rank", "score", "explanation", "top_features", "id"]
+    assert list(anomalies.columns[:6]) == ["rank", "score", "explanation", "top_features", "row", "id"]
     assert anomalies["score"].is_monotonic_decreasing
     results = json.loads((run_dir / "results.json").read_text())
     top_n = min(len(anomalies), results["best"]["anomaly_count"], 50)

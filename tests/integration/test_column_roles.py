@@ -60,6 +60,7 @@ def test_thirty_copies_of_an_absurd_record_are_all_flagged_and_listed(api_server
     assert results["rows"]["duplicates"] >= 29 and results["rows"]["duplicates_flagged"] >= 29
     copies = anomalies[(anomalies["temp"] == 480.0) & (anomalies["load"] == 910.0)]
     assert len(copies) == 30, f"{len(copies)} of the 30 copies flagged"
+    assert sorted(copies["row"]) == list(range(1_500, 1_530))  # each line traces to its own record
     assert re.search(r"[\d,]+ duplicate rows \(\d+ of them flagged\)", report)
 
     assert "time" not in results["features"]  # epoch ms: a timestamp, never a raw feature

@@ -356,6 +356,7 @@ def select_stage(
     anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
     explanations = explain(reference, anomalies)
     anomalies = datetimes_as_iso(anomalies)
+    anomalies.insert(0, "row", flagged["position"].to_numpy())  # the record's position in the ingested table
     anomalies.insert(0, "top_features", [e.codes for e in explanations])
     anomalies.insert(0, "explanation", [e.text for e in explanations])
     anomalies.insert(0, "score", flagged["score"].to_numpy())

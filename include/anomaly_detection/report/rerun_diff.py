@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 #: Columns the pipeline adds to ``anomalies.csv``; the rest are the API's fields.
-ADDED_COLUMNS = ("rank", "score", "explanation", "top_features")
+ADDED_COLUMNS = ("rank", "score", "explanation", "top_features", "row")
 #: Rows listed per direction in the report.
 MAX_LISTED = 20
 #: Config keys that differ between any two runs and say nothing about the analysis.
