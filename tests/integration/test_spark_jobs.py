@@ -1,7 +1,9 @@
 """The Spark jobs (spark_jobs/preprocess.py, spark_jobs/detect.py) through real spark-submit in
 local[2]: the session's reference run (``spark_reference``, tests/integration/conftest.py) compared
 with the native preprocessing and KMeans, then read by the native select and report stages; the
-spark-submit command line; a job's one-line failure."""
+spark-submit command line; a job's one-line failure. The preprocess job's parity with the native
+roles, feature plan and values on a taxi-like table runs in the session's local SparkSession
+(``spark_session``)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from spark_helpers import (
     REFERENCE_ROWS,
     copy_run,
     requires_spark,
+    run_in_process,
     spark_features,
     write_run,
 )
@@ -30,9 +33,11 @@ from anomaly_detection.detect.detectors.centroids import kmeans
 from anomaly_detection.detect.grid import DetectorSettings
 from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.errors import PipelineError
+from anomaly_detection.features.derive import FeaturePlan
 from anomaly_detection.features.preprocess import find_duplicate_rows, preprocess
 from anomaly_detection.pipeline.stages import report_stage, select_stage
 from anomaly_detection.runs import spark_jobs_dir
+from anomaly_detection.spark.jobs import features as spark_feature_rules
 from anomaly_detection.spark.submit import (
     failure_cause,
     job_application_args,
@@ -131,10 +136,12 @@ def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
     summary = json.loads(paths.summary.read_text())
 
     assert kept.dtype == np.int64
-    assert features.shape == (N_SCORED, 5) and (features.dtypes == np.float64).all()
+    names = ["x", "y", "z", "count", "flag", "city", "meta.note"]
+    names += [f"seen_at hour of day ({part})" for part in ("sin", "cos")]
+    assert features.shape == (N_SCORED, len(names)) and (features.dtypes == np.float64).all()
     assert np.array_equal(kept, native.rows) and np.array_equal(kept, np.arange(N_SCORED))  # no row dropped
     assert np.array_equal(labels, native.labels)
-    assert list(features.columns) == native.feature_names == ["x", "y", "z", "count", "flag"]
+    assert list(features.columns) == native.feature_names == names
     values = features.to_numpy()
     assert not np.isnan(values).any() and values.min() >= 0.0 and values.max() <= 1.0
 
@@ -145,20 +152,22 @@ def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
     assert summary["duplicates"] == N_DUPLICATES
     repeats = np.sort(pd.read_parquet(paths.spark_duplicate_rows)["_pos"].to_numpy())
     assert np.array_equal(repeats, np.flatnonzero(native.duplicates))
-    raw_features = spark_run["table"][native.feature_names].to_numpy(dtype=float)
-    assert summary["imputed_values"] == int((~np.isfinite(raw_features)).sum())
-    assert summary["infinite_values"] == int(np.isinf(raw_features).sum()) >= 1
+    plan = FeaturePlan.from_dict(summary["feature_plan"])
+    raw = plan.transform(spark_run["table"]).to_numpy(dtype=float)
+    assert summary["imputed_values"] == int((~np.isfinite(raw)).sum())
+    assert summary["infinite_values"] == int(np.isinf(raw).sum()) >= 1
     assert summary["imputation"].startswith("kmeans (")
     dropped = summary["columns_dropped"]
-    assert dropped["event_id"] == dropped["seq"] == "looks like an identifier"
+    assert dropped["event_id"].startswith("identifier: id-like name")
+    assert dropped["seq"] == "identifier: integers stepping by a constant"
     assert dropped["const"] == "constant (3)"
-    assert dropped["city"].startswith("not numeric") and dropped["meta.note"].startswith("not numeric")
-    assert dropped["seen_at"].startswith("not numeric (datetime64")
     assert dropped["empty"] == "all values missing" and dropped["is_anomaly"] == "label column"
+    roles = summary["roles"]
+    assert roles["city"] == {"role": "categorical", "reason": "text with 3 distinct values"}
+    assert roles["seen_at"]["role"] == "timestamp" and roles["flag"]["role"] == "boolean"
 
     # observed values are scaled exactly as natively; imputed ones come from Spark's own centroids
-    raw = spark_run["table"].iloc[kept][native.feature_names].to_numpy(dtype=float)
-    observed = np.isfinite(raw)
+    observed = np.isfinite(raw[kept])
     assert np.array_equal(values[observed], native.features[observed])
 
 
@@ -261,3 +270,73 @@ def test_preprocess_job_without_numeric_column_fails_with_one_line_cause(tmp_pat
     ]
     assert failure_cause(done.stderr).startswith("DataError: no usable numeric feature column")
     assert not paths.spark_features.exists()
+
+
+def parity_table(n: int = 600, seed: int = 5) -> pd.DataFrame:
+    """A taxi-like table: a trip counter, a payment code, an epoch-ms ``time`` over three weeks, a
+    pickup/dropoff pair of ISO date-times (naive, as flattening leaves them), a fare, a tip missing in
+    most rows, a boolean, a text category with missing values, and two repeated rows."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2026-03-02T00:00:00")
+    epoch_ms = 1_772_409_600_000 + rng.integers(0, 21 * 86_400, n) * 1_000
+    epoch_ms[: n // 4] -= epoch_ms[: n // 4] % 60_000  # whole minutes, the float-rounding corner
+    pickup = start + pd.to_timedelta(rng.integers(0, 20 * 86_400, n), unit="s")
+    dropoff = pickup + pd.to_timedelta(rng.integers(60, 3_600, n), unit="s")
+    tip = np.where(rng.random(n) < 0.7, np.nan, rng.gamma(2.0, 1.5, n))
+    table = pd.DataFrame(
+        {
+            "trip_id": np.arange(n) * 2 + 100,
+            "payment_type": rng.choice([1, 2, 3, 4, 5], n, p=[0.6, 0.3, 0.07, 0.02, 0.01]),
+            "time": epoch_ms,
+            "pickup_datetime": pd.to_datetime(pickup.strftime("%Y-%m-%dT%H:%M:%S"), format="ISO8601"),
+            "dropoff_datetime": pd.to_datetime(dropoff.strftime("%Y-%m-%dT%H:%M:%S"), format="ISO8601"),
+            "fare": rng.gamma(3.0, 4.0, n).round(2),
+            "tip": tip,
+            "shared": rng.random(n) < 0.2,
+            "zone": rng.choice(["north", "south", "east", None], n),
+        }
+    )
+    return pd.concat([table, table.iloc[[3, 7]]], ignore_index=True)
+
+
+@requires_spark
+@pytest.mark.parametrize("sample_rows", [None, 150], ids=["whole-table-sample", "150-row-sample"])
+def test_spark_and_native_preprocessing_give_the_same_features(
+    tmp_path, spark_session, monkeypatch, sample_rows
+):
+    """Spark's roles, plan, features and scaled values equal the native ones: with every row in the
+    roles' sample, and with a sample of 150 rows corrected by whole-table aggregates."""
+    if sample_rows:
+        monkeypatch.setattr(spark_feature_rules, "SAMPLE_ROWS", sample_rows)
+    table = parity_table()
+    paths, config_path = write_run(tmp_path, table, {})
+    config = load_config(config_path)
+    native = preprocess(
+        pd.read_parquet(paths.flattened),
+        config.processing,
+        time_column=config.report.time_column,
+        random_state=config.modeling.random_state,
+    )
+    run_in_process(spark_session, "preprocess", paths.root, config_path)
+    summary = json.loads(paths.summary.read_text())
+
+    for key in ("features", "roles", "feature_plan", "columns_dropped", "scaling", "duplicates"):
+        assert summary[key] == native.summary[key], key
+    roles = summary["roles"]
+    assert roles["payment_type"]["role"] == "categorical" and roles["shared"]["role"] == "boolean"
+    assert roles["time"]["role"] == "timestamp" and roles["time"]["unit"] == "ms"
+    assert roles["trip_id"] == {"role": "identifier", "reason": "integers stepping by a constant"}
+    assert {"payment_type", "zone", "tip missing", "duration pickup_datetime → dropoff_datetime"} <= set(
+        summary["features"]
+    )
+    assert {
+        f"time {label} ({part})" for label in ("hour of day", "day of week") for part in ("sin", "cos")
+    } <= set(summary["features"])
+
+    kept, features, _ = spark_features(paths)
+    assert np.array_equal(kept, native.rows)
+    raw = FeaturePlan.from_dict(native.summary["feature_plan"]).transform(native.table)
+    observed = np.isfinite(raw.to_numpy(dtype=float))  # imputed values come from each engine's centroids
+    values = features.to_numpy()
+    assert np.allclose(values[observed], native.features[observed], rtol=1e-12, atol=1e-12)
+    assert not np.isnan(values).any()

@@ -6,16 +6,21 @@ Reads ``flattened.parquet`` (one file, or the part files of bulk ingestion) and 
 ``features.spark.parquet``, a directory of Spark part files with ``_pos`` (the row's position in
 ``flattened.parquet``), the scaled features ``f0``, ``f1``, ... (named in ``data_summary.json``'s
 ``features``) and, with a label column, ``_label``; and ``data_summary.json`` with the fields
-:func:`anomaly_detection.pipeline.stages.preprocess_stage` writes. No row passes through the driver:
-only aggregates and the imputation's bounded fit sample do. The rules are those of
+:func:`anomaly_detection.pipeline.stages.preprocess_stage` writes. The table never passes through the
+driver: only aggregates, the roles' bounded sample, categorical value counts and the imputation's
+bounded fit sample do. The rules are those of
 :mod:`anomaly_detection.features.preprocess`:
 
 * duplicates: rows equal over every original column after the first occurrence (lowest position)
   are counted and their positions written to ``duplicate_rows.spark.parquet``; no row is removed;
 * label column: 0/1, true/false or normal/anomaly, the same error messages;
-* features: numeric or boolean columns, dropping all-missing, ID-like (same name patterns; an
-  integer column stepping by a constant), constant and non-finite ones, honouring
-  ``include_features`` / ``exclude_features``, with the same reasons in the summary;
+* features: the native column roles and feature plan (:mod:`anomaly_detection.features.roles`,
+  :mod:`anomaly_detection.features.derive`), computed by :mod:`.features`: roles inferred on a
+  bounded sample at the driver (at most 20,000 rows) and checked against whole-table aggregates
+  (extremes, distinct counts, value counts, the row-counter rule over the first occurrences), the
+  plan fitted from exact Spark counts, each feature a Spark expression equal to
+  ``FeaturePlan.transform``; features without spread dropped; the same ``roles``,
+  ``feature_plan``, ``features`` and ``columns_dropped`` (with the native reasons) in the summary;
 * +-inf becomes missing; MinMax scaling from min/max aggregates (bit-identical to numpy);
 * missing values take the coordinate of the nearest KMeans centroid (pyspark.ml KMeans fitted on
   at most 50,000 complete rows, distance over the observed coordinates); with fewer than 20
@@ -29,21 +34,21 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from anomaly_detection import atomic
 from anomaly_detection.config import PipelineConfig
 from anomaly_detection.errors import DataError, PipelineError
 from anomaly_detection.features.preprocess import (
-    CAMEL_ID,
     FALSE_TEXTS,
-    ID_NAME,
     IMPUTATION_FIT_SAMPLE,
     MIN_COMPLETE_ROWS_FOR_KMEANS,
     MIN_ROWS,
     TRUE_TEXTS,
     log_feature_choice,
 )
+from anomaly_detection.features.roles import FEATURE_ROLES
 from anomaly_detection.ingest.sources import SOURCE_COLUMN
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.spark.jobs.common import (
@@ -59,10 +64,19 @@ from anomaly_detection.spark.jobs.common import (
     stage,
     write_parts,
 )
+from anomaly_detection.spark.jobs.features import (
+    FIRST,
+    Columns,
+    TableFacts,
+    extreme_aggregates,
+    feature_expressions,
+    infer_spark_roles,
+    plan_from_spark,
+    read_extremes,
+    role_sample,
+)
 
 NAME = "preprocess"
-#: True on the first occurrence of each row (over every original column), False on its repeats.
-FIRST = "_first"
 #: Relative error of ``approxQuantile`` for the median fallback (exact up to this many rows).
 MEDIAN_EXACT_ROWS = 200_000
 MEDIAN_RELATIVE_ERROR = 1e-4
@@ -115,16 +129,19 @@ def _preprocess(
     names = list(dtypes)
     col = {name: f"c{i}" for i, name in enumerate(names)}
     table = read_positioned(spark, paths.flattened, names)
-    floating = {n for n in names if isinstance(table.schema[col[n]].dataType, (DoubleType, FloatType))}
+    types = {n: table.schema[col[n]].dataType for n in names}
+    floating = {n for n in names if isinstance(types[n], (DoubleType, FloatType))}
+    columns = Columns(names, col, dtypes, types, floating)
+    labels = _Label(label, col[label], dtypes[label], label in floating) if label in col else None
 
-    def missing(name: str) -> Any:
-        return missing_expr(F.col(col[name]), name in floating)
-
-    # -- what the table looks like before anything is removed (one pass)
+    # -- what the table looks like before anything is removed, and the label checks (one pass)
     before = table.agg(
         F.count(F.lit(1)).alias("_rows"),
-        *(F.coalesce(F.sum(missing(n).cast("long")), F.lit(0)).alias(col[n]) for n in names),
+        *(F.coalesce(F.sum(columns.missing(n).cast("long")), F.lit(0)).alias(col[n]) for n in names),
+        *extreme_aggregates(columns),
+        *(labels.aggregates() if labels is not None else []),
     ).first()
+    before = before.asDict()
     rows_before = int(before["_rows"])
     summary: dict[str, Any] = {
         "rows_before": rows_before,
@@ -132,6 +149,7 @@ def _preprocess(
         "missing_per_column": {n: int(before[col[n]]) for n in names},
         "dtypes": {n: str(d) for n, d in dtypes.items()},
     }
+    facts = TableFacts(rows_before, summary["missing_per_column"], read_extremes(columns, before))
     log.info("read %s: %d rows x %d columns", paths.flattened.name, rows_before, len(names))
 
     # -- duplicates: equal over every original column after the first occurrence; counted, all kept
@@ -149,35 +167,61 @@ def _preprocess(
         log.info("%d row(s) repeat an earlier row; every row is scored", duplicates)
     if rows_after < MIN_ROWS:
         raise DataError(f"need at least {MIN_ROWS} rows to detect anomalies, got {rows_after}")
-
-    if label and label not in col:
+    if label and labels is None:
         raise DataError(f"label column {label!r} not found; columns are: {', '.join(names[:40])}")
-    labels = _Label(label, col[label], dtypes[label], label in floating) if label else None
+    if labels is not None:
+        labels.check(kept, before)
 
-    # -- feature selection (one pass of aggregates, which also checks the label column)
+    # -- column roles (a bounded sample, corrected by whole-table aggregates) and the feature plan
     stage("select features")
-    features, dropped, stats = _select_features(
-        kept, processing, names, col, dtypes, floating, rows_after, labels, distinct=rows_after - duplicates
+    unknown = [c for c in processing.include_features if c not in col]
+    if unknown:
+        raise DataError(
+            f"processing.include_features names unknown column(s) {unknown}; columns are: {', '.join(names[:40])}"
+        )
+    sample = role_sample(kept, columns, rows_after, config.modeling.random_state)
+    ignored = {SOURCE_COLUMN: "source of the record", **({label: "label column"} if label else {})}
+    roles, counts = infer_spark_roles(
+        kept, sample, processing, columns, facts, ignored=ignored, distinct_rows=rows_after - duplicates
     )
+    del sample
+    dropped = {n: r.why_not_a_feature for n, r in roles.items() if r.role not in FEATURE_ROLES}
+    fitted = plan_from_spark(kept, columns, roles, counts, facts, time_column=config.report.time_column)
+    planned = fitted.plan.names
+    rcols = [f"r{j}" for j in range(len(planned))]
+    extra = [labels.expression.alias("_label")] if labels is not None else []
+    raw = kept.select(POS, *(e.alias(r) for e, r in zip(feature_expressions(columns, fitted), rcols)), *extra)
+
+    # -- the planned features' spread (one pass); those without spread are dropped
+    stats = _feature_stats(raw, rcols)
+    features, used = [], []
+    for name, r in zip(planned, rcols):
+        if stats[r]["finite"] == 0:
+            dropped[name] = "no finite values"
+        elif stats[r]["min"] == stats[r]["max"]:
+            dropped[name] = f"constant ({stats[r]['min']:g})"
+        else:
+            features.append(name)
+            used.append(r)
+    plan = fitted.plan.keep(set(features))
     log_feature_choice(features, dropped, summary["dtypes"])
 
     # -- +-inf to missing, MinMax scaling (min/max of the finite values, as numpy's nanmin/nanmax)
-    n_infinite = sum(stats[n]["infinite"] for n in features)
+    n_infinite = sum(stats[r]["infinite"] for r in used)
     if n_infinite:
-        first = next(n for n in features if stats[n]["infinite"])
+        first = next(n for n, r in zip(features, used) if stats[r]["infinite"])
         log.warning("%d infinite value(s) treated as missing (first in column %r)", n_infinite, first)
-    n_missing = sum(rows_after - stats[n]["finite"] for n in features)
-    minimum = [stats[n]["min"] for n in features]
-    maximum = [stats[n]["max"] for n in features]
+    n_missing = sum(rows_after - stats[r]["finite"] for r in used)
+    minimum = [stats[r]["min"] for r in used]
+    maximum = [stats[r]["max"] for r in used]
     fcols = [f"f{j}" for j in range(len(features))]
     scaled_cols = []
-    for j, name in enumerate(features):
-        value = F.col(col[name]).cast("double")
+    for j, r in enumerate(used):
+        value = F.col(r)
         finite = F.when(~(F.isnan(value) | value.isin(math.inf, -math.inf)), value)  # null stays null
         span = maximum[j] - minimum[j] if maximum[j] > minimum[j] else 1.0
         scaled_cols.append(((finite - F.lit(minimum[j])) / F.lit(span)).alias(fcols[j]))
-    extra = [labels.expression.alias("_label")] if labels is not None else []
-    scaled = kept.select(POS, *scaled_cols, *extra)
+    scaled = raw.select(POS, *scaled_cols, *(["_label"] if extra else []))
 
     # -- imputation
     stage("impute missing values")
@@ -203,6 +247,11 @@ def _preprocess(
     summary.update(
         rows_after=int(rows_after),
         features=list(features),
+        roles={
+            name: {"role": r.role, "reason": r.reason, **({"unit": r.unit} if r.unit else {})}
+            for name, r in roles.items()
+        },
+        feature_plan=plan.to_dict(),
         columns_dropped=dropped,
         imputed_values=int(n_missing),
         imputation=method,
@@ -225,12 +274,41 @@ def _preprocess(
     )
 
 
+def _feature_stats(raw: Any, rcols: list[str]) -> dict[str, dict[str, Any]]:
+    """Each raw feature's finite count, finite min/max and number of +-inf values (one pass)."""
+    from pyspark.sql import functions as F
+
+    if not rcols:
+        return {}
+    aggregates = []
+    for r in rcols:
+        value = F.col(r)
+        infinite = value.isin(math.inf, -math.inf)
+        finite = ~(value.isNull() | F.isnan(value) | infinite)
+        aggregates += [
+            F.count(F.when(finite, 1)).alias(f"{r}_finite"),
+            F.min(F.when(finite, value)).alias(f"{r}_min"),
+            F.max(F.when(finite, value)).alias(f"{r}_max"),
+            F.count(F.when(infinite, 1)).alias(f"{r}_inf"),
+        ]
+    agg = raw.agg(*aggregates).first().asDict()
+    return {
+        r: {
+            "finite": int(agg[f"{r}_finite"]),
+            "min": None if agg[f"{r}_min"] is None else float(agg[f"{r}_min"]),
+            "max": None if agg[f"{r}_max"] is None else float(agg[f"{r}_max"]),
+            "infinite": int(agg[f"{r}_inf"]),
+        }
+        for r in rcols
+    }
+
+
 # --------------------------------------------------------------------------- labels
 
 
 class _Label:
     """The label column the way ``extract_labels`` reads it: its 0/1 expression, the aggregates that
-    check it (computed in the feature-selection pass) and the same error messages."""
+    check it (computed in the job's first pass) and the same error messages."""
 
     def __init__(self, name: str, column: str, dtype: Any, floating: bool) -> None:
         from pyspark.sql import functions as F
@@ -260,154 +338,13 @@ class _Label:
             F.count(F.when(~self.missing & self.bad, 1)).alias("_label_bad"),
         ]
 
-    def check(self, kept: Any, agg: dict[str, Any]) -> None:
+    def check(self, kept: Any, agg: Mapping[str, Any]) -> None:
         if agg["_label_missing"]:
             count, first = agg["_label_missing"], agg["_label_first_missing"]
             raise DataError(f"label column {self.name!r} has {count} missing value(s), first at row {first}")
         if agg["_label_bad"]:
             row, value = kept.where(self.bad).orderBy(POS).select(POS, self.value).limit(1).collect()[0]
             raise DataError(self.message.format(name=self.name, row=row, value=value))
-
-
-# --------------------------------------------------------------------------- features
-
-
-def _select_features(
-    kept: Any,
-    processing: Any,
-    names: list[str],
-    col: dict[str, str],
-    dtypes: dict[str, Any],
-    floating: set[str],
-    rows: int,
-    labels: _Label | None,
-    *,
-    distinct: int,
-) -> tuple[list[str], dict[str, str], dict[str, dict[str, Any]]]:
-    """The rules of ``anomaly_detection.features.preprocess.select_features`` from one pass of Spark aggregates.
-
-    The same pass checks the label column first (the native order). Returns ``(features, dropped,
-    stats)``; ``stats[name]`` holds the finite count, finite min/max and the number of +-inf values
-    of each feature. The identifier step rule looks at the ``distinct`` first occurrences only
-    (column ``FIRST``), as the native rule skips duplicate rows.
-    """
-    from pyspark.sql import functions as F
-
-    label = labels.name if labels else None
-    candidates = set(processing.include_features or names)
-    numeric = [
-        n
-        for n in names
-        if n != label
-        and n in candidates
-        and n not in processing.exclude_features
-        and is_numeric_dtype(dtypes[n])
-    ]
-    sequence_check = [
-        n
-        for n in numeric
-        if not processing.include_features and distinct > 20 and pd_is_integer(dtypes[n]) and not _id_name(n)
-    ]
-    aggregates = []
-    for n in numeric:
-        value = F.col(col[n]).cast("double")
-        infinite = value.isin(math.inf, -math.inf)
-        finite = ~(value.isNull() | F.isnan(value) | infinite)
-        aggregates += [
-            F.count(F.when(~missing_expr(F.col(col[n]), n in floating), 1)).alias(f"{col[n]}_present"),
-            F.count(F.when(finite, 1)).alias(f"{col[n]}_finite"),
-            F.min(F.when(finite, value)).alias(f"{col[n]}_min"),
-            F.max(F.when(finite, value)).alias(f"{col[n]}_max"),
-            F.count(F.when(infinite, 1)).alias(f"{col[n]}_inf"),
-        ]
-    for n in sequence_check:  # cheap necessary conditions of an arithmetic sequence over first occurrences
-        exact = F.when(F.col(FIRST), F.col(col[n]).cast("decimal(38,0)"))
-        aggregates += [
-            F.count(exact).alias(f"{col[n]}_n"),
-            F.min(exact).alias(f"{col[n]}_lo"),
-            F.max(exact).alias(f"{col[n]}_hi"),
-            F.sum(exact).alias(f"{col[n]}_sum"),
-        ]
-    if labels is not None:
-        aggregates += labels.aggregates()
-    agg = kept.agg(*aggregates).first().asDict() if aggregates else {}
-    if labels is not None:
-        labels.check(kept, agg)
-    unknown = [c for c in processing.include_features if c not in col]
-    if unknown:
-        raise DataError(
-            f"processing.include_features names unknown column(s) {unknown}; columns are: {', '.join(names[:40])}"
-        )
-
-    features: list[str] = []
-    dropped: dict[str, str] = {}
-    stats: dict[str, dict[str, Any]] = {}
-    for name in names:
-        c = col[name]
-        if name == label:
-            dropped[name] = "label column"
-        elif name == SOURCE_COLUMN:
-            dropped[name] = "source of the record"
-        elif name not in candidates:
-            dropped[name] = "not in include_features"
-        elif name in processing.exclude_features:
-            dropped[name] = "in exclude_features"
-        elif not is_numeric_dtype(dtypes[name]):
-            dropped[name] = f"not numeric ({dtypes[name]})"
-        elif agg[f"{c}_present"] == 0:
-            dropped[name] = "all values missing"
-        elif not processing.include_features and (
-            _id_name(name)
-            or (name in sequence_check and _is_step_sequence(kept.where(F.col(FIRST)), c, agg, distinct))
-        ):
-            dropped[name] = "looks like an identifier"
-        elif agg[f"{c}_finite"] == 0:
-            dropped[name] = "no finite values"
-        elif agg[f"{c}_min"] == agg[f"{c}_max"]:
-            dropped[name] = f"constant ({agg[f'{c}_min']:g})"
-        else:
-            features.append(name)
-            stats[name] = {
-                "finite": int(agg[f"{c}_finite"]),
-                "min": float(agg[f"{c}_min"]),
-                "max": float(agg[f"{c}_max"]),
-                "infinite": int(agg[f"{c}_inf"]),
-            }
-    return features, dropped, stats
-
-
-def pd_is_integer(dtype: Any) -> bool:
-    import pandas as pd
-
-    return bool(pd.api.types.is_integer_dtype(dtype))
-
-
-def _id_name(name: str) -> bool:
-    """The name half of ``anomaly_detection.features.preprocess._is_id_like`` (same patterns)."""
-    return bool(ID_NAME.search(name) or CAMEL_ID.search(name))
-
-
-def _is_step_sequence(kept: Any, c: str, agg: dict[str, Any], rows: int) -> bool:
-    """Whether integer column ``c``, in row order, steps by one non-zero constant (the native ID rule).
-
-    The aggregates already computed rule out almost every column: an arithmetic sequence of ``n``
-    terms has no gaps in its count, ``(max - min)`` divisible by ``n - 1`` and sum
-    ``n * (min + max) / 2``. Only a column passing those gets the exact check, a ``lag`` over the
-    row order (a window without partitions: one task, acceptable for the rare true ID column).
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    n, lo, hi, total = (agg[f"{c}_{k}"] for k in ("n", "lo", "hi", "sum"))
-    if n != rows or lo is None or lo == hi:
-        return False
-    lo, hi, total = int(lo), int(hi), int(total)
-    if (hi - lo) % (rows - 1) or 2 * total != rows * (lo + hi):
-        return False
-    exact = F.col(c).cast("decimal(38,0)")
-    step = exact - F.lag(exact).over(Window.orderBy(POS))
-    low, high = kept.select(step.alias("_d")).agg(F.min("_d"), F.max("_d")).first()
-    return low is not None and low == high and low != 0
 
 
 # --------------------------------------------------------------------------- imputation
