@@ -238,10 +238,11 @@ def _column_strength(
                 f"{spec.name} {arrow} {show(x[i])} vs median {show(reference.median[j])} ({zi:+.1f} SD)"
             )
     elif spec.kind == "rarity":
-        strength[:] = rarity_z(np.exp(-x))
         counts, total = spec.counts or {}, max(spec.rows or 1, 1)
+        keys = shown.map(value_key) if shown is not None else pd.Series(["?"] * len(x))
+        strength[:] = rarity_z(tail_shares(counts, keys))
         for i in range(len(x)):
-            key = value_key(shown.iloc[i]) if shown is not None else "?"
+            key = keys.iloc[i]
             share = counts.get(key, 0) / total
             texts[i] = f"{spec.column} = {key or 'missing'}: rare value, in {_share(share)} of rows"
     elif spec.kind == "boolean":

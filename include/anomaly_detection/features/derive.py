@@ -10,10 +10,12 @@ kind       from                                      value
 =========  ========================================  =========================================
 measure    a measure column                          the number
 boolean    a boolean column                          0 or 1
-rarity     a categorical column                      -ln(tail share): the share of the rows whose
+rarity     a categorical column                      ln(0.05 / tail share), at least 0, where the
+                                                     tail share is the share of the rows whose
                                                      value is at most as common as this one (a
-                                                     missing value is a value of its own), so
-                                                     evenly spread codes are never "rare"
+                                                     missing value is a value of its own): only
+                                                     rare values move it, evenly spread codes
+                                                     never do
 hour       the main timestamp (its middle 90 %       hour of day on the circle (sin, cos)
            spanning >= 2 days)
 weekday    ... spanning >= 14 days                   day of week on the circle (sin, cos)
@@ -41,6 +43,8 @@ PAIRED_WORDS = (
     ("created", "closed"), ("created", "resolved"), ("opened", "closed"), ("open", "close"),
     ("departure", "arrival"), ("depart", "arrive"), ("checkin", "checkout"), ("from", "to"),
 )  # fmt: skip
+#: A value whose tail share is at least this is not rare at all (its rarity feature is 0).
+RARE_SHARE = 0.05
 #: A column missing in more than this share of the rows gets a missing-indicator feature.
 MISSING_INDICATOR_SHARE = 0.5
 MIN_SPAN_FOR_HOUR = pd.Timedelta(days=2)
@@ -110,6 +114,12 @@ def value_key(value: Any) -> str:
     return str(value)
 
 
+def rarity(tails: np.ndarray) -> np.ndarray:
+    """``ln(RARE_SHARE / tail share)``, 0 for every value whose tail share is at least ``RARE_SHARE``:
+    only rare values move the feature, so evenly spread codes give a constant (dropped) feature."""
+    return np.maximum(np.log(RARE_SHARE) - np.log(tails), 0.0)
+
+
 def tail_shares(counts: Mapping[str, int], keys: pd.Series) -> np.ndarray:
     """For each key, the share of the counted rows whose key is at most as common (unseen: half a row).
 
@@ -153,7 +163,7 @@ def _feature(spec: FeatureSpec, table: pd.DataFrame, when: Any) -> np.ndarray:
     if spec.kind == "missing":
         return table[spec.column].isna().to_numpy(dtype=np.float64)
     if spec.kind == "rarity":
-        return -np.log(tail_shares(spec.counts or {}, table[spec.column].map(value_key)))
+        return rarity(tail_shares(spec.counts or {}, table[spec.column].map(value_key)))
     instants = when(spec.column)
     if spec.kind == "duration":
         end = when(spec.end)

@@ -15,7 +15,7 @@ The rules are those of :mod:`anomaly_detection.features.roles` and
   counts keyed by ``value_key``, missing counts, the main timestamp's middle 90 % span (exact
   ``percentile`` up to a million rows, ``percentile_approx`` beyond) and hours;
 * **values**: one Spark expression per feature, equal to ``FeaturePlan.transform``: measures and
-  booleans cast to double, missing indicators, rarity ``-ln(tail share)`` looked up in a map
+  booleans cast to double, missing indicators, rarity (``derive.rarity`` of the tail share) looked up in a map
   computed at the driver with ``tail_shares``, durations from the instants in nanoseconds (epoch
   numbers converted as pandas does), hour / weekday sin and cos looked up in tables computed at the
   driver with ``cyclic_position`` (one entry per minute of the day or week), so they are
@@ -42,6 +42,7 @@ from anomaly_detection.features.derive import (
     FeatureSpec,
     cyclic_position,
     paired_timestamps,
+    rarity,
     tail_shares,
     value_key,
 )
@@ -445,11 +446,11 @@ def plan_from_spark(
 
 
 def _rarity_map(counts: dict[str, int], values: list[Any]) -> tuple[dict[Any, float], float, float]:
-    """``-ln(tail share)`` of each present value, of a missing value and of an unseen one, computed
-    with ``derive.tail_shares`` (so the logarithms are numpy's)."""
+    """The rarity (``derive.rarity`` of the tail share) of each present value, of a missing value and
+    of an unseen one, computed with ``derive.tail_shares`` (so the logarithms are numpy's)."""
     present = [v for v in values if not _is_missing(v)]
     keys = pd.Series([value_key(v) for v in present] + ["", None], dtype=object)
-    rarities = -np.log(tail_shares(counts, keys))
+    rarities = rarity(tail_shares(counts, keys))
     mapping = {v: float(r) for v, r in zip(present, rarities[: len(present)])}
     return mapping, float(rarities[-2]), float(rarities[-1])
 
