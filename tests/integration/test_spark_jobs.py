@@ -136,8 +136,7 @@ def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
     summary = json.loads(paths.summary.read_text())
 
     assert kept.dtype == np.int64
-    names = ["x", "y", "z", "count", "flag", "city", "meta.note"]
-    names += [f"seen_at hour of day ({part})" for part in ("sin", "cos")]
+    names = ["x", "y", "z", "count", "flag"]  # evenly spread cities and times: no rare code, no daily cycle
     assert features.shape == (N_SCORED, len(names)) and (features.dtypes == np.float64).all()
     assert np.array_equal(kept, native.rows) and np.array_equal(kept, np.arange(N_SCORED))  # no row dropped
     assert np.array_equal(labels, native.labels)
@@ -162,6 +161,7 @@ def test_preprocess_job_writes_features_and_the_native_summary(spark_run):
     assert dropped["seq"] == "identifier: integers stepping by a constant"
     assert dropped["const"] == "constant (3)"
     assert dropped["empty"] == "all values missing" and dropped["is_anomaly"] == "label column"
+    assert dropped["city"] == "categorical: no rare value"
     roles = summary["roles"]
     assert roles["city"] == {"role": "categorical", "reason": "text with 3 distinct values"}
     assert roles["seen_at"]["role"] == "timestamp" and roles["flag"]["role"] == "boolean"
@@ -273,12 +273,17 @@ def test_preprocess_job_without_numeric_column_fails_with_one_line_cause(tmp_pat
 
 
 def parity_table(n: int = 600, seed: int = 5) -> pd.DataFrame:
-    """A taxi-like table: a trip counter, a payment code, an epoch-ms ``time`` over three weeks, a
+    """A taxi-like table: a trip counter, a payment code, an epoch-ms ``time`` over three weeks (busy
+    daytimes and weekdays), a
     pickup/dropoff pair of ISO date-times (naive, as flattening leaves them), a fare, a tip missing in
     most rows, a boolean, a text category with missing values, and two repeated rows."""
     rng = np.random.default_rng(seed)
     start = pd.Timestamp("2026-03-02T00:00:00")
-    epoch_ms = 1_772_409_600_000 + rng.integers(0, 21 * 86_400, n) * 1_000
+    busy_hours = np.r_[np.full(7, 1.0), np.full(17, 4.0)]  # daily and weekly cycles (2026-03-02: a Monday)
+    busy_days = np.tile([3.0, 3, 3, 3, 3, 1, 1], 3)
+    day = rng.choice(21, n, p=busy_days / busy_days.sum())
+    hour = rng.choice(24, n, p=busy_hours / busy_hours.sum())
+    epoch_ms = 1_772_409_600_000 + (day * 86_400 + hour * 3_600 + rng.integers(0, 3_600, n)) * 1_000
     epoch_ms[: n // 4] -= epoch_ms[: n // 4] % 60_000  # whole minutes, the float-rounding corner
     pickup = start + pd.to_timedelta(rng.integers(0, 20 * 86_400, n), unit="s")
     dropoff = pickup + pd.to_timedelta(rng.integers(60, 3_600, n), unit="s")
@@ -293,7 +298,7 @@ def parity_table(n: int = 600, seed: int = 5) -> pd.DataFrame:
             "fare": rng.gamma(3.0, 4.0, n).round(2),
             "tip": tip,
             "shared": rng.random(n) < 0.2,
-            "zone": rng.choice(["north", "south", "east", None], n),
+            "zone": rng.choice(["north", "south", "east", None], n, p=[0.5, 0.3, 0.17, 0.03]),
         }
     )
     return pd.concat([table, table.iloc[[3, 7]]], ignore_index=True)

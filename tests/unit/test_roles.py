@@ -64,13 +64,18 @@ def test_paired_timestamps_give_durations():
 
 
 def test_the_plan_round_trips_and_computes_every_kind():
-    start = pd.Timestamp("2024-01-01") + pd.to_timedelta(RNG.integers(0, 30 * 86_400, N), unit="s")
+    n = 1_000
+    busy = np.r_[np.full(7, 1.0), np.full(17, 4.0)]  # a daily cycle: few rows at night
+    hours = RNG.choice(24, n, p=busy / busy.sum())
+    start = pd.Timestamp("2024-01-01") + pd.to_timedelta(
+        RNG.integers(0, 30, n) * 86_400 + hours * 3_600, unit="s"
+    )
     table = pd.DataFrame(
         {
             "start_time": start,
             "end_time": start + pd.Timedelta(minutes=30),
-            "code": RNG.choice([1, 2, 3], N, p=[0.8, 0.15, 0.05]),
-            "felt": np.where(RNG.random(N) < 0.7, np.nan, RNG.integers(1, 9, N)),
+            "code": RNG.choice([1, 2, 3], n, p=[0.8, 0.15, 0.05]),
+            "felt": np.where(RNG.random(n) < 0.7, np.nan, RNG.integers(1, 9, n)),
         }
     )
     roles = infer_roles(table, processing(column_roles={"code": "categorical"}))
@@ -89,3 +94,10 @@ def test_tail_shares_never_make_evenly_spread_values_rare():
     assert tail_shares({"a": 10, "b": 10, "c": 10}, pd.Series(["a", "c"])).tolist() == [1.0, 1.0]
     shares = tail_shares({"a": 96, "b": 3, "c": 1}, pd.Series(["a", "b", "c", "new"]))
     assert shares.tolist() == [1.0, 0.04, 0.01, 0.005]
+
+
+def test_an_even_spread_of_hours_gives_no_cycle_features():
+    start = pd.Timestamp("2024-01-01") + pd.to_timedelta(RNG.integers(0, 30 * 86_400, 5_000), unit="s")
+    table = pd.DataFrame({"time": start, "value": RNG.normal(size=5_000)})
+    plan = plan_features(table, infer_roles(table, processing()))
+    assert plan.names == ["value"]

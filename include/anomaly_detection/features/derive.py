@@ -16,9 +16,10 @@ rarity     a categorical column                      ln(0.05 / tail share), at l
                                                      missing value is a value of its own): only
                                                      rare values move it, evenly spread codes
                                                      never do
-hour       the main timestamp (its middle 90 %       hour of day on the circle (sin, cos)
-           spanning >= 2 days)
-weekday    ... spanning >= 14 days                   day of week on the circle (sin, cos)
+hour       the main timestamp, when its middle 90 %   hour of day on the circle (sin, cos)
+           spans >= 2 days and the busiest hour
+           has >= 2x the rows of the quietest
+weekday    ... >= 14 days, busiest day >= 1.5x       day of week on the circle (sin, cos)
 duration   two paired timestamps of one record       end - start, in seconds
 missing    a measure missing in more than half       1 where missing, else 0
            of the rows
@@ -50,6 +51,8 @@ MISSING_INDICATOR_SHARE = 0.5
 MIN_SPAN_FOR_HOUR = pd.Timedelta(days=2)
 MIN_SPAN_FOR_WEEKDAY = pd.Timedelta(days=14)
 CYCLIC_KINDS = frozenset({"hour", "weekday"})
+MIN_CYCLE_RATIO = {"hour": 2.0, "weekday": 1.5}
+MIN_ROWS_PER_BUCKET = 20
 NANOSECONDS = {"s": 10**9, "ms": 10**6, "us": 10**3}
 
 
@@ -83,6 +86,13 @@ class FeaturePlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeaturePlan:
         return cls([FeatureSpec(**s) for s in data["specs"]], dict(data.get("time_units") or {}))
+
+    def why_no_spread(self, name: str, value: float | None) -> str:
+        """The data summary's reason for a planned feature with one value (``value``) or none (None)."""
+        if value is None:
+            return "no finite values"
+        kind = next((s.kind for s in self.specs if s.name == name), "measure")
+        return "categorical: no rare value" if kind == "rarity" else f"constant ({value:g})"
 
     def keep(self, names: set[str]) -> FeaturePlan:
         """The plan without the features not in ``names``."""
@@ -183,6 +193,23 @@ def cyclic_position(instants: pd.Series, kind: str) -> np.ndarray:
     return (instants.dt.dayofweek.to_numpy(dtype=np.float64, na_value=np.nan) + hours / 24) / 7
 
 
+def cycles(span: pd.Timedelta, hours: np.ndarray, weekdays: np.ndarray) -> list[tuple[str, str]]:
+    """The cycles worth features: the middle 90 % of the times spans the period (``span``), and the
+    rows per hour of day (``hours``, 24 counts) or day of week (``weekdays``, 7 counts) are uneven
+    enough to be a pattern (the busiest bucket holds ``MIN_CYCLE_RATIO`` times the quietest, with
+    ``MIN_ROWS_PER_BUCKET`` rows per bucket on average): an even spread of hours is noise."""
+    found = []
+    for kind, label, minimum, counts in (
+        ("hour", "hour of day", MIN_SPAN_FOR_HOUR, hours),
+        ("weekday", "day of week", MIN_SPAN_FOR_WEEKDAY, weekdays),
+    ):
+        counts = np.asarray(counts, dtype=np.float64)
+        enough = counts.sum() >= MIN_ROWS_PER_BUCKET * len(counts)
+        if span >= minimum and enough and counts.max() >= MIN_CYCLE_RATIO[kind] * counts.min():
+            found.append((kind, label))
+    return found
+
+
 def paired_timestamps(names: list[str]) -> list[tuple[str, str]]:
     """Pairs ``(start, end)`` of timestamp columns whose names differ by a start and an end word."""
     pairs = []
@@ -236,12 +263,9 @@ def plan_features(
     if main is not None:
         instants = to_instants(table[main], units.get(main)).dropna()
         span = instants.quantile(0.95) - instants.quantile(0.05) if len(instants) else pd.Timedelta(0)
-        cyclic = []
-        if span >= MIN_SPAN_FOR_HOUR and instants.dt.hour.nunique() > 1:
-            cyclic.append(("hour", "hour of day"))
-        if span >= MIN_SPAN_FOR_WEEKDAY:
-            cyclic.append(("weekday", "day of week"))
-        for kind, label in cyclic:
+        hours = np.bincount(instants.dt.hour.to_numpy(dtype=np.int64), minlength=24)
+        weekdays = np.bincount(instants.dt.dayofweek.to_numpy(dtype=np.int64), minlength=7)
+        for kind, label in cycles(span, hours, weekdays):
             for part in ("sin", "cos"):
                 specs.append(FeatureSpec(f"{main} {label} ({part})", kind, main, part=part))
     return FeaturePlan(specs, {name: units[name] for name in stamps})

@@ -151,10 +151,8 @@ def select_features(
     for name in raw.columns:
         values = raw[name].to_numpy(dtype=np.float64)
         finite = values[np.isfinite(values)]
-        if finite.size == 0:
-            dropped[name] = "no finite values"
-        elif finite.min() == finite.max():
-            dropped[name] = f"constant ({finite[0]:g})"
+        if finite.size == 0 or finite.min() == finite.max():
+            dropped[name] = plan.why_no_spread(name, float(finite[0]) if finite.size else None)
         else:
             kept.append(name)
     if len(kept) < len(raw.columns):

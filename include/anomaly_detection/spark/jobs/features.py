@@ -13,7 +13,7 @@ The rules are those of :mod:`anomaly_detection.features.roles` and
   is checked on every row with Spark aggregates;
 * **plan**: the specs of ``plan_features`` (same order and names) from exact aggregates: value
   counts keyed by ``value_key``, missing counts, the main timestamp's middle 90 % span (exact
-  ``percentile`` up to a million rows, ``percentile_approx`` beyond) and hours;
+  ``percentile`` up to a million rows, ``percentile_approx`` beyond) and its rows per hour and weekday;
 * **values**: one Spark expression per feature, equal to ``FeaturePlan.transform``: measures and
   booleans cast to double, missing indicators, rarity (``derive.rarity`` of the tail share) looked up in a map
   computed at the driver with ``tail_shares``, durations from the instants in nanoseconds (epoch
@@ -34,12 +34,11 @@ import pandas as pd
 
 from anomaly_detection.errors import DataError
 from anomaly_detection.features.derive import (
-    MIN_SPAN_FOR_HOUR,
-    MIN_SPAN_FOR_WEEKDAY,
     MISSING_INDICATOR_SHARE,
     NANOSECONDS,
     FeaturePlan,
     FeatureSpec,
+    cycles,
     cyclic_position,
     paired_timestamps,
     rarity,
@@ -432,14 +431,14 @@ def plan_from_spark(
             if facts.rows <= EXACT_QUANTILE_ROWS
             else F.percentile_approx(ns, [0.05, 0.95], 100_000)
         )
-        ends, first_hour, last_hour = kept.agg(middle, F.min(hour), F.max(hour)).first()
-        span = (ends[1] - ends[0]) if ends else 0
-        cyclic = []
-        if span >= MIN_SPAN_FOR_HOUR.value and first_hour != last_hour:
-            cyclic.append(("hour", "hour of day"))
-        if span >= MIN_SPAN_FOR_WEEKDAY.value:
-            cyclic.append(("weekday", "day of week"))
-        for kind, label in cyclic:
+        (ends,) = kept.agg(middle).first()
+        span = pd.Timedelta((ends[1] - ends[0]) if ends else 0, unit="ns")
+        weekday = F.pmod(F.floor(ns / F.lit(DAY_NS)) + F.lit(3), F.lit(7))  # 1970-01-01 was a Thursday
+        hours, weekdays = np.zeros(24), np.zeros(7)
+        for bucket, counts in ((hour, hours), (weekday, weekdays)):
+            for value, n in kept.where(ns.isNotNull()).groupBy(bucket.alias("b")).count().collect():
+                counts[int(value)] = n
+        for kind, label in cycles(span, hours, weekdays):
             for part in ("sin", "cos"):
                 specs.append(FeatureSpec(f"{main} {label} ({part})", kind, main, part=part))
     return SparkPlan(FeaturePlan(specs, {name: units[name] for name in stamps}), rarity)

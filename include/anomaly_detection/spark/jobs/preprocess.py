@@ -196,10 +196,8 @@ def _preprocess(
     stats = _feature_stats(raw, rcols)
     features, used = [], []
     for name, r in zip(planned, rcols):
-        if stats[r]["finite"] == 0:
-            dropped[name] = "no finite values"
-        elif stats[r]["min"] == stats[r]["max"]:
-            dropped[name] = f"constant ({stats[r]['min']:g})"
+        if stats[r]["finite"] == 0 or stats[r]["min"] == stats[r]["max"]:
+            dropped[name] = fitted.plan.why_no_spread(name, stats[r]["min"] if stats[r]["finite"] else None)
         else:
             features.append(name)
             used.append(r)
