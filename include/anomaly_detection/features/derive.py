@@ -130,6 +130,23 @@ def rarity(tails: np.ndarray) -> np.ndarray:
     return np.maximum(np.log(RARE_SHARE) - np.log(tails), 0.0)
 
 
+def factorized_keys(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Each row's position in a list of :func:`value_key` keys (missing: the last key, ``""``).
+
+    Returns
+    -------
+    codes : ndarray of shape (n_rows,), int
+    keys : list of str
+        One key per distinct value, then ``""``; keys may repeat (``1`` and ``1.0`` give ``"1"``).
+    """
+    try:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    except TypeError:  # unhashable cells
+        codes, uniques = pd.factorize(values.map(lambda v: v if v is None else str(v)), use_na_sentinel=True)
+    keys = [value_key(u) for u in uniques] + [""]
+    return np.where(codes < 0, len(keys) - 1, codes), keys
+
+
 def tail_shares(counts: Mapping[str, int], keys: pd.Series) -> np.ndarray:
     """For each key, the share of the counted rows whose key is at most as common (unseen: half a row).
 
@@ -173,7 +190,8 @@ def _feature(spec: FeatureSpec, table: pd.DataFrame, when: Any) -> np.ndarray:
     if spec.kind == "missing":
         return table[spec.column].isna().to_numpy(dtype=np.float64)
     if spec.kind == "rarity":
-        return rarity(tail_shares(spec.counts or {}, table[spec.column].map(value_key)))
+        codes, keys = factorized_keys(table[spec.column])
+        return rarity(tail_shares(spec.counts or {}, pd.Series(keys)))[codes]
     instants = when(spec.column)
     if spec.kind == "duration":
         end = when(spec.end)
@@ -251,12 +269,13 @@ def plan_features(
             if table[name].isna().mean() > MISSING_INDICATOR_SHARE:
                 specs.append(FeatureSpec(f"{name} missing", "missing", name))
         elif role.role == "categorical":
-            counts = table[name].map(value_key).value_counts()
-            specs.append(
-                FeatureSpec(
-                    name, "rarity", name, counts={str(k): int(v) for k, v in counts.items()}, rows=rows
-                )
-            )
+            codes, keys = factorized_keys(table[name])
+            counts: dict[str, int] = {}
+            for key, n in zip(keys, np.bincount(codes, minlength=len(keys)).tolist()):
+                if n:
+                    counts[key] = counts.get(key, 0) + n
+            counts = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+            specs.append(FeatureSpec(name, "rarity", name, counts=counts, rows=rows))
     for start, end in paired_timestamps(stamps):
         specs.append(FeatureSpec(f"duration {start} → {end}", "duration", start, end=end))
     main = time_column if time_column in stamps else (stamps[0] if stamps else None)

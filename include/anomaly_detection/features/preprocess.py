@@ -66,15 +66,32 @@ class PreprocessResult:
 def find_duplicate_rows(table: pd.DataFrame) -> np.ndarray:
     """Mark the rows that repeat an earlier row over all columns (the first occurrence is not marked).
 
+    Rows are hashed (``pandas.util.hash_pandas_object``) and the rows whose hash was seen before are
+    confirmed value by value, so a hash collision never makes a duplicate.
+
     Returns
     -------
     ndarray of shape (n_rows,), dtype bool
     """
+    if table.shape[1] == 0 or len(table) < 2:
+        return np.zeros(len(table), dtype=bool)
     try:
-        duplicated = table.duplicated()
+        hashes = pd.util.hash_pandas_object(table, index=False).to_numpy()
     except TypeError:  # unhashable cells
-        duplicated = table.astype(str).duplicated()
-    return duplicated.to_numpy(dtype=bool)
+        table = table.astype(str)
+        hashes = pd.util.hash_pandas_object(table, index=False).to_numpy()
+    codes, uniques = pd.factorize(hashes)
+    first = np.full(len(uniques), len(table), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(table)))
+    candidates = np.flatnonzero(first[codes] != np.arange(len(table)))
+    if candidates.size:  # a 64-bit hash collision is not a duplicate: compare the candidates' values
+        repeat = table.iloc[candidates].reset_index(drop=True)
+        original = table.iloc[first[codes[candidates]]].reset_index(drop=True)
+        same = ((repeat == original) | (repeat.isna() & original.isna())).all(axis=1).to_numpy()
+        candidates = candidates[same]
+    duplicated = np.zeros(len(table), dtype=bool)
+    duplicated[candidates] = True
+    return duplicated
 
 
 def extract_labels(table: pd.DataFrame, column: str) -> np.ndarray:

@@ -127,31 +127,34 @@ def infer_role(name: str, values: pd.Series, *, first_occurrences: pd.Series | N
         return ColumnRole("ignored", "all values missing")
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values):
         return ColumnRole("timestamp", "date-time values")
-    distinct = _distinct(present)
-    if pd.api.types.is_bool_dtype(values):
-        return (
-            ColumnRole("boolean", "true/false values") if distinct > 1 else ColumnRole("ignored", "constant")
-        )
     id_like = bool(ID_NAME.search(name) or CAMEL_ID.search(name))
-    few = distinct <= MAX_CATEGORIES and distinct <= MAX_CATEGORY_SHARE * len(present)
-    if pd.api.types.is_numeric_dtype(values):
+    if pd.api.types.is_bool_dtype(values):
+        if _distinct(present) > 1:
+            return ColumnRole("boolean", "true/false values")
+        return ColumnRole("ignored", "constant")
+    if pd.api.types.is_numeric_dtype(values):  # the distinct count only where a name asks for it
         unit = epoch_unit(name, present)
         if unit:
             return ColumnRole("timestamp", f"epoch {unit} under a time-like name", unit=unit)
-        if distinct == 1:
+        numbers = present.to_numpy(dtype=np.float64)
+        low, high = numbers.min(), numbers.max()
+        if low == high:
             return ColumnRole("ignored", f"constant ({_shown(present.iloc[0])})")
-        if distinct == 2 and set(pd.unique(present.astype(float))) == {0.0, 1.0}:
+        if low == 0 and high == 1 and bool(((numbers == 0) | (numbers == 1)).all()):
             return ColumnRole("boolean", "only the values 0 and 1")
         sequence = values if first_occurrences is None else first_occurrences
         if is_identifier_sequence(sequence):
             return ColumnRole("identifier", "integers stepping by a constant")
-        codes = distinct <= MAX_CATEGORIES and distinct <= MAX_CODE_SHARE * len(present)
         if id_like or CODE_NAME.search(name):
+            distinct = _distinct(present)
+            codes = distinct <= MAX_CATEGORIES and distinct <= MAX_CODE_SHARE * len(present)
             kind = "id-like" if id_like else "code-like"
             if codes and _integer_valued(present):
                 return ColumnRole("categorical", f"{kind} name with {distinct} distinct codes")
             return ColumnRole("identifier", f"{kind} name with {distinct} distinct values")
         return ColumnRole("measure", "numeric")
+    distinct = _distinct(present)
+    few = distinct <= MAX_CATEGORIES and distinct <= MAX_CATEGORY_SHARE * len(present)
     if distinct == 1:
         return ColumnRole("ignored", f"constant ({_shown(present.iloc[0])})")
     if few:
