@@ -18,8 +18,8 @@ from anomaly_detection.detect.detectors import Detection, top_share_labels
 def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first occurrence of each distinct row of ``X`` and every row's distinct row.
 
-    Rows are hashed (one 64-bit hash over the columns, pandas ``hash_pandas_object``) and the
-    hashes factorized: linear time, about 20 times faster than ``np.unique(X, axis=0)`` at 1M x 12.
+    Rows are hashed (one 64-bit hash over the columns, :func:`row_hashes`) and the hashes
+    factorized: linear time, far faster than ``np.unique(X, axis=0)`` at 1M x 12.
     The result is then checked row by row, and on a hash collision computed exactly with
     ``np.unique``.
 
@@ -35,8 +35,7 @@ def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``X[first][inverse]`` equals ``X``.
     """
     n = len(X)
-    hashes = pd.util.hash_pandas_object(pd.DataFrame(X, copy=False), index=False).to_numpy()
-    inverse, uniques = pd.factorize(hashes)
+    inverse, uniques = pd.factorize(row_hashes(X))
     first = np.full(len(uniques), n, dtype=np.int64)
     np.minimum.at(first, inverse, np.arange(n, dtype=np.int64))
     if _maps_back(X, first, inverse):
@@ -48,11 +47,32 @@ def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[order].astype(np.int64), rank[inverse.ravel()].astype(np.int64)
 
 
+def row_hashes(X: np.ndarray) -> np.ndarray:
+    """One 64-bit FNV-1a-style hash per row of a float matrix (-0.0 as 0.0, every NaN alike).
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), dtype uint64
+    """
+    X = np.asarray(X, dtype=np.float64)
+    hashes = np.full(len(X), 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for j in range(X.shape[1] if X.ndim == 2 else 0):
+            column = X[:, j] + 0.0  # -0.0 -> 0.0
+            bits = np.where(np.isnan(column), np.nan, column).view(np.uint64)
+            hashes = (hashes ^ bits) * prime
+            hashes ^= hashes >> np.uint64(29)
+    return hashes
+
+
 def _maps_back(X: np.ndarray, first: np.ndarray, inverse: np.ndarray, block: int = 100_000) -> bool:
-    """Whether ``X[first][inverse]`` equals ``X`` (NaN equal to NaN), checked in blocks of rows."""
-    for start in range(0, len(X), block):
-        rows = X[start : start + block]
-        back = X[first[inverse[start : start + block]]]
+    """Whether ``X[first][inverse]`` equals ``X`` (NaN equal to NaN): only the rows mapped to an
+    earlier row need checking (every other row maps to itself), in blocks of rows."""
+    repeats = np.flatnonzero(first[inverse] != np.arange(len(X)))
+    for start in range(0, len(repeats), block):
+        rows = X[repeats[start : start + block]]
+        back = X[first[inverse[repeats[start : start + block]]]]
         if not ((rows == back) | (np.isnan(rows) & np.isnan(back))).all():
             return False
     return True
