@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from spark_helpers import (
     JOB_TIMEOUT,
@@ -33,11 +35,15 @@ from anomaly_detection.detect.detectors.centroids import kmeans
 from anomaly_detection.detect.grid import DetectorSettings
 from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.errors import PipelineError
-from anomaly_detection.features.derive import FeaturePlan
+from anomaly_detection.features.derive import FeaturePlan, to_instants
 from anomaly_detection.features.preprocess import find_duplicate_rows, preprocess
+from anomaly_detection.ingest.flatten import FlattenStats, finalize_frame, flatten_records
+from anomaly_detection.ingest.parquet import PartWriter, typed_batches
 from anomaly_detection.pipeline.stages import report_stage, select_stage
 from anomaly_detection.runs import spark_jobs_dir
 from anomaly_detection.spark.jobs import features as spark_feature_rules
+from anomaly_detection.spark.jobs.common import POS, pandas_dtypes, read_positioned
+from anomaly_detection.spark.jobs.text_columns import convert_text_columns
 from anomaly_detection.spark.submit import (
     failure_cause,
     job_application_args,
@@ -345,3 +351,139 @@ def test_spark_and_native_preprocessing_give_the_same_features(
     values = features.to_numpy()
     assert np.allclose(values[observed], native.features[observed], rtol=1e-12, atol=1e-12)
     assert not np.isnan(values).any()
+
+
+def socrata_records(n: int = 600, seed: int = 11) -> list[dict[str, str]]:
+    """Taxi trips as a Socrata API sends them: every value a string (``"trip_distance": "1.50"``,
+    ``"tpep_pickup_datetime": "2019-01-07T00:46:40.000"``), an empty tip in most trips, an ``extra``
+    key missing from some records, a text flag, and two repeated records."""
+    rng = np.random.default_rng(seed)
+    busy_hours = np.r_[np.full(7, 1.0), np.full(17, 4.0)]
+    busy_days = np.tile([3.0, 3, 3, 3, 3, 1, 1], 3)
+    day = rng.choice(21, n, p=busy_days / busy_days.sum())
+    hour = rng.choice(24, n, p=busy_hours / busy_hours.sum())
+    seconds = day * 86_400 + hour * 3_600 + rng.integers(0, 3_600, n)
+    pickup = pd.Timestamp("2019-01-07T00:00:00") + pd.to_timedelta(seconds, unit="s")  # a Monday
+    dropoff = pickup + pd.to_timedelta(rng.integers(60, 3_600, n), unit="s")
+    distance = rng.gamma(2.0, 1.2, n)
+    fare = 2.5 + 2.5 * distance + rng.gamma(2.0, 0.5, n)
+    records = []
+    for i in range(n):
+        record = {
+            "VendorID": str(rng.choice([1, 2])),
+            "tpep_pickup_datetime": pickup[i].strftime("%Y-%m-%dT%H:%M:%S.000"),
+            "tpep_dropoff_datetime": dropoff[i].strftime("%Y-%m-%dT%H:%M:%S.000"),
+            "passenger_count": str(rng.choice([1, 1, 1, 2, 3, 5])),
+            "trip_distance": f"{distance[i]:.2f}",
+            "payment_type": str(rng.choice([1, 2, 3, 4], p=[0.6, 0.35, 0.04, 0.01])),
+            "fare_amount": f"{fare[i]:.2f}",
+            "tip_amount": f"{rng.gamma(2.0, 1.0):.2f}" if rng.random() < 0.3 else "",
+            "store_and_fwd_flag": "Y" if rng.random() < 0.05 else "N",
+        }
+        if rng.random() < 0.8:
+            record["extra"] = str(rng.choice(["0", "0.5", "1"]))
+        records.append(record)
+    return records + [records[3], records[7]]
+
+
+@requires_spark
+def test_spark_types_numeric_and_iso_text_as_the_native_flattening(tmp_path, spark_session):
+    """Bulk ingestion keeps a Socrata API's strings as strings; the Spark preprocessing converts the
+    numeric and ISO date-time text as ``finalize_frame`` does, so both engines see the same measures,
+    codes and timestamps, and give the same roles, plan and features."""
+    records = socrata_records()
+    flat = flatten_records(records, max_depth=10, stats=FlattenStats())
+    table, notes = finalize_frame(flat, max_list_length=5)
+    assert {"trip_distance", "payment_type", "tip_amount", "extra"} <= set(notes.numeric_from_text)
+    assert set(notes.datetimes) == {"tpep_pickup_datetime", "tpep_dropoff_datetime"}
+    paths, config_path = write_run(tmp_path, table, {})
+    config = load_config(config_path)
+    native = preprocess(
+        table,
+        config.processing,
+        time_column=config.report.time_column,
+        random_state=config.modeling.random_state,
+    )
+    paths.flattened.unlink()  # the Spark path's flattened.parquet: bulk ingestion's part files, all text
+    paths.flattened.mkdir()
+    writer = PartWriter(paths.flattened)
+    for batch in typed_batches(iter([(1, "u", records[:300]), (2, "u", records[300:])]), 10, 300):
+        writer.write(batch)
+    writer.finish()
+    assert set(writer.columns.values()) == {"string"}
+
+    run_in_process(spark_session, "preprocess", paths.root, config_path)
+    summary = json.loads(paths.summary.read_text())
+    for key in ("features", "roles", "feature_plan", "columns_dropped", "scaling", "duplicates", "dtypes"):
+        assert summary[key] == native.summary[key], key
+    roles = summary["roles"]
+    assert roles["payment_type"]["role"] == "categorical" and roles["trip_distance"]["role"] == "measure"
+    assert roles["tpep_pickup_datetime"]["role"] == "timestamp"
+    assert summary["dtypes"]["payment_type"] == "int64" and summary["dtypes"]["tip_amount"] == "float64"
+    assert {"tip_amount missing", "duration tpep_pickup_datetime → tpep_dropoff_datetime"} <= set(
+        summary["features"]
+    )
+    assert "tpep_pickup_datetime hour of day (sin)" in summary["features"]
+
+    kept, features, _ = spark_features(paths)
+    assert np.array_equal(kept, native.rows)
+    raw = FeaturePlan.from_dict(native.summary["feature_plan"]).transform(native.table)
+    observed = np.isfinite(raw.to_numpy(dtype=float))
+    assert np.allclose(features.to_numpy()[observed], native.features[observed], rtol=1e-12, atol=1e-12)
+
+
+#: Text columns (4 values each) and what the native flattening makes of them: numbers, ISO
+#: date-times with and without zones, text it leaves alone, and whitespace it reads as missing.
+TEXT_CASES = {
+    "ints": ["1", "+2", "-0", "00012"],
+    "ints_empty": ["1", "2", "", " 3 "],
+    "floats": ["1.50", "1e5", ".5", "-Infinity"],
+    "nan_text": ["nan", "1", "2", "3"],
+    "java_double": ["1.5d", "0x1p3", "2", "3"],
+    "naive": ["2019-01-01T00:46:40.000", "2019-01-01 01:00:00", "2019-01-03", None],
+    "one_offset": ["2019-01-01T00:46:40-05:00", "2019-01-01T01:00:00-0500", "2019-01-01T00:46-05:00", ""],
+    "utc": ["2019-01-01T00:46:40Z", "2019-01-01T01:00:00Z", "2019-01-01T01:00:00+00:00", "2019-01-01T01:00Z"],
+    "mixed": ["2019-01-01T00:46:40-05:00", "2019-01-01T01:00:00+01:00", "2019-01-01T02:00", "2019-01-02"],
+    "bad_day": ["2019-02-30T00:00:00", "2019-01-01T00:00:00", "2019-01-01", "2019-01-02"],
+    "hour_only_zone": ["2019-01-01T00:46:40+05", "2019-01-01T00:46:40+05", "2019-01-02", "2019-01-03"],
+    "empty": ["", " ", None, ""],
+    "padded": ["\u00a01.5", "\x1c2\x1f", "3\n", "\t4"],
+    "padded_dates": ["\u00a02019-01-01", "2019-01-02 ", "2019-01-03T00:00\n", "\t2019-01-04"],
+}
+
+
+@requires_spark
+@pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")
+def test_text_columns_follow_the_native_conversion(tmp_path, spark_session):
+    frame = pd.DataFrame(TEXT_CASES)
+    native, _ = finalize_frame(frame, max_list_length=5)
+    path = tmp_path / "flattened.parquet"
+    pq.write_table(pa.table({k: pa.array(v, pa.string()) for k, v in TEXT_CASES.items()}), path)
+    names = list(TEXT_CASES)
+    col = {name: f"c{i}" for i, name in enumerate(names)}
+    table = read_positioned(spark_session, path, names)
+    table, dtypes, conversions = convert_text_columns(table, col, pandas_dtypes(path))
+    assert {n: str(d) for n, d in dtypes.items()} == {n: str(native[n].dtype) for n in names}
+    assert {n: c.kind for n, c in conversions.items()} == {
+        "ints": "int",
+        "ints_empty": "float",
+        "floats": "float",
+        "naive": "naive",
+        "one_offset": "offset",
+        "utc": "offset",
+        "mixed": "utc",
+        "padded": "float",
+        "padded_dates": "naive",
+    }
+    spark = table.orderBy(POS).toPandas()
+    for name, conversion in conversions.items():
+        values = spark[col[name]]
+        if conversion.numeric:
+            assert values.astype(float).tolist() == pytest.approx(
+                native[name].astype(float).tolist(), nan_ok=True
+            )
+        else:  # the instants the features are computed from: derive.to_instants of the native values
+            expected = to_instants(native[name], None).astype("datetime64[us, UTC]")
+            observed = pd.to_datetime(values).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
+            assert observed.isna().tolist() == expected.isna().tolist(), name
+            assert (observed == expected)[expected.notna()].all(), name

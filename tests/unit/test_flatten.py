@@ -11,6 +11,8 @@ import pytest
 
 from anomaly_detection.errors import IngestionError
 from anomaly_detection.ingest.flatten import (
+    INTEGER_TEXT,
+    NUMERIC_TEXT,
     FlattenStats,
     finalize_frame,
     flatten_record,
@@ -442,3 +444,19 @@ def test_body_not_json_tells_a_cut_off_body_from_a_deep_one():
     with pytest.raises(BodyNotJson) as info:
         parse_json(b"[" * 30_000 + b"]" * 30_000, source="http://x/deep")
     assert info.value.deep
+
+
+NUMBER_TEXTS = [
+    "1.50", "1e5", "1E+05", "+3", "-0", "00012", ".5", "5.", "+.5", "-.5e-3", "inf", "-Infinity", "iNf",
+    "1e400", "9223372036854775808", "nan", "NaN", "+nan", "1_000", "0x1A", "1.5d", "1,5", "\u0661\u0662",
+    "--1", "1 2", "1.5e", "e5", "1.2.3", "", "½", "infinit", "Infinityy",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", NUMBER_TEXTS)
+def test_numeric_text_pattern_is_what_pandas_reads_as_a_number(text):
+    """The Spark preprocessing checks text with NUMERIC_TEXT (and INTEGER_TEXT for int64 columns)
+    where the native conversion calls pandas.to_numeric: both must accept the same stripped text."""
+    number = pd.to_numeric(pd.Series([text], dtype=object), errors="coerce")
+    assert bool(NUMERIC_TEXT.match(text)) == bool(number.notna().iloc[0])
+    assert bool(INTEGER_TEXT.match(text)) == (number.dtype.kind in "iu")

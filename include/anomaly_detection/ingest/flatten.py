@@ -27,7 +27,16 @@ log = logging.getLogger(__name__)
 SCALAR_TYPES = (str, int, float, bool, type(None))
 
 
-_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+#: ISO-8601 date or date-time text: a text column of only these (and missing or empty values) becomes
+#: datetimes when pandas parses every value. The Spark preprocessing applies the same patterns.
+ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+#: The zone of an ISO date-time: ``Z`` or an offset (``+05:30``, ``-0500``).
+TIME_ZONE = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+#: Stripped text that ``pandas.to_numeric`` reads as a number (not NaN): a text column of only these
+#: becomes numeric. Written for the Spark preprocessing (Java regex syntax too); tests check it
+#: against ``pandas.to_numeric``. :data:`INTEGER_TEXT`: the values that keep an all-integer column int64.
+NUMERIC_TEXT = re.compile(r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity))$")
+INTEGER_TEXT = re.compile(r"^[+-]?[0-9]+$")
 
 
 class TooManyColumns(IngestionError):
@@ -354,7 +363,7 @@ def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
                 if kind in ("string", "mixed", "mixed-integer"):
                     notes.numeric_from_text.append(str(name))
                 continue
-        if head.str.match(_ISO_TIMESTAMP).all() and as_text.str.match(_ISO_TIMESTAMP).all():
+        if head.str.match(ISO_TIMESTAMP).all() and as_text.str.match(ISO_TIMESTAMP).all():
             stamps = pd.to_datetime(as_text, format="ISO8601", utc=True, errors="coerce")
             if stamps.notna().all():
                 frame[name] = _datetimes(col.where(col.astype(str).str.strip() != ""), as_text)
@@ -365,7 +374,7 @@ def _convert_text(frame: pd.DataFrame, notes: ColumnNotes) -> pd.DataFrame:
 def _datetimes(values: pd.Series, present: pd.Series) -> pd.Series:
     """ISO text as datetimes that keep the values' own zone: naive text stays naive (local time, never
     labelled UTC), one shared offset is kept; only text mixing offsets is converted to UTC."""
-    zoned = present.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
+    zoned = present.str.contains(TIME_ZONE.pattern, regex=True)
     if not zoned.any():
         return pd.to_datetime(values, format="ISO8601", errors="coerce")
     if zoned.all():

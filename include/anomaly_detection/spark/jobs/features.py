@@ -140,16 +140,24 @@ def read_extremes(columns: Columns, agg: Mapping[str, Any]) -> dict[str, list[An
 
 def role_sample(kept: Any, columns: Columns, rows: int, seed: int) -> pd.DataFrame:
     """At most :data:`SAMPLE_ROWS` rows at the driver (all of them when the table is that small), in
-    row order, with the original column names (and ``FIRST``), the native dtypes where they convert."""
+    row order, with the original column names (and ``FIRST``), the native dtypes where they convert.
+    Date-times beyond pandas' nanosecond range (which ``toPandas`` cannot convert) are missing there."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampNTZType, TimestampType
 
     frame = kept
     if rows > SAMPLE_ROWS:
         fraction = min(1.0, 1.05 * SAMPLE_ROWS / rows)
         frame = kept.sample(withReplacement=False, fraction=fraction, seed=seed).limit(SAMPLE_ROWS)
-    selected = frame.select(
-        POS, FIRST, *(F.col(columns.col[n]).alias(f"s{i}") for i, n in enumerate(columns.names))
-    )
+
+    def sampled(name: str) -> Any:
+        value = F.col(columns.col[name])
+        if isinstance(columns.types[name], TimestampType | TimestampNTZType):
+            micros = F.unix_micros(value.cast("timestamp"))
+            return F.when(F.abs(micros) < F.lit(int(MAX_NS // 1000)), value)
+        return value
+
+    selected = frame.select(POS, FIRST, *(sampled(n).alias(f"s{i}") for i, n in enumerate(columns.names)))
     sample = selected.toPandas().sort_values(POS, kind="stable").reset_index(drop=True)
     sample = sample.drop(columns=POS).set_axis([FIRST, *columns.names], axis=1)
     for name in columns.names:

@@ -11,6 +11,8 @@ driver: only aggregates, the roles' bounded sample, categorical value counts and
 bounded fit sample do. The rules are those of
 :mod:`anomaly_detection.features.preprocess`:
 
+* text: string columns of only numeric or ISO date-time text are cast as the native flattening
+  converts them (:mod:`.text_columns`; bulk ingestion keeps every string a string);
 * duplicates: rows equal over every original column after the first occurrence (lowest position)
   are counted and their positions written to ``duplicate_rows.spark.parquet``; no row is removed;
 * label column: 0/1, true/false or normal/anomaly, the same error messages;
@@ -75,6 +77,7 @@ from anomaly_detection.spark.jobs.features import (
     read_extremes,
     role_sample,
 )
+from anomaly_detection.spark.jobs.text_columns import convert_text_columns
 
 NAME = "preprocess"
 #: Relative error of ``approxQuantile`` for the median fallback (exact up to this many rows).
@@ -129,6 +132,11 @@ def _preprocess(
     names = list(dtypes)
     col = {name: f"c{i}" for i, name in enumerate(names)}
     table = read_positioned(spark, paths.flattened, names)
+    # numeric and ISO date-time text typed as the native flattening types it (bulk ingestion keeps text)
+    table, dtypes, conversions = convert_text_columns(table, col, dtypes)
+    for numeric, what in ((True, "numbers"), (False, "date-times")):
+        if chosen := [n for n, c in conversions.items() if c.numeric == numeric]:
+            log.info("text converted to %s as the native flattening does: %s", what, ", ".join(chosen))
     types = {n: table.schema[col[n]].dataType for n in names}
     floating = {n for n in names if isinstance(types[n], (DoubleType, FloatType))}
     columns = Columns(names, col, dtypes, types, floating)
