@@ -75,8 +75,8 @@ def test_nyc_taxi_strings_become_typed(api_server, tmp_path, name):
     assert frame["fare_amount"].iloc[0] == float(records[0]["fare_amount"])
     for column in ("tpep_pickup_datetime", "tpep_dropoff_datetime"):
         assert pd.api.types.is_datetime64_any_dtype(frame[column]), column
-        assert str(frame[column].dt.tz) == "UTC"
-    assert frame["tpep_pickup_datetime"].iloc[0] == pd.Timestamp(records[0]["tpep_pickup_datetime"], tz="UTC")
+        assert frame[column].dt.tz is None  # naive local times stay naive, never labelled UTC
+    assert frame["tpep_pickup_datetime"].iloc[0] == pd.Timestamp(records[0]["tpep_pickup_datetime"])
     assert not pd.api.types.is_numeric_dtype(frame["store_and_fwd_flag"])
 
 
@@ -105,7 +105,7 @@ def test_socrata_offset_pages(api_server, tmp_path):
     assert [p.records for p in result.pages] == [1000, 1]
     assert pd.api.types.is_numeric_dtype(result.frame["counts"])
     assert pd.api.types.is_datetime64_any_dtype(result.frame["date"])
-    assert result.frame["date"].iloc[-1] == pd.Timestamp("2016-10-02T01:45:00", tz="UTC")
+    assert result.frame["date"].iloc[-1] == pd.Timestamp("2016-10-02T01:45:00")
 
 
 @pytest.mark.parametrize("records_path", ["1", None])
@@ -184,7 +184,7 @@ def test_open_meteo_parallel_arrays(api_server, tmp_path):
     assert len(frame) == len(hourly["time"]) == 168
     assert list(frame.columns) == list(hourly)
     assert pd.api.types.is_datetime64_any_dtype(frame["time"])
-    assert frame["time"].iloc[0] == pd.Timestamp(hourly["time"][0], tz="UTC")
+    assert frame["time"].iloc[0] == pd.Timestamp(hourly["time"][0])  # Open-Meteo's local times, naive
     with_values = [k for k, v in hourly.items() if k != "time" and any(x is not None for x in v)]
     assert with_values and all(pd.api.types.is_numeric_dtype(frame[c]) for c in with_values)
     all_null = set(hourly) - set(with_values) - {"time"}  # models without data in the recording

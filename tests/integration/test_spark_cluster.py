@@ -24,6 +24,7 @@ import pytest
 from spark_cluster import SparkStandalone
 from spark_helpers import (
     JOB_TIMEOUT,
+    N_DUPLICATES,
     REFERENCE_ROWS,
     RUN_CONF,
     flagged_positions,
@@ -217,7 +218,7 @@ def test_cluster_preprocess_matches_local(runs):
     assert np.array_equal(kept, local_kept) and np.array_equal(labels, local_labels)
     assert json.loads(cluster.summary.read_text()) == json.loads(local.summary.read_text())
     assert list(features.columns) == list(expected.columns) == ["x", "y", "z", "count", "flag"]
-    assert features.shape == (REFERENCE_ROWS, 5)
+    assert features.shape == (REFERENCE_ROWS + N_DUPLICATES, 5)  # every row, duplicates too
     np.testing.assert_allclose(features.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
 
 
