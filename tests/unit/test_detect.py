@@ -26,6 +26,8 @@ PARAMS = {
     "knn": {"n_neighbors": 10},
     "local_outlier_factor": {"n_neighbors": 20},
     "ensemble": {"n_neighbors": 10},
+    "ecod": {},
+    "hbos": {"n_bins": 10},
 }
 
 
