@@ -117,6 +117,12 @@ def sample_indices(n_rows: int, size: int, rng: np.random.Generator) -> np.ndarr
     return None if n_rows <= size else np.sort(rng.choice(n_rows, size, replace=False))
 
 
+def fit_sample(X: np.ndarray, settings: DetectorSettings) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows a detector fits on (at most ``fit_sample_size``) and their indices in ``X`` (None: all)."""
+    idx = sample_indices(len(X), settings.fit_sample_size, np.random.default_rng(settings.random_state))
+    return (X if idx is None else X[idx]), idx
+
+
 @dataclass(frozen=True)
 class Detector:
     """One detector plug-in.

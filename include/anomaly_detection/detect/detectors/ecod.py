@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Detection, Detector, DetectorSettings, register, sample_indices, top_share_labels
+from .base import Detection, Detector, DetectorSettings, fit_sample, register, top_share_labels
 
 
 def skewness_sign(X: np.ndarray) -> np.ndarray:
@@ -48,8 +48,7 @@ def tail_scores(X: np.ndarray, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 def ecod(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
     """ECOD scores of every row, from the empirical distributions of at most ``fit_sample_size`` rows."""
     started = time.perf_counter()
-    idx = sample_indices(len(X), settings.fit_sample_size, np.random.default_rng(settings.random_state))
-    fit = X if idx is None else X[idx]
+    fit, _ = fit_sample(X, settings)
     scores = np.zeros(len(X))
     for start in range(0, len(X), 100_000):
         block = X[start : start + 100_000]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Detection, Detector, DetectorSettings, register, sample_indices, top_share_labels
+from .base import Detection, Detector, DetectorSettings, fit_sample, register, top_share_labels
 
 ALPHA = 0.1
 TOLERANCE = 0.5
@@ -45,8 +45,7 @@ def hbos(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> D
     """HBOS scores of every row, from histograms of at most ``fit_sample_size`` rows."""
     started = time.perf_counter()
     n_bins = int(params.get("n_bins", 10))
-    idx = sample_indices(len(X), settings.fit_sample_size, np.random.default_rng(settings.random_state))
-    fit = X if idx is None else X[idx]
+    fit, _ = fit_sample(X, settings)
     scores = histogram_scores(X, fit, n_bins)
     labels, threshold = top_share_labels(scores, settings.contamination)
     info = {"fit_rows": len(fit)}

@@ -7,13 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Detection, Detector, DetectorSettings, register, sample_indices, top_share_labels
-
-
-def neighbour_fit(X: np.ndarray, settings: DetectorSettings) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows neighbours are searched among (at most ``fit_sample_size``) and their indices in ``X``."""
-    idx = sample_indices(len(X), settings.fit_sample_size, np.random.default_rng(settings.random_state))
-    return (X if idx is None else X[idx]), idx
+from .base import Detection, Detector, DetectorSettings, fit_sample, register, top_share_labels
 
 
 def knn(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
@@ -21,7 +15,7 @@ def knn(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> De
     from sklearn.neighbors import NearestNeighbors
 
     started = time.perf_counter()
-    fit_rows, idx = neighbour_fit(X, settings)
+    fit_rows, idx = fit_sample(X, settings)
     k = max(1, min(int(params.get("n_neighbors", 10)), len(fit_rows) - 1))
     tree = NearestNeighbors(n_neighbors=k + 1).fit(fit_rows)
     in_fit = np.zeros(len(X), dtype=bool)

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Detection, Detector, DetectorSettings, register, top_share_labels
-from .knn import neighbour_fit
+from .base import Detection, Detector, DetectorSettings, fit_sample, register, top_share_labels
 
 
 def local_outlier_factor(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
@@ -17,7 +16,7 @@ def local_outlier_factor(X: np.ndarray, params: dict[str, Any], settings: Detect
     from sklearn.neighbors import LocalOutlierFactor
 
     started = time.perf_counter()
-    fit_rows, idx = neighbour_fit(X, settings)
+    fit_rows, idx = fit_sample(X, settings)
     k = max(1, min(int(params.get("n_neighbors", 20)), len(fit_rows) - 1))
     model = LocalOutlierFactor(n_neighbors=k).fit(fit_rows)
     scores = np.empty(len(X))
