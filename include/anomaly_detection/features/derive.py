@@ -28,7 +28,6 @@ missing    a measure missing in more than half       1 where missing, else 0
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_detection.features.roles import ColumnRole
+from anomaly_detection.features.roles import ColumnRole, value_key
 
 #: Start and end words of paired timestamps (``pickup``/``dropoff``, ``start``/``end`` ...).
 PAIRED_WORDS = (
@@ -111,17 +110,6 @@ class FeaturePlan:
         for spec in self.specs:
             columns[spec.name] = _feature(spec, table, when)
         return pd.DataFrame(columns, index=table.index, columns=self.names)
-
-
-def value_key(value: Any) -> str:
-    """The key of a categorical value: integer-valued numbers without ``.0``; missing is ``""``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
-        return ""
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    if isinstance(value, np.generic):
-        value = value.item()
-    return str(value)
 
 
 def rarity(tails: np.ndarray) -> np.ndarray:

@@ -24,10 +24,11 @@ for both engines; the Spark job calls it on a bounded sample of the table.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import get_args
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -95,10 +96,15 @@ def is_identifier_sequence(values: pd.Series) -> bool:
     return bool(diffs.size) and bool((diffs == diffs[0]).all()) and diffs[0] != 0
 
 
-def _shown(value: object) -> str:
+def value_key(value: Any) -> str:
+    """The key of a categorical value: integer-valued numbers without ``.0``; missing is ``""``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return ""
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return str(int(value))
-    return str(value.item() if isinstance(value, np.generic) else value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
 
 
 def _distinct(values: pd.Series) -> int:
@@ -139,7 +145,7 @@ def infer_role(name: str, values: pd.Series, *, first_occurrences: pd.Series | N
         numbers = present.to_numpy(dtype=np.float64)
         low, high = numbers.min(), numbers.max()
         if low == high:
-            return ColumnRole("ignored", f"constant ({_shown(present.iloc[0])})")
+            return ColumnRole("ignored", f"constant ({value_key(present.iloc[0])})")
         if low == 0 and high == 1 and bool(((numbers == 0) | (numbers == 1)).all()):
             return ColumnRole("boolean", "only the values 0 and 1")
         sequence = values if first_occurrences is None else first_occurrences
@@ -156,7 +162,7 @@ def infer_role(name: str, values: pd.Series, *, first_occurrences: pd.Series | N
     distinct = _distinct(present)
     few = distinct <= MAX_CATEGORIES and distinct <= MAX_CATEGORY_SHARE * len(present)
     if distinct == 1:
-        return ColumnRole("ignored", f"constant ({_shown(present.iloc[0])})")
+        return ColumnRole("ignored", f"constant ({value_key(present.iloc[0])})")
     if few:
         return ColumnRole("categorical", f"text with {distinct} distinct values")
     if id_like or distinct == len(present):
