@@ -321,13 +321,22 @@ def _model_results(paths: RunPaths, algorithms: list[str]) -> list[ModelResult]:
     return results
 
 
-def _reference(summary: dict[str, Any], sample: pd.DataFrame, paths: RunPaths) -> Reference:
-    """The normal rows of a run's uniform sample, read again from the flattened table (see :mod:`.explain`)."""
+def _reference(
+    summary: dict[str, Any], sample: pd.DataFrame, paths: RunPaths, *, also: np.ndarray | None = None
+) -> tuple[Reference, pd.DataFrame]:
+    """The normal rows of a run's uniform sample, read again from the flattened table (see :mod:`.explain`),
+    and the rows at the positions ``also``, in order, read in the same pass over the table."""
     uniform = sample[sample["sampled"].to_numpy(dtype=bool)]
-    rows = scored.rows_at(paths.flattened, uniform["position"].to_numpy())
-    return fit_reference(
-        rows, uniform["anomaly"].to_numpy() == 0, feature_plan(summary), scaling=summary.get("scaling")
+    wanted = uniform["position"].to_numpy()
+    more = np.zeros(0, dtype=np.int64) if also is None else np.asarray(also, dtype=np.int64)
+    rows = scored.rows_at(paths.flattened, np.concatenate([wanted, more]))
+    reference = fit_reference(
+        rows.iloc[: len(wanted)],
+        uniform["anomaly"].to_numpy() == 0,
+        feature_plan(summary),
+        scaling=summary.get("scaling"),
     )
+    return reference, rows.iloc[len(wanted) :].reset_index(drop=True)
 
 
 def select_stage(
@@ -350,10 +359,8 @@ def select_stage(
     summary = _read_json(paths.summary)
     checks.validate_summary(summary, config.validation)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
-    reference = _reference(
-        summary, scored.read_sample(scored.sample_path(paths.models, best.algorithm)), paths
-    )
-    anomalies = scored.rows_at(paths.flattened, flagged["position"].to_numpy())
+    sample = scored.read_sample(scored.sample_path(paths.models, best.algorithm))
+    reference, anomalies = _reference(summary, sample, paths, also=flagged["position"].to_numpy())
     explanations = explain(reference, anomalies)
     anomalies = datetimes_as_iso(anomalies)
     anomalies.insert(0, "row", flagged["position"].to_numpy())  # the record's position in the ingested table
@@ -450,7 +457,7 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     top_anomalies = epochs_as_iso(pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies), roles)
     if decision is None and (paths.root / "decision.json").exists():
         decision = _read_json(paths.root / "decision.json")
-    reference = _reference(summary, sample, paths)
+    reference, _ = _reference(summary, sample, paths)
     named = named_features(top_anomalies["top_features"])
     flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))[
         "position"
