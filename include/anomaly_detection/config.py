@@ -187,8 +187,9 @@ class ModelingConfig(_Model):
         default_factory=lambda: ["ensemble", "isolation_forest", "kmeans", "dbscan"]
     )
     hyperparameters: Literal["simple", "complex"] = "simple"
-    #: Share of rows flagged (0 < c <= CONTAMINATION_MAX), or "auto": Tukey's upper fence of each model's scores.
-    contamination: float | Literal["auto"] = 0.05
+    #: Share of rows flagged (0 < c <= CONTAMINATION_MAX), or "auto": a cut read from each model's
+    #: scores (anomaly_detection.detect.threshold).
+    contamination: float | Literal["auto"] = "auto"
     random_state: int = 42
     fit_sample_size: int = Field(100_000, ge=100)
     dbscan_sample_size: int = Field(5_000, ge=50)

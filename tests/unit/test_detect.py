@@ -3,6 +3,7 @@ import pytest
 
 from anomaly_detection.detect.evaluate import evaluate
 from anomaly_detection.detect.grid import DETECTORS, DetectorSettings, run_grid, top_share_labels
+from anomaly_detection.detect.threshold import cut_scores
 
 
 def blobs_with_outliers(n=600, d=4, outliers=12, seed=0):
@@ -108,16 +109,21 @@ def test_neighbour_detectors_score_rows_outside_the_fit_sample_like_rows_inside(
     assert spearmanr(full.scores, sampled.scores)[0] > 0.8
 
 
-def test_contamination_auto_flags_the_far_tail_and_falls_back_when_there_is_none():
+def test_contamination_auto_flags_the_far_tail_and_stays_within_its_caps():
     rng = np.random.default_rng(0)
     scores = np.r_[rng.normal(0, 1, 2000), rng.normal(12, 1, 20)]  # 20 far in the tail
     labels, threshold = top_share_labels(scores, "auto")
-    assert labels[-20:].all() and labels[:-20].mean() < 0.02
+    assert labels[-20:].all() and labels[:-20].sum() <= 2
     assert (scores[labels == 1] >= threshold).all()
-    # half the rows are "anomalies": no tail, so the fallback share is used
+    # half the rows in an upper group: capped at MAX_SHARE of the rows
     bimodal = np.r_[rng.normal(0, 1, 1000), rng.normal(10, 1, 1000)]
-    labels, _ = top_share_labels(bimodal, "auto")
-    assert labels.sum() == 100
+    cut = cut_scores(bimodal, "auto")
+    assert cut.labels.sum() == 400 and "capped at 20 %" in cut.basis
+    # one extreme row in 2,000: raised to the floor, MIN_SHARE of the rows
+    cut = cut_scores(np.r_[rng.normal(0, 1, 1999), 30.0], "auto")
+    assert cut.labels.sum() == 10 and cut.labels[-1] == 1 and "floor" in cut.basis
+    # a fixed share says so
+    assert cut_scores(scores, 0.05).basis == "a fixed 5 % of rows (modeling.contamination)"
     with pytest.raises(ValueError, match="'auto' or in"):
         DetectorSettings(contamination="sometimes")
     assert DetectorSettings(contamination="auto").contamination == "auto"
@@ -136,4 +142,4 @@ def test_ensemble_finds_global_and_local_outliers_and_is_deterministic():
     np.testing.assert_array_equal(a.scores, b.scores)
     top = set(np.argsort(-a.scores)[:10])
     assert {1000, 1001, 1002, 1003} <= top
-    assert -1 <= a.info["member_agreement"] <= 1 and len(a.info["members"]) == 2
+    assert -1 <= a.info["member_agreement"] <= 1 and len(a.info["members"]) == 3

@@ -39,7 +39,7 @@ def test_broadcast_gives_every_copy_its_distinct_rows_score_and_label():
     detection = REGISTRY["dbscan"].detect(
         X[first], {"eps_quantile": 0.95, "min_samples": 10}, DetectorSettings()
     )
-    rows = broadcast(detection, inverse, 0.05, relabel=False)
+    rows = broadcast(detection, inverse)
     assert rows.scores.shape == rows.labels.shape == (len(X),)
     assert len(set(rows.scores[copies])) == 1 and rows.labels[copies].all()
     assert rows.info["distinct_rows"] == len(first) == NORMAL + 1

@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from anomaly_detection.detect.detectors import Detection, top_share_labels
+from anomaly_detection.detect.detectors import Detection
 
 
 def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,10 +78,10 @@ def _maps_back(X: np.ndarray, first: np.ndarray, inverse: np.ndarray, block: int
     return True
 
 
-def broadcast(
-    detection: Detection, inverse: np.ndarray, contamination: float | str, *, relabel: bool
-) -> Detection:
-    """A detection on distinct rows extended to every row.
+def broadcast(detection: Detection, inverse: np.ndarray) -> Detection:
+    """A detection on distinct rows extended to every row: each row takes its distinct row's score
+    and label (:func:`~anomaly_detection.detect.grid.run_grid` then cuts share-labelled scores over
+    every row, each copy counted).
 
     Parameters
     ----------
@@ -89,21 +89,11 @@ def broadcast(
         Scores and labels of shape (n_distinct,).
     inverse : ndarray of shape (n_rows,)
         Each row's distinct row (see :func:`distinct_rows`).
-    contamination : float or "auto"
-        The share of rows to flag when ``relabel``.
-    relabel : bool
-        True: label the top ``contamination`` share of all rows (each copy counted, ties together);
-        False: each row takes its distinct row's label (a detector's own rule, e.g. DBSCAN noise).
 
     Returns
     -------
     Detection
         Scores and labels of shape (n_rows,); ``info["distinct_rows"]`` is ``n_distinct``.
     """
-    scores = detection.scores[inverse]
-    if relabel:
-        labels, threshold = top_share_labels(scores, contamination)
-    else:
-        labels, threshold = detection.labels[inverse], detection.threshold
     info = {**detection.info, "distinct_rows": int(len(detection.scores))}
-    return replace(detection, scores=scores, labels=labels, threshold=threshold, info=info)
+    return replace(detection, scores=detection.scores[inverse], labels=detection.labels[inverse], info=info)

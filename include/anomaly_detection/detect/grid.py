@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import ParameterGrid
 
 from anomaly_detection.detect.detectors import (  # noqa: F401  (the public names of detection)
-    AUTO_FALLBACK_SHARE,
     DETECTORS,
     REGISTRY,
     Detection,
     DetectorSettings,
     top_share_labels,
-    tukey_fence,
 )
 from anomaly_detection.detect.distinct import broadcast, distinct_rows
+from anomaly_detection.detect.threshold import cut_scores
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ def run_grid(
     fit_on_distinct : bool
         Fit and score each distinct row once, then broadcast its score to every copy
         (:mod:`.distinct`); the share flagged still counts rows, ties flagged together.
+
+    A detector labelled by a share of its scores is cut over every row by
+    :func:`~anomaly_detection.detect.threshold.cut_scores` (``settings.contamination``); the words
+    for that cut are ``info["threshold_rule"]``.
     """
     detector = REGISTRY[algorithm]
     first = inverse = None
@@ -62,7 +66,11 @@ def run_grid(
     for params in ParameterGrid(grid):
         detection = detector.detect(fit_rows, params, settings)
         if first is not None:
-            detection = broadcast(detection, inverse, settings.contamination, relabel=detector.share_labelled)
+            detection = broadcast(detection, inverse)
+        if detector.share_labelled:
+            cut = cut_scores(detection.scores, settings.contamination, seed=settings.random_state)
+            info = {**detection.info, "threshold_rule": cut.basis}
+            detection = replace(detection, labels=cut.labels, threshold=cut.threshold, info=info)
         log.info(
             "%s %s: %d anomalies (%.2f%%) in %.2fs",
             algorithm,

@@ -10,15 +10,14 @@ import importlib
 import pkgutil
 
 from .base import (
-    AUTO_FALLBACK_SHARE,
     REGISTRY,
     Detection,
     Detector,
     DetectorSettings,
     register,
+    robust_standardise,
     sample_indices,
     top_share_labels,
-    tukey_fence,
 )
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"):
@@ -27,6 +26,6 @@ for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name !
 DETECTORS = {name: detector.detect for name, detector in REGISTRY.items()}
 
 __all__ = [
-    "AUTO_FALLBACK_SHARE", "DETECTORS", "REGISTRY", "Detection", "Detector", "DetectorSettings",
-    "register", "sample_indices", "top_share_labels", "tukey_fence",
+    "DETECTORS", "REGISTRY", "Detection", "Detector", "DetectorSettings",
+    "register", "robust_standardise", "sample_indices", "top_share_labels",
 ]  # fmt: skip

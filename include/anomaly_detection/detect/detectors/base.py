@@ -9,16 +9,13 @@ those grids may use. The package imports every module in it, so adding a detecto
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("anomaly_detection.detect.grid")
-
+from anomaly_detection.detect.threshold import cut_scores
 
 @dataclass
 class DetectorSettings:
@@ -61,25 +58,8 @@ class Detection:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-#: Share flagged when ``contamination: auto`` finds no usable fence (none or more than half the rows above it).
-AUTO_FALLBACK_SHARE = 0.05
-
-
-def tukey_fence(scores: np.ndarray) -> float:
-    """Tukey's upper fence of the scores, Q3 + 1.5 IQR: scores above it are far in the upper tail."""
-    q1, q3 = np.percentile(scores, [25, 75])
-    return float(q3 + 1.5 * (q3 - q1))
-
-
 def top_share_labels(scores: np.ndarray, contamination: float | str) -> tuple[np.ndarray, float]:
-    """Label the rows scoring at least the ``ceil(contamination * n)``-th highest score as anomalies.
-
-    ``n`` counts rows (a record repeated 30 times counts 30 times) and ties at the cut are labelled
-    together, so every copy of a repeated anomaly is flagged. When the ties at the cut would label
-    more than half the rows, only the scores strictly above the cut are labelled (when any are).
-    With ``contamination="auto"`` the rows above Tukey's upper fence of the scores are anomalies;
-    when that flags no row, or more than half, the anomalies are not a tail of this score and the
-    top :data:`AUTO_FALLBACK_SHARE` is used instead (logged).
+    """Labels and threshold of :func:`anomaly_detection.detect.threshold.cut_scores` (fixed share or ``auto``).
 
     Parameters
     ----------
@@ -93,24 +73,22 @@ def top_share_labels(scores: np.ndarray, contamination: float | str) -> tuple[np
     threshold : float
         The lowest score among the rows labelled anomalous.
     """
-    n = len(scores)
-    if contamination == "auto":
-        above = scores > tukey_fence(scores)
-        if 0 < above.sum() <= n / 2:
-            return above.astype(np.int8), float(scores[above].min())
-        log.warning(
-            "contamination auto: %d of %d rows above the fence; using the top %.0f%% instead",
-            int(above.sum()), n, 100 * AUTO_FALLBACK_SHARE,
-        )  # fmt: skip
-        contamination = AUTO_FALLBACK_SHARE
-    k = min(n, max(1, math.ceil(contamination * n)))
-    cut = np.partition(scores, n - k)[n - k]
-    flagged = scores >= cut
-    if flagged.sum() > max(k, n / 2):
-        strictly = scores > cut
-        if strictly.any():
-            flagged = strictly
-    return flagged.astype(np.int8), float(scores[flagged].min())
+    cut = cut_scores(scores, contamination)
+    return cut.labels, cut.threshold
+
+
+def robust_standardise(scores: np.ndarray) -> np.ndarray:
+    """Scores as robust z-scores, ``(s - median) / (1.4826 MAD)``, so detectors of any scale combine.
+
+    The median and MAD are not moved by the anomalies themselves (a mean and standard deviation
+    are). With a MAD of 0 (most rows score the same), the mean absolute deviation from the median
+    stands in (scaled by 1.2533, equal to the standard deviation for normal data); with that 0 too,
+    the scores are only centred.
+    """
+    centre = float(np.median(scores))
+    deviations = np.abs(scores - centre)
+    spread = 1.4826 * float(np.median(deviations)) or 1.2533 * float(deviations.mean()) or 1.0
+    return (scores - centre) / spread
 
 
 def sample_indices(n_rows: int, size: int, rng: np.random.Generator) -> np.ndarray | None:
