@@ -1,8 +1,13 @@
-"""Wall time and peak memory of the whole native pipeline (local demo API -> report).
+"""Wall time and peak memory of the whole native pipeline (local demo API -> report), against a floor.
 
 For each size, the demo API runs in its own process and the CLI (`python -m anomaly_detection run`)
 in another; the figures are the CLI process's wall time (start to exit, imports included) and its
 peak resident memory (from wait4's rusage). Simple mode, default config otherwise.
+
+The floor is the least work the job needs, measured in the same run on the same input:
+`bench/floor.py` in its own process parses the raw pages the CLI run saved, flattens them, fits
+one Isolation Forest and one KMeans and scores every row. `ratio` is the CLI's wall time over the
+floor's (targets: <= 4 at 100k and 1M rows; the CLI at 10k rows in <= 5 s).
 
     .venv/bin/python bench/native_scale.py                 # 10k, 100k, 1M rows
     .venv/bin/python bench/native_scale.py --rows 10000    # one size
@@ -62,12 +67,13 @@ def start_api(rows: int, features: int, port: int) -> subprocess.Popen:
 
 
 def run_cli(args: list[str]) -> tuple[float, float, int, str]:
+    return _timed([sys.executable, "-m", "anomaly_detection", "run", *args])
+
+
+def _timed(command: list[str]) -> tuple[float, float, int, str]:
+    """Run ``command``: its wall seconds, peak RSS (MiB), exit code, and stdout (stderr's end on failure)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_detection", "run", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     out = proc.stdout.read().decode()
@@ -105,6 +111,14 @@ def bench(rows: int, features: int, mode: str, workdir: Path) -> dict:
     if code != 0:
         raise SystemExit(f"pipeline failed for {rows} rows: {text}")
     run_dir = workdir / "runs" / f"bench-{rows}"
+    floor_wall, _, floor_code, floor_text = _timed(
+        [sys.executable, str(ROOT / "bench" / "floor.py"), str(run_dir / "raw")]
+    )
+    if floor_code != 0:
+        raise SystemExit(f"floor failed for {rows} rows: {floor_text}")
+    floor = json.loads(floor_text.strip().splitlines()[-1])
+    if floor["rows"] != rows:
+        raise SystemExit(f"the floor read {floor['rows']} rows, the run {rows}")
     results = json.loads((run_dir / "results.json").read_text())
     log_text = (run_dir / "pipeline.log").read_text()
     finished = re.findall(r"finished in ([0-9.]+)s", log_text)
@@ -113,6 +127,8 @@ def bench(rows: int, features: int, mode: str, workdir: Path) -> dict:
         "rows": rows,
         "features": len(results["features"]),
         "wall_s": round(wall, 2),
+        "floor_s": round(floor_wall, 2),
+        "ratio": round(wall / floor_wall, 2),
         "pipeline_s": float(finished[-1]) if finished else float("nan"),
         "peak_rss_mib": round(rss_mib, 1),
         "configs": len(results["models"]),
@@ -171,13 +187,16 @@ def main() -> int:
         "guard MiB: the memory guard's peak estimates while ingesting / before preprocessing (memory.py), beside the measured peak"
     )
     print(
-        f"{'rows':>9} {'features':>8} {'wall s':>8} {'pipeline s':>10} {'peak RSS MiB':>13} {'guard MiB':>12} {'configs':>7} {'anomalies':>9} {'report MB':>9} {'report s':>8}  best"
+        "floor s: bench/floor.py on the same raw pages (parse, flatten, one Isolation Forest, one KMeans); ratio = wall / floor"
+    )
+    print(
+        f"{'rows':>9} {'features':>8} {'wall s':>8} {'floor s':>8} {'ratio':>6} {'pipeline s':>10} {'peak RSS MiB':>13} {'guard MiB':>12} {'configs':>7} {'anomalies':>9} {'report MB':>9} {'report s':>8}  best"
     )
     with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
         for rows in sizes:
             r = bench(rows, args.features, args.mode, Path(tmp))
             print(
-                f"{r['rows']:>9} {r['features']:>8} {r['wall_s']:>8} {r['pipeline_s']:>10} {r['peak_rss_mib']:>13} {r['estimates_mib']:>12} {r['configs']:>7}"
+                f"{r['rows']:>9} {r['features']:>8} {r['wall_s']:>8} {r['floor_s']:>8} {r['ratio']:>6} {r['pipeline_s']:>10} {r['peak_rss_mib']:>13} {r['estimates_mib']:>12} {r['configs']:>7}"
                 f" {r['anomalies']:>9} {r['report_mb']:>9} {r['select_report_s']:>8}  {r['best']}",
                 flush=True,
             )

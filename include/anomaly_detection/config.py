@@ -183,9 +183,7 @@ class SparkConfig(_Model):
 
 
 class ModelingConfig(_Model):
-    algorithms: list[Algorithm] = Field(
-        default_factory=lambda: ["ensemble", "isolation_forest", "kmeans", "dbscan"]
-    )
+    algorithms: list[Algorithm] = Field(default_factory=lambda: ["ensemble"])
     hyperparameters: Literal["simple", "complex"] = "simple"
     #: Share of rows flagged (0 < c <= CONTAMINATION_MAX), or "auto": a cut read from each model's
     #: scores (anomaly_detection.detect.threshold).

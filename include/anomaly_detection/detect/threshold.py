@@ -115,19 +115,33 @@ def cut_scores(scores: np.ndarray, contamination: float | str, *, seed: int = 0)
     n = len(scores)
     if contamination != "auto":
         labels, threshold = _top(scores, math.ceil(float(contamination) * n))
-        return Cut(labels, threshold, f"a fixed {_percent(float(contamination))} of rows (modeling.contamination)")
+        return Cut(
+            labels, threshold, f"a fixed {_percent(float(contamination))} of rows (modeling.contamination)"
+        )
     low, high = max(1, math.ceil(MIN_SHARE * n)), max(1, math.floor(MAX_SHARE * n))
     cut = mixture_cut(scores, seed=seed)
     if cut is None:
         labels, threshold = _top(scores, low)
-        return Cut(labels, threshold, f"the scores form no separate upper group: the top {_percent(MIN_SHARE)} (the floor of contamination auto)")
+        return Cut(
+            labels,
+            threshold,
+            f"the scores form no separate upper group: the top {_percent(MIN_SHARE)} (the floor of contamination auto)",
+        )
     above = int((scores >= cut).sum())
     if above < low:
         labels, threshold = _top(scores, low)
-        return Cut(labels, threshold, f"the scores' upper group holds {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)}")
+        return Cut(
+            labels,
+            threshold,
+            f"the scores' upper group holds {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)}",
+        )
     if above > high:
         labels, threshold = _top(scores, high)
-        return Cut(labels, threshold, f"the scores' upper group holds {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}")
+        return Cut(
+            labels,
+            threshold,
+            f"the scores' upper group holds {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}",
+        )
     labels = (scores >= cut).astype(np.int8)
     return Cut(labels, float(cut), "the scores' upper group: a two-group mixture of the scores puts these rows in the high group")  # fmt: skip
 

@@ -66,20 +66,23 @@ def draw_figures(
         if len(inputs.scores) >= total_rows
         else f"a uniform random sample of {len(inputs.scores):,} of the {total_rows:,} rows"
     )
+    rule = str(((inputs.best or {}).get("info") or {}).get("threshold_rule") or "")
     add(
         "scores",
-        "Anomaly score distribution",
-        lambda: plots.score_distribution(inputs.scores, inputs.threshold),
-        f"Scores of {which} under the selected model; rows above the dashed threshold are flagged.",
+        "Anomaly scores and the cut",
+        lambda: plots.score_distribution(inputs.scores, inputs.threshold, rows_total=total_rows),
+        f"Scores of {which} under the selected model. Left: their distribution; right: the scores ranked "
+        "from the highest. Rows at or above the dashed cut are flagged" + (f": {rule}." if rule else "."),
         "No finite scores to draw.",
     )
-    add(
-        "models",
-        "Model comparison",
-        lambda: plots.model_comparison(inputs.models, best_index),
-        "Selection metric of every configuration tried, coloured by algorithm; the hatched bar is the selected one.",
-        "No configurations to compare.",
-    )
+    if len(inputs.models or []) > 1:  # one configuration: nothing to compare
+        add(
+            "models",
+            "Model comparison",
+            lambda: plots.model_comparison(inputs.models, best_index),
+            "Selection metric of every configuration tried, coloured by algorithm; the hatched bar is the selected one.",
+            "No configurations to compare.",
+        )
     add(
         "scatter",
         "Anomalies in feature space" if n_features >= 2 else "Anomalies along the single feature",

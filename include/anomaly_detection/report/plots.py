@@ -132,17 +132,22 @@ def correlation_heatmap(features: np.ndarray, feature_names: Sequence[str]) -> s
     return _to_base64(fig)
 
 
-def score_distribution(scores: np.ndarray, threshold: float | None, bins: int = 60) -> str | None:
-    """Draw the histogram of anomaly scores with the decision threshold.
+def score_distribution(
+    scores: np.ndarray, threshold: float | None, bins: int = 60, *, rows_total: int | None = None
+) -> str | None:
+    """Draw the histogram of anomaly scores and the ranked-score curve, both with the cut.
 
     Parameters
     ----------
     scores : numpy.ndarray
-        Anomaly score of every row (higher is more anomalous); may hold millions of values.
+        Anomaly score of every row, or of a uniform sample of the rows (higher is more anomalous);
+        may hold millions of values.
     threshold : float or None
-        Score from which a row is flagged; drawn as a vertical line when finite.
+        Score from which a row is flagged; drawn as a dashed line when finite.
     bins : int, optional
         Number of histogram bins.
+    rows_total : int, optional
+        The rows ``scores`` stand for when they are a sample: ranks are scaled to it.
 
     Returns
     -------
@@ -163,8 +168,8 @@ def score_distribution(scores: np.ndarray, threshold: float | None, bins: int = 
         # the bin holding the threshold counts as flagged only if most of it lies above it
         flagged |= (edges[:-1] < thr) & (edges[1:] > thr) & ((edges[1:] - thr) > (thr - edges[:-1]))
 
-    fig = _new_figure(9.0, 4.2)
-    ax = fig.add_subplot()
+    fig = _new_figure(12.0, 4.2)
+    ax, ranked_ax = fig.subplots(1, 2, width_ratios=[1.15, 1])
     widths = np.diff(edges)
     colours = np.where(flagged, ANOMALY_COLOUR, NORMAL_COLOUR)
     ax.bar(edges[:-1], counts, width=widths, align="edge", color=colours, edgecolor="white", linewidth=0.4)
@@ -175,15 +180,37 @@ def score_distribution(scores: np.ndarray, threshold: float | None, bins: int = 
         ax.set_ylabel("rows")
     ax.set_xlabel("anomaly score (higher = more anomalous)")
     handles = [Patch(color=NORMAL_COLOUR, label="normal"), Patch(color=ANOMALY_COLOUR, label="flagged")]
+    scale = max(1.0, (rows_total or s.size) / s.size)
+    above = int((s >= thr).sum()) if thr is not None else 0
     if thr is not None:
-        above = int((s >= thr).sum())
         line = ax.axvline(thr, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.5)
-        line.set_label(f"threshold {thr:.4g} ({above:,} rows at or above)")
+        line.set_label(f"threshold {thr:.4g} ({round(above * scale):,} rows at or above)")
         handles.append(line)
     ax.legend(handles=handles, loc="best", fontsize=9, framealpha=0.9)
-    ax.set_title(f"Anomaly score distribution ({s.size:,} rows)")
+    ax.set_title(f"Score distribution ({s.size:,} rows)")
     ax.grid(axis="y", alpha=0.3)
+    _ranked_scores(ranked_ax, s, above, scale)
     return _to_base64(fig)
+
+
+def _ranked_scores(ax: Any, scores: np.ndarray, flagged: int, scale: float) -> None:
+    """Scores from the highest down against their rank (log scale, at most about 2,000 points drawn),
+    the flagged ranks in red and the cut as a dashed line."""
+    ordered = np.sort(scores)[::-1]
+    positions = np.unique(np.geomspace(1, ordered.size, num=min(ordered.size, 2000)).astype(int)) - 1
+    ranks = (positions + 1) * scale
+    ax.plot(ranks, ordered[positions], color=NORMAL_COLOUR, linewidth=1.6)
+    top = positions < flagged
+    if top.any():
+        ax.plot(ranks[top], ordered[positions[top]], color=ANOMALY_COLOUR, linewidth=2.2, label="flagged")
+        ax.axvline(flagged * scale, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.5,
+                   label=f"cut at rank {round(flagged * scale):,}")  # fmt: skip
+        ax.legend(loc="best", fontsize=9, framealpha=0.9)
+    ax.set_xscale("log")
+    ax.set_xlabel("rank (1 = highest score, log scale)")
+    ax.set_ylabel("anomaly score")
+    ax.set_title("Ranked scores and the cut")
+    ax.grid(alpha=0.3)
 
 
 def _config_label(model: dict[str, Any], index: int) -> str:

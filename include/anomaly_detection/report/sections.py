@@ -274,7 +274,7 @@ def _why_best(models: list[dict], best: dict) -> tuple[str, str | None]:
         why = (
             "default selection: the ensemble of "
             + " and ".join(map(str, info.get("members") or ["its members"]))
-            + " (standardised scores, maximum)"
+            + " (robustly standardised scores, maximum)"
             + (
                 f"; the members' rank agreement is {format_number(agreement, 2)} (Spearman)"
                 if agreement is not None
@@ -326,6 +326,7 @@ def verdict_section(inputs: ReportInputs, warnings: list[str]) -> dict[str, Any]
         "params": _format_params(best.get("params")),
         "why": why,
         "runner_up": runner_up,
+        "cut": str((best.get("info") or {}).get("threshold_rule") or ""),
         "warning_count": len(warnings),
         "drifted": drifted,
         "has_history": bool(inputs.history and inputs.history.previous),
