@@ -3,9 +3,9 @@
 ``modeling.contamination`` is either a fixed share (``0.05``: the top 5 % of rows) or ``auto``, the
 default: a cut read from the scores themselves, without labels.
 
-``auto`` fits a two-component Gaussian mixture to the scores (on a seeded sample of at most
-:data:`MIXTURE_SAMPLE` of them) and cuts where the upper component stops being the more likely one,
-walking down from the highest score. The share that gives is clipped to
+``auto`` fits a Gaussian mixture to the scores (on a seeded sample of at most
+:data:`MIXTURE_SAMPLE` of them; see :func:`mixture_cut`) and cuts where its upper group stops being
+the more likely one, walking down from the highest score. The share that gives is clipped to
 [:data:`MIN_SHARE`, :data:`MAX_SHARE`]: a mixture that finds no separate upper group still flags the
 most extreme :data:`MIN_SHARE`, and one that splits the bulk of the data in two flags at most
 :data:`MAX_SHARE`. ``docs/SELECTION.md`` gives the evidence (mean F1 over the 32 development sets)
@@ -49,38 +49,70 @@ class Cut:
     basis: str
 
 
-def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
-    """The score from which a two-component Gaussian mixture puts the rows in its upper component.
+#: Ashman's D above which a mixture component counts as separate from the bulk (the usual bound
+#: for a clean split of two normal groups; Ashman, Bird and Zepf, 1994).
+SEPARATION = 2.0
 
-    Fitted on at most :data:`MIXTURE_SAMPLE` scores (seeded sample). Walking down from the highest
-    score, the cut is the lowest score before the upper component's posterior drops to 0.5 or less.
-    None when the scores take fewer than 3 distinct values or the highest score does not belong to
-    the upper component (a wide lower component owns the tail: no separate group).
+
+def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
+    """The score from which a Gaussian mixture of the scores puts a row in an upper group.
+
+    On a seeded sample of at most :data:`MIXTURE_SAMPLE` scores:
+
+    1. a three-component mixture; its heaviest component is the bulk, and the upper groups are
+       the components with a higher mean that are separated from it (Ashman's D above
+       :data:`SEPARATION`); a heavy but continuous tail of the bulk is not separated from it;
+    2. when no component is separated, a two-component mixture, whose upper component is the
+       upper group.
+
+    Walking down from the highest score, the cut is the lowest score before the upper groups'
+    posterior drops to 0.5 or less.
 
     Parameters
     ----------
     scores : ndarray of shape (n_rows,)
         Finite scores, higher means more anomalous.
     seed : int
+
+    Returns
+    -------
+    float or None
+        None when the scores take fewer than 3 distinct values or the highest score is not in an
+        upper group.
     """
+    return _mixture(scores, seed)[0]
+
+
+def _mixture(scores: np.ndarray, seed: int) -> tuple[float | None, int]:
+    """:func:`mixture_cut` and the number of components behind it (3 or 2; 0: no cut)."""
     from sklearn.mixture import GaussianMixture
 
     sample = scores
     if len(scores) > MIXTURE_SAMPLE:
         sample = np.random.default_rng(seed).choice(scores, MIXTURE_SAMPLE, replace=False)
     values = np.unique(sample)[::-1]
-    if len(values) < 3:
-        return None
+    if len(values) < 4:
+        return None, 0
     spread = float(values[0] - values[-1])
-    mixture = GaussianMixture(2, random_state=seed, reg_covar=1e-6 * spread**2 + 1e-12)
-    mixture.fit(sample[:, None])
-    upper = int(np.argmax(mixture.means_.ravel()))
-    in_upper = mixture.predict_proba(values[:, None])[:, upper] > 0.5
-    if not in_upper[0]:
-        return None
-    leaving = np.flatnonzero(~in_upper)
-    last = (leaving[0] - 1) if len(leaving) else len(values) - 1
-    return float(values[last])
+    for components in (3, 2):
+        mixture = GaussianMixture(components, random_state=seed, reg_covar=1e-6 * spread**2 + 1e-12)
+        mixture.fit(sample[:, None])
+        means, sds = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel())
+        bulk = int(np.argmax(mixture.weights_))
+        if components == 3:
+            separation = np.sqrt(2) * (means - means[bulk]) / np.sqrt(sds**2 + sds[bulk] ** 2)
+            upper = np.flatnonzero(separation > SEPARATION)
+            if not len(upper):
+                continue
+        else:
+            upper = np.array([int(np.argmax(means))])
+        in_upper = mixture.predict_proba(values[:, None])[:, upper].sum(axis=1) > 0.5
+        if not in_upper[0]:
+            return None, 0
+        leaving = np.flatnonzero(~in_upper)
+        last = (leaving[0] - 1) if len(leaving) else len(values) - 1
+        return float(values[last]), components
+    return None, 0
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -119,31 +151,29 @@ def cut_scores(scores: np.ndarray, contamination: float | str, *, seed: int = 0)
             labels, threshold, f"a fixed {_percent(float(contamination))} of rows (modeling.contamination)"
         )
     low, high = max(1, math.ceil(MIN_SHARE * n)), max(1, math.floor(MAX_SHARE * n))
-    cut = mixture_cut(scores, seed=seed)
+    cut, components = _mixture(scores, seed)
     if cut is None:
         labels, threshold = _top(scores, low)
-        return Cut(
-            labels,
-            threshold,
-            f"the scores form no separate upper group: the top {_percent(MIN_SHARE)} (the floor of contamination auto)",
-        )
+        return Cut(labels, threshold, f"the scores form no separate upper group: the top {_percent(MIN_SHARE)} of rows (the floor of contamination auto)")  # fmt: skip
+    group = (
+        "a three-group mixture of the scores separates an upper group from the bulk"
+        if components == 3
+        else "a two-group mixture of the scores puts them in its upper group"
+    )
     above = int((scores >= cut).sum())
     if above < low:
         labels, threshold = _top(scores, low)
         return Cut(
             labels,
             threshold,
-            f"the scores' upper group holds {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)}",
+            f"{group}, {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)} of rows",
         )
     if above > high:
         labels, threshold = _top(scores, high)
         return Cut(
-            labels,
-            threshold,
-            f"the scores' upper group holds {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}",
+            labels, threshold, f"{group}, {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}"
         )
-    labels = (scores >= cut).astype(np.int8)
-    return Cut(labels, float(cut), "the scores' upper group: a two-group mixture of the scores puts these rows in the high group")  # fmt: skip
+    return Cut((scores >= cut).astype(np.int8), float(cut), f"{group} (scores from {cut:.4g})")
 
 
 def _percent(share: float) -> str:
