@@ -16,12 +16,7 @@ def test_params_override_the_config_file_and_empty_fields_keep_it():
     )
     assert cfg.modeling.contamination == 0.1
     assert cfg.processing.mode == "native"  # from demo.yaml
-    assert cfg.modeling.algorithms == [
-        "ensemble",
-        "isolation_forest",
-        "kmeans",
-        "dbscan",
-    ]  # the default: an empty list keeps it
+    assert cfg.modeling.algorithms == ["ensemble"]  # the default: an empty list keeps it
     assert cfg.output.runs_dir.endswith("runs")
 
 

@@ -62,8 +62,8 @@ def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
     1. a three-component mixture; its heaviest component is the bulk, and the upper groups are
        the components with a higher mean that are separated from it (Ashman's D above
        :data:`SEPARATION`); a heavy but continuous tail of the bulk is not separated from it;
-    2. when no component is separated, a two-component mixture, whose upper component is the
-       upper group.
+    2. when the highest component is not separated, a two-component mixture, whose upper
+       component is the upper group.
 
     Walking down from the highest score, the cut is the lowest score before the upper groups'
     posterior drops to 0.5 or less.
@@ -102,7 +102,7 @@ def _mixture(scores: np.ndarray, seed: int) -> tuple[float | None, int]:
         if components == 3:
             separation = np.sqrt(2) * (means - means[bulk]) / np.sqrt(sds**2 + sds[bulk] ** 2)
             upper = np.flatnonzero(separation > SEPARATION)
-            if not len(upper):
+            if np.argmax(means) not in upper:  # the highest scores are no separate group
                 continue
         else:
             upper = np.array([int(np.argmax(means))])
