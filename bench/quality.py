@@ -33,6 +33,7 @@ import argparse
 import math
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -447,9 +448,9 @@ def main() -> int:
     closing = summary_lines(summary, len(rows), len(files), seconds, sum(r["seconds"] for r in rows))
     print("\n".join(closing))
     if args.markdown:
-        command = "bench/quality.py " + " ".join(sys.argv[1:])
+        command = shlex.join(["bench/quality.py", *sys.argv[1:]])
         preamble = [
-            f"Command: `{command.strip()}` (started {started_at}, {seconds / 60:.0f} min).",
+            f"Command: `{command}` (started {started_at}, {seconds / 60:.0f} min).",
             "",
             f"Setup: {setup}.",
             "",
