@@ -4,12 +4,12 @@
 default: a cut read from the scores themselves, without labels.
 
 ``auto`` fits a Gaussian mixture to the scores (on a seeded sample of at most
-:data:`MIXTURE_SAMPLE` of them; see :func:`mixture_cut`) and cuts where its upper group stops being
-the more likely one, walking down from the highest score. The share that gives is clipped to
-[:data:`MIN_SHARE`, :data:`MAX_SHARE`]: a mixture that finds no separate upper group still flags the
-most extreme :data:`MIN_SHARE`, and one that splits the bulk of the data in two flags at most
-:data:`MAX_SHARE`. ``docs/SELECTION.md`` gives the evidence (mean F1 over the 32 development sets)
-for this rule against the Tukey fence, the largest gap, EVT and the PyThresh methods.
+:data:`MIXTURE_SAMPLE` of them; see :func:`mixture_cut`). When it separates an upper group from the
+bulk, the cut is where that group stops being the more likely one, and the share it gives is
+clipped to [:data:`MIN_SHARE`, :data:`MAX_SHARE`]. When the scores form no separate group, the top
+:data:`FALLBACK_SHARE` is flagged, and the verdict says so. ``docs/SELECTION.md`` gives the
+evidence (mean F1 over the 32 development sets) for this rule against the Tukey fence, the largest
+gap, EVT and the PyThresh methods.
 
 Every cut counts rows (a record repeated 30 times counts 30 times) and labels ties at the cut
 together, so every copy of a repeated anomaly is flagged.
@@ -25,6 +25,8 @@ import numpy as np
 #: Fewest and most rows ``auto`` flags, as shares of the rows.
 MIN_SHARE = 0.005
 MAX_SHARE = 0.20
+#: Share flagged when the scores form no separate upper group.
+FALLBACK_SHARE = 0.05
 #: Scores the mixture is fitted on at most (a seeded uniform sample of them).
 MIXTURE_SAMPLE = 20_000
 
@@ -55,18 +57,14 @@ SEPARATION = 2.0
 
 
 def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
-    """The score from which a Gaussian mixture of the scores puts a row in an upper group.
+    """The score from which a Gaussian mixture of the scores puts a row in a separate upper group.
 
-    On a seeded sample of at most :data:`MIXTURE_SAMPLE` scores:
-
-    1. a three-component mixture; its heaviest component is the bulk, and the upper groups are
-       the components with a higher mean that are separated from it (Ashman's D above
-       :data:`SEPARATION`); a heavy but continuous tail of the bulk is not separated from it;
-    2. when the highest component is not separated, a two-component mixture, whose upper
-       component is the upper group.
-
-    Walking down from the highest score, the cut is the lowest score before the upper groups'
-    posterior drops to 0.5 or less.
+    A three-component mixture is fitted to a seeded sample of at most :data:`MIXTURE_SAMPLE`
+    scores. Its heaviest component is the bulk; the upper group is the components with a higher
+    mean separated from it by Ashman's D above :data:`SEPARATION`, and it must hold the highest
+    component (a heavy but continuous tail of the bulk is no separate group). Walking down from the
+    highest score, the cut is the lowest score before the upper group's posterior drops to 0.5 or
+    less.
 
     Parameters
     ----------
@@ -77,14 +75,8 @@ def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
     Returns
     -------
     float or None
-        None when the scores take fewer than 3 distinct values or the highest score is not in an
-        upper group.
+        None when there is no separate upper group (or the scores take fewer than 4 values).
     """
-    return _mixture(scores, seed)[0]
-
-
-def _mixture(scores: np.ndarray, seed: int) -> tuple[float | None, int]:
-    """:func:`mixture_cut` and the number of components behind it (3 or 2; 0: no cut)."""
     from sklearn.mixture import GaussianMixture
 
     sample = scores
@@ -92,27 +84,21 @@ def _mixture(scores: np.ndarray, seed: int) -> tuple[float | None, int]:
         sample = np.random.default_rng(seed).choice(scores, MIXTURE_SAMPLE, replace=False)
     values = np.unique(sample)[::-1]
     if len(values) < 4:
-        return None, 0
+        return None
     spread = float(values[0] - values[-1])
-    for components in (3, 2):
-        mixture = GaussianMixture(components, random_state=seed, reg_covar=1e-6 * spread**2 + 1e-12)
-        mixture.fit(sample[:, None])
-        means, sds = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel())
-        bulk = int(np.argmax(mixture.weights_))
-        if components == 3:
-            separation = np.sqrt(2) * (means - means[bulk]) / np.sqrt(sds**2 + sds[bulk] ** 2)
-            upper = np.flatnonzero(separation > SEPARATION)
-            if np.argmax(means) not in upper:  # the highest scores are no separate group
-                continue
-        else:
-            upper = np.array([int(np.argmax(means))])
-        in_upper = mixture.predict_proba(values[:, None])[:, upper].sum(axis=1) > 0.5
-        if not in_upper[0]:
-            return None, 0
-        leaving = np.flatnonzero(~in_upper)
-        last = (leaving[0] - 1) if len(leaving) else len(values) - 1
-        return float(values[last]), components
-    return None, 0
+    mixture = GaussianMixture(3, random_state=seed, reg_covar=1e-6 * spread**2 + 1e-12)
+    mixture.fit(sample[:, None])
+    means, sds = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel())
+    bulk = int(np.argmax(mixture.weights_))
+    separation = np.sqrt(2) * (means - means[bulk]) / np.sqrt(sds**2 + sds[bulk] ** 2)
+    upper = np.flatnonzero(separation > SEPARATION)
+    if int(np.argmax(means)) not in upper:
+        return None
+    in_upper = mixture.predict_proba(values[:, None])[:, upper].sum(axis=1) > 0.5
+    if not in_upper[0]:
+        return None
+    leaving = np.flatnonzero(~in_upper)
+    return float(values[(leaving[0] - 1) if len(leaving) else len(values) - 1])
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -150,30 +136,48 @@ def cut_scores(scores: np.ndarray, contamination: float | str, *, seed: int = 0)
         return Cut(
             labels, threshold, f"a fixed {_percent(float(contamination))} of rows (modeling.contamination)"
         )
+    cut = mixture_cut(scores, seed=seed)
+    above = 0 if cut is None else int((scores >= cut).sum())
+    top, basis = auto_case(cut, above, n)
+    if top is not None:
+        labels, threshold = _top(scores, top)
+        return Cut(labels, threshold, basis)
+    return Cut((scores >= cut).astype(np.int8), float(cut), basis)
+
+
+def auto_case(cut: float | None, above: int, n: int) -> tuple[int | None, str]:
+    """Which case of ``auto`` a mixture cut falls in, from counts alone (both engines use it).
+
+    Parameters
+    ----------
+    cut : float or None
+        :func:`mixture_cut` of the scores (None: no separate upper group).
+    above : int
+        Rows scoring at least ``cut`` (ignored when ``cut`` is None).
+    n : int
+        Rows in all.
+
+    Returns
+    -------
+    top : int or None
+        How many of the highest-scoring rows to flag: the fallback share when there is no separate
+        group, or the group's share clipped to [:data:`MIN_SHARE`, :data:`MAX_SHARE`]; None: flag
+        the rows scoring at least ``cut``.
+    basis : str
+        The words for the cut (``info["threshold_rule"]``).
+    """
     low, high = max(1, math.ceil(MIN_SHARE * n)), max(1, math.floor(MAX_SHARE * n))
-    cut, components = _mixture(scores, seed)
+    group = "a mixture of the scores separates an upper group from the bulk"
     if cut is None:
-        labels, threshold = _top(scores, low)
-        return Cut(labels, threshold, f"the scores form no separate upper group: the top {_percent(MIN_SHARE)} of rows (the floor of contamination auto)")  # fmt: skip
-    group = (
-        "a three-group mixture of the scores separates an upper group from the bulk"
-        if components == 3
-        else "a two-group mixture of the scores puts them in its upper group"
-    )
-    above = int((scores >= cut).sum())
+        return max(1, math.ceil(FALLBACK_SHARE * n)), (
+            f"the scores form no separate upper group, so the top {_percent(FALLBACK_SHARE)} of rows "
+            "(the fallback of contamination auto; set a share to choose another)"
+        )
     if above < low:
-        labels, threshold = _top(scores, low)
-        return Cut(
-            labels,
-            threshold,
-            f"{group}, {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)} of rows",
-        )
+        return low, f"{group} of {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)} of rows"
     if above > high:
-        labels, threshold = _top(scores, high)
-        return Cut(
-            labels, threshold, f"{group}, {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}"
-        )
-    return Cut((scores >= cut).astype(np.int8), float(cut), f"{group} (scores from {cut:.4g})")
+        return high, f"{group} of {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}"
+    return None, f"{group}: {above:,} rows score {cut:.4g} or more"
 
 
 def _percent(share: float) -> str:
