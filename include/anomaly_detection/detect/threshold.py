@@ -60,11 +60,11 @@ def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
     """The score from which a Gaussian mixture of the scores puts a row in a separate upper group.
 
     A three-component mixture is fitted to a seeded sample of at most :data:`MIXTURE_SAMPLE`
-    scores. Its heaviest component is the bulk; the upper group is the components with a higher
-    mean separated from it by Ashman's D above :data:`SEPARATION`, and it must hold the highest
-    component (a heavy but continuous tail of the bulk is no separate group). Walking down from the
-    highest score, the cut is the lowest score before the upper group's posterior drops to 0.5 or
-    less.
+    scores. Its heaviest component is the bulk. The highest component is the upper group when it is
+    separated from the bulk by Ashman's D above :data:`SEPARATION` (a heavy but continuous tail of
+    the bulk is no separate group); the middle component joins it when it is separated from the
+    bulk too and nearer (by D) to the highest than to the bulk. Walking down from the highest
+    score, the cut is the lowest score before the upper group's posterior drops to 0.5 or less.
 
     Parameters
     ----------
@@ -89,11 +89,21 @@ def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
     mixture = GaussianMixture(3, random_state=seed, reg_covar=1e-6 * spread**2 + 1e-12)
     mixture.fit(sample[:, None])
     means, sds = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel())
-    bulk = int(np.argmax(mixture.weights_))
-    separation = np.sqrt(2) * (means - means[bulk]) / np.sqrt(sds**2 + sds[bulk] ** 2)
-    upper = np.flatnonzero(separation > SEPARATION)
-    if int(np.argmax(means)) not in upper:
+    bulk, top = int(np.argmax(mixture.weights_)), int(np.argmax(means))
+
+    def separation(a: int, b: int) -> float:  # Ashman's D
+        return float(np.sqrt(2) * abs(means[a] - means[b]) / np.sqrt(sds[a] ** 2 + sds[b] ** 2))
+
+    if top == bulk or separation(top, bulk) <= SEPARATION:
         return None
+    upper = [top] + [
+        c
+        for c in range(3)
+        if c not in (top, bulk)
+        and means[c] > means[bulk]
+        and separation(c, bulk) > SEPARATION
+        and separation(c, top) < separation(c, bulk)
+    ]
     in_upper = mixture.predict_proba(values[:, None])[:, upper].sum(axis=1) > 0.5
     if not in_upper[0]:
         return None
