@@ -115,21 +115,56 @@ def cut_scores(scores: np.ndarray, contamination: float | str, *, seed: int = 0)
     n = len(scores)
     if contamination != "auto":
         labels, threshold = _top(scores, math.ceil(float(contamination) * n))
-        return Cut(labels, threshold, f"a fixed {_percent(float(contamination))} of rows (modeling.contamination)")
-    low, high = max(1, math.ceil(MIN_SHARE * n)), max(1, math.floor(MAX_SHARE * n))
+        return Cut(
+            labels, threshold, f"a fixed {_percent(float(contamination))} of rows (modeling.contamination)"
+        )
     cut = mixture_cut(scores, seed=seed)
+    above = 0 if cut is None else int((scores >= cut).sum())
+    top, basis = auto_case(cut, above, n)
+    if top is not None:
+        labels, threshold = _top(scores, top)
+        return Cut(labels, threshold, basis)
+    return Cut((scores >= cut).astype(np.int8), float(cut), basis)
+
+
+def auto_case(cut: float | None, above: int, n: int) -> tuple[int | None, str]:
+    """Which case of ``auto`` a mixture cut falls in, from counts alone (both engines use it).
+
+    Parameters
+    ----------
+    cut : float or None
+        :func:`mixture_cut` of the scores (None: no separate upper group).
+    above : int
+        Rows scoring at least ``cut`` (ignored when ``cut`` is None).
+    n : int
+        Rows in all.
+
+    Returns
+    -------
+    top : int or None
+        How many of the highest-scoring rows to flag when the share is clipped to
+        [:data:`MIN_SHARE`, :data:`MAX_SHARE`] (or no group was found); None: flag the rows scoring
+        at least ``cut``.
+    basis : str
+        The words for the cut (``info["threshold_rule"]``).
+    """
+    low, high = max(1, math.ceil(MIN_SHARE * n)), max(1, math.floor(MAX_SHARE * n))
     if cut is None:
-        labels, threshold = _top(scores, low)
-        return Cut(labels, threshold, f"the scores form no separate upper group: the top {_percent(MIN_SHARE)} (the floor of contamination auto)")
-    above = int((scores >= cut).sum())
+        return (
+            low,
+            f"the scores form no separate upper group: the top {_percent(MIN_SHARE)} (the floor of contamination auto)",
+        )
     if above < low:
-        labels, threshold = _top(scores, low)
-        return Cut(labels, threshold, f"the scores' upper group holds {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)}")
+        return (
+            low,
+            f"the scores' upper group holds {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)}",
+        )
     if above > high:
-        labels, threshold = _top(scores, high)
-        return Cut(labels, threshold, f"the scores' upper group holds {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}")
-    labels = (scores >= cut).astype(np.int8)
-    return Cut(labels, float(cut), "the scores' upper group: a two-group mixture of the scores puts these rows in the high group")  # fmt: skip
+        return (
+            high,
+            f"the scores' upper group holds {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}",
+        )
+    return None, "the scores' upper group: a two-group mixture of the scores puts these rows in the high group"  # fmt: skip
 
 
 def _percent(share: float) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from anomaly_detection.detect.threshold import cut_scores
 
+
 @dataclass
 class DetectorSettings:
     """Settings shared by every detector of a run (keyword-only construction)."""

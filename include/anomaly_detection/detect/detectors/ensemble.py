@@ -13,6 +13,7 @@ from .hbos import histogram_scores
 from .isolation_forest import isolation_forest
 from .knn import neighbour_distances
 
+
 def ensemble(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> Detection:
     """Isolation Forest, HBOS and kNN distance, each robustly standardised, combined by their maximum.
 
@@ -71,5 +72,6 @@ register(
         detect=ensemble,
         grids={"simple": {"n_neighbors": [5]}, "complex": {"n_neighbors": [5]}},
         params=frozenset({"n_neighbors", "reference_rows", "n_bins"}),
+        engines=("native", "spark"),
     )
 )

@@ -13,7 +13,9 @@ from .base import Detection, Detector, DetectorSettings, register, sample_indice
 REFERENCE_ROWS = 10_000
 
 
-def neighbour_distances(X: np.ndarray, *, n_neighbors: int, reference_rows: int, seed: int) -> tuple[np.ndarray, int]:
+def neighbour_distances(
+    X: np.ndarray, *, n_neighbors: int, reference_rows: int, seed: int
+) -> tuple[np.ndarray, int]:
     """Each row's distance to its ``n_neighbors``-th nearest neighbour among a reference sample.
 
     The reference is a seeded uniform sample of at most ``reference_rows`` rows of ``X``; a
@@ -50,7 +52,10 @@ def knn(X: np.ndarray, params: dict[str, Any], settings: DetectorSettings) -> De
     started = time.perf_counter()
     reference_rows = min(int(params.get("reference_rows", REFERENCE_ROWS)), settings.fit_sample_size)
     scores, k = neighbour_distances(
-        X, n_neighbors=int(params.get("n_neighbors", 10)), reference_rows=reference_rows, seed=settings.random_state
+        X,
+        n_neighbors=int(params.get("n_neighbors", 10)),
+        reference_rows=reference_rows,
+        seed=settings.random_state,
     )
     labels, threshold = top_share_labels(scores, settings.contamination)
     info = {"fit_rows": min(len(X), reference_rows), "n_neighbors": k}

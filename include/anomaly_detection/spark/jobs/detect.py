@@ -79,6 +79,7 @@ from anomaly_detection.spark.jobs.common import (
     stage,
     write_parts,
 )
+from anomaly_detection.spark.jobs.members import ensemble_scores, hbos_scores, isolation_forest_scores
 from anomaly_detection.spark.jobs.metrics import spark_threshold, split_metrics
 from anomaly_detection.spark.submit import require_complete
 
@@ -240,7 +241,7 @@ class FitSample:
         from pyspark import StorageLevel
         from pyspark.ml.feature import VectorAssembler
 
-        rows = data.select(*ccols)
+        rows = data.select(POS, *ccols)
         if n > size:
             rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.05 * size / n), seed=seed).limit(
                 size
@@ -254,10 +255,16 @@ class FitSample:
         )
         self.rows = self.frame.count()
         self.ccols = ccols
+        self.distinct = distinct
 
     def head(self, size: int) -> np.ndarray:
         """At most ``size`` sampled rows at the driver, shape ``(rows, n_features)``."""
-        return self.frame.select(*self.ccols).limit(size).toPandas().to_numpy(dtype=np.float64)
+        return self.head_with_positions(size)[1]
+
+    def head_with_positions(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """At most ``size`` sampled rows at the driver: their positions and features."""
+        rows = self.frame.select(POS, *self.ccols).limit(size).toPandas()
+        return rows[POS].to_numpy(dtype=np.int64), rows[self.ccols].to_numpy(dtype=np.float64)
 
     def unpersist(self) -> None:
         self.frame.unpersist()
@@ -342,27 +349,28 @@ def tune_one(
     """Fit, score and evaluate one configuration. Returns the scored rows (``_score``) and the result.
 
     Centroid scores are a JVM expression recomputed by each pass (cheaper than caching a copy of
-    the rows); Isolation Forest scores are Python work, so its scored rows are cached.
+    the rows); Isolation Forest, HBOS and ensemble scores are Python work
+    (:mod:`anomaly_detection.spark.jobs.members`), so their scored rows are cached.
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
     modeling = config.modeling
     keep = [POS, *ccols, *(["_y"] if with_labels else [])]
+    centers = 0
     if algorithm == "isolation_forest":
         scored, info = isolation_forest_scores(data, sample, ccols, keep, params, config=config)
-        # on local disk, where the OS page cache keeps it: a second copy of every row in the heap
-        # is what ran a 3 GiB driver out of memory at 10M rows
-        scored = scored.persist(StorageLevel.DISK_ONLY)
-        centers = 0
+    elif algorithm == "hbos":
+        scored, info = hbos_scores(data, ccols, keep, params, n)
+    elif algorithm == "ensemble":
+        scored, info = ensemble_scores(data, sample, ccols, keep, params, config=config)
     else:
         fitted, info = fit_centroids(sample, algorithm, params, random_state=modeling.random_state)
         info["fit_seconds"] = round(time.perf_counter() - started, 3)
         scored = centroid_scores(data, keep, ccols, fitted)
         centers = len(fitted)
     clock = time.perf_counter()
-    threshold = spark_threshold(scored, n, modeling.contamination, info)
+    threshold = spark_threshold(scored, n, modeling.contamination, info, seed=modeling.random_state)
     info["threshold_seconds"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))
@@ -408,42 +416,6 @@ def tune_one(
         info=info,
     )
     return scored, result
-
-
-def isolation_forest_scores(
-    data: Any,
-    sample: FitSample,
-    ccols: list[str],
-    keep: list[str],
-    params: dict[str, Any],
-    *,
-    config: PipelineConfig,
-) -> tuple[Any, dict[str, Any]]:
-    """scikit-learn's IsolationForest fitted on a bounded random sample at the driver, then scoring
-    every row on the executors with ``mapInPandas`` (score = ``-score_samples``, as the native path).
-
-    The forest subsamples ``max_samples`` rows per tree anyway, so a sample of
-    ``min(fit_sample_size, spark.sample_size)`` rows loses nothing that matters.
-    """
-    from pyspark.sql import functions as F
-    from sklearn.ensemble import IsolationForest
-
-    X = sample.head(min(config.modeling.fit_sample_size, config.spark.sample_size))
-    fitted = dict(params)
-    if isinstance(fitted.get("max_samples"), int):
-        fitted["max_samples"] = min(fitted["max_samples"], len(X))
-    model = IsolationForest(random_state=config.modeling.random_state, n_jobs=1, **fitted).fit(X)
-    broadcast = data.sparkSession.sparkContext.broadcast(model)
-    columns = list(ccols)
-
-    def score(batches):
-        forest = broadcast.value
-        for batch in batches:
-            yield batch.assign(_score=-forest.score_samples(batch[columns].to_numpy(dtype=np.float64)))
-
-    rows = data.select(*keep)
-    schema = rows.select(*keep, F.lit(0.0).alias("_score")).schema
-    return rows.mapInPandas(score, schema=schema), {"fit_rows": len(X), "n_clusters": 1}
 
 
 def save_best(
