@@ -262,8 +262,10 @@ class FitSample:
         return self.head_with_positions(size)[1]
 
     def head_with_positions(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """At most ``size`` sampled rows at the driver: their positions and features."""
-        rows = self.frame.select(POS, *self.ccols).limit(size).toPandas()
+        """At most ``size`` sampled rows at the driver, in position order (whatever order Spark's
+        tasks return them in): their positions and features. A sample of every row is then the
+        native matrix itself, and a seeded fit on it the native fit."""
+        rows = self.frame.select(POS, *self.ccols).limit(size).toPandas().sort_values(POS, kind="stable")
         return rows[POS].to_numpy(dtype=np.int64), rows[self.ccols].to_numpy(dtype=np.float64)
 
     def unpersist(self) -> None:
