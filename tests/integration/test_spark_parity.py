@@ -1,5 +1,5 @@
 """Native <-> Spark parity of the detectors scored in Python on the executors (Isolation Forest, HBOS,
-the default ensemble) and of the ``auto`` cut, at 100k rows x 12 columns.
+ECOD, the default ensemble) and of the ``auto`` cut, at 100k rows x 12 columns.
 
 One preprocess and one detect run (all three detectors, a fixed 5 %), then one detect run of the
 ensemble with ``contamination: auto``; the native detectors run on Spark's own features, so only the
@@ -32,6 +32,7 @@ TOP = 0.05
 PARAMS = {
     "isolation_forest": {"n_estimators": 100, "max_samples": 256},
     "hbos": {"n_bins": 10},
+    "ecod": {},
     "ensemble": {"n_neighbors": 5},
 }
 
@@ -131,7 +132,9 @@ def test_the_auto_cut_of_the_ensemble_on_spark_is_the_native_rule(parity):
     native_count = int(cut.labels.sum())
     result = parity["spark"]["ensemble_auto"]["result"]
     spark_count = len(parity["spark"]["ensemble_auto"]["flagged"])
-    print(f"\nensemble auto: native {native_count} rows ({cut.basis}); Spark {spark_count} ({result['info']['threshold_rule']})")
+    print(
+        f"\nensemble auto: native {native_count} rows ({cut.basis}); Spark {spark_count} ({result['info']['threshold_rule']})"
+    )
     assert result["info"]["threshold_rule"] == cut.basis
     assert spark_count == result["anomaly_count"]
     assert abs(spark_count - native_count) <= 0.03 * native_count

@@ -163,7 +163,7 @@ REFERENCE_SEED = 11
 REFERENCE_MASTER = "local[2]"
 REFERENCE_ALGORITHMS = ["kmeans", "isolation_forest"]
 #: Two KMeans configurations (a grid, and a point mid-way for the fault tests) and an Isolation
-#: Forest; labels; selection by metric (the Spark path has no ensemble); the default imputation.
+#: Forest; labels; selection by metric (the ensemble is not configured); the default imputation.
 REFERENCE_OVERRIDES = {
     "modeling": {
         "algorithms": REFERENCE_ALGORITHMS,

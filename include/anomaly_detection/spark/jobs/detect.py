@@ -1,11 +1,12 @@
-"""Spark detection: pyspark.ml KMeans and Bisecting KMeans, and scikit-learn's Isolation Forest scored
-with ``mapInPandas``, over the configured grids.
+"""Spark detection: pyspark.ml KMeans and Bisecting KMeans; scikit-learn's Isolation Forest, HBOS, ECOD
+and the default ensemble scored with ``mapInPandas`` (:mod:`anomaly_detection.spark.jobs.members`), over the
+configured grids.
 
     spark-submit spark_jobs/detect.py --run-dir DIR --config DIR/config.resolved.yaml [--algorithm NAME]
 
 Reads ``features.spark.parquet`` (written by ``preprocess.py``) and, for every configured algorithm
-that runs on Spark (``isolation_forest``, ``kmeans``, ``bisecting_kmeans``; DBSCAN is skipped with a
-warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best
+that runs on Spark (``ensemble``, ``isolation_forest``, ``hbos``, ``ecod``, ``kmeans``,
+``bisecting_kmeans``; DBSCAN, kNN and LOF are skipped with a warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best
 configuration, the scored outputs of :mod:`anomaly_detection.detect.scored`: the flagged rows (position and
 score, part files written by Spark) and a bounded report sample. They are what
 :func:`anomaly_detection.pipeline.stages.detect_stage` writes, so the common select, report and review steps
@@ -18,9 +19,11 @@ threshold and the metrics of the split are in :mod:`anomaly_detection.spark.jobs
   ``fit_sample_size`` rows, and every row's score is its Euclidean distance to the nearest centroid,
   a JVM expression;
 * Isolation Forest is fitted at the driver on at most ``min(fit_sample_size, spark.sample_size)``
-  sampled rows, broadcast, and scores every row on the executors (``-score_samples``);
+  sampled rows, broadcast, and scores every row on the executors (``-score_samples``); HBOS, ECOD and
+  the ensemble: :mod:`anomaly_detection.spark.jobs.members`;
 * the threshold is ``approxQuantile(score, 1 - top/n)`` with ``top = ceil(contamination * n)``, so
   about ``top`` rows score above it (exactly ``top`` up to ties while ``n * QUANTILE_ERROR < 1``);
+  ``contamination: auto`` is the native mixture cut (:func:`~anomaly_detection.spark.jobs.metrics.spark_threshold`);
 * silhouette of the anomaly/normal split, ClusteringEvaluator's squared-Euclidean definition (equal to
   scikit-learn's with ``metric="sqeuclidean"``) over every row in linear time, computed in closed form
   from the group sums (ClusteringEvaluator itself took 8x longer); Davies-Bouldin and
@@ -29,7 +32,8 @@ threshold and the metrics of the split are in :mod:`anomaly_detection.spark.jobs
 * with a label column, ROC-AUC and PR-AUC from ``BinaryClassificationEvaluator`` on the score, and
   precision, recall and F1 from the confusion counts.
 
-Only aggregates and bounded samples reach the driver: the fit samples, and the report sample of at
+Only aggregates and bounded samples reach the driver: the fit samples, at most 20,000 scores for
+``contamination: auto`` (and for the ensemble's ``member_agreement``), and the report sample of at
 most ``report.plot_sample_size + report.top_anomalies`` rows.
 
 The job needs the preprocess job's completion marker. It first removes its own marker (and, run for
@@ -79,7 +83,12 @@ from anomaly_detection.spark.jobs.common import (
     stage,
     write_parts,
 )
-from anomaly_detection.spark.jobs.members import ensemble_scores, hbos_scores, isolation_forest_scores
+from anomaly_detection.spark.jobs.members import (
+    ecod_scores,
+    ensemble_scores,
+    hbos_scores,
+    isolation_forest_scores,
+)
 from anomaly_detection.spark.jobs.metrics import spark_threshold, split_metrics
 from anomaly_detection.spark.submit import require_complete
 
@@ -364,6 +373,8 @@ def tune_one(
         scored, info = isolation_forest_scores(data, sample, ccols, keep, params, config=config)
     elif algorithm == "hbos":
         scored, info = hbos_scores(data, ccols, keep, params, n)
+    elif algorithm == "ecod":
+        scored, info = ecod_scores(data, sample, ccols, keep, params, config=config)
     elif algorithm == "ensemble":
         scored, info = ensemble_scores(data, sample, ccols, keep, params, config=config)
     else:

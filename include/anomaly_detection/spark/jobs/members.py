@@ -1,5 +1,5 @@
-"""The Spark detectors scored in Python on the executors (``mapInPandas``): Isolation Forest, HBOS and
-the default ensemble (Isolation Forest + HBOS + kNN distance), with the native scoring code.
+"""The Spark detectors scored in Python on the executors (``mapInPandas``): Isolation Forest, HBOS,
+ECOD and the default ensemble (Isolation Forest + HBOS + kNN distance), with the native scoring code.
 
 * **Isolation Forest**: scikit-learn's, fitted at the driver on at most
   ``min(fit_sample_size, spark.sample_size)`` rows of the job's fit sample, broadcast, and scoring every
@@ -10,6 +10,8 @@ the default ensemble (Isolation Forest + HBOS + kNN distance), with the native s
   the rows at or above it: the bins of ``np.histogram``), the densities and the scoring
   (:func:`anomaly_detection.detect.detectors.hbos.score_histograms`, same ``ALPHA`` and
   ``TOLERANCE``) as natively: the same scores up to float rounding.
+* **ECOD**: the empirical distributions of the Isolation Forest's fit rows, broadcast, and the
+  native tail scores (with every row in the fit rows, the native scores).
 * **ensemble**: the three members of :func:`anomaly_detection.detect.detectors.ensemble.ensemble`:
   a default Isolation Forest (as above), HBOS (as above, ``n_bins``) and the distance to the
   ``n_neighbors``-th nearest row of a seeded uniform reference of at most ``reference_rows`` rows,
@@ -138,6 +140,31 @@ def hbos_scores(
         return {"_score": score_histograms(batch[columns].to_numpy(dtype=np.float64), broadcast.value)}
 
     return _persisted(_python_scored(data, keep, ["_score"], score)), {"fit_rows": n, "n_clusters": 1}
+
+
+def ecod_scores(
+    data: Any,
+    sample: Any,
+    ccols: list[str],
+    keep: list[str],
+    params: dict[str, Any],
+    *,
+    config: PipelineConfig,
+) -> tuple[Any, dict[str, Any]]:
+    """ECOD of every row against the empirical distributions of the forest's fit rows (at most
+    ``min(fit_sample_size, spark.sample_size)``, every row of a smaller table), broadcast and scored
+    with the native :func:`~anomaly_detection.detect.detectors.ecod.tail_scores`. Cached on disk."""
+    from anomaly_detection.detect.detectors.ecod import tail_scores
+
+    _, X = _forest_rows(sample, config)
+    broadcast = data.sparkSession.sparkContext.broadcast(X)
+    columns = list(ccols)
+
+    def score(batch):
+        u_left, u_right, u_skew = tail_scores(batch[columns].to_numpy(dtype=np.float64), broadcast.value)
+        return {"_score": np.maximum(np.maximum(u_left, u_right), u_skew).sum(axis=1)}
+
+    return _persisted(_python_scored(data, keep, ["_score"], score)), {"fit_rows": len(X), "n_clusters": 1}
 
 
 def knn_distances(

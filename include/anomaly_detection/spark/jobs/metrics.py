@@ -1,9 +1,10 @@
 """How good one anomaly/normal split of the Spark detect job is, from aggregates: the score threshold
-(``approxQuantile``, or for ``contamination: auto`` the native mixture cut on a bounded sample) and the internal metrics
-(silhouette, Davies-Bouldin, Calinski-Harabasz) and label metrics of the split.
+(``approxQuantile``; for ``contamination: auto`` the native mixture cut, fitted on a bounded sample
+of the scores) and the internal metrics (silhouette, Davies-Bouldin, Calinski-Harabasz) and label
+metrics of the split.
 
 Used by :mod:`anomaly_detection.spark.jobs.detect` for every configuration it tunes; only aggregates
-reach the driver.
+and at most :data:`~anomaly_detection.detect.threshold.MIXTURE_SAMPLE` scores reach the driver.
 """
 
 from __future__ import annotations
@@ -150,9 +151,13 @@ def spark_threshold(
 
 
 def score_sample(scored: Any, n: int, size: int, *, seed: int) -> np.ndarray:
-    """A seeded uniform sample of at most ``size`` of the ``_score`` column at the driver, sorted
-    (so the mixture fitted on it does not depend on the order Spark's tasks return rows in)."""
-    rows = scored.select("_score")
+    """A seeded uniform sample of at most ``size`` of the ``_score`` column at the driver, in position
+    order (``_pos``), whatever order Spark's tasks return rows in: with ``n <= size`` it is the native
+    array of scores, so the mixture fitted on it is the native one."""
+    from anomaly_detection.spark.jobs.common import POS
+
+    rows = scored.select(POS, "_score")
     if n > size:
         rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.1 * size / n), seed=seed).limit(size)
-    return np.sort(np.array([r[0] for r in rows.collect()], dtype=np.float64))
+    pairs = np.array(rows.collect(), dtype=np.float64).reshape(-1, 2)
+    return pairs[np.argsort(pairs[:, 0], kind="stable"), 1]
