@@ -1,13 +1,13 @@
 """Spark detection: pyspark.ml KMeans and Bisecting KMeans; scikit-learn's Isolation Forest, HBOS, ECOD
-and the default ensemble scored with ``mapInPandas`` (:mod:`anomaly_detection.spark.jobs.members`), over the
-configured grids.
+and the default ensemble scored with ``mapInPandas`` (:mod:`anomaly_detection.spark.jobs.members`),
+over the configured grids.
 
     spark-submit spark_jobs/detect.py --run-dir DIR --config DIR/config.resolved.yaml [--algorithm NAME]
 
 Reads ``features.spark.parquet`` (written by ``preprocess.py``) and, for every configured algorithm
 that runs on Spark (``ensemble``, ``isolation_forest``, ``hbos``, ``ecod``, ``kmeans``,
-``bisecting_kmeans``; DBSCAN, kNN and LOF are skipped with a warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best
-configuration, the scored outputs of :mod:`anomaly_detection.detect.scored`: the flagged rows (position and
+``bisecting_kmeans``; DBSCAN, kNN and LOF are skipped with a warning), writes
+``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best configuration, the scored outputs of :mod:`anomaly_detection.detect.scored`: the flagged rows (position and
 score, part files written by Spark) and a bounded report sample. They are what
 :func:`anomaly_detection.pipeline.stages.detect_stage` writes, so the common select, report and review steps
 read them unchanged.
@@ -23,7 +23,8 @@ threshold and the metrics of the split are in :mod:`anomaly_detection.spark.jobs
   the ensemble: :mod:`anomaly_detection.spark.jobs.members`;
 * the threshold is ``approxQuantile(score, 1 - top/n)`` with ``top = ceil(contamination * n)``, so
   about ``top`` rows score above it (exactly ``top`` up to ties while ``n * QUANTILE_ERROR < 1``);
-  ``contamination: auto`` is the native mixture cut (:func:`~anomaly_detection.spark.jobs.metrics.spark_threshold`);
+  ``contamination: auto`` is the native mixture cut
+  (:func:`~anomaly_detection.spark.jobs.metrics.spark_threshold`);
 * silhouette of the anomaly/normal split, ClusteringEvaluator's squared-Euclidean definition (equal to
   scikit-learn's with ``metric="sqeuclidean"``) over every row in linear time, computed in closed form
   from the group sums (ClusteringEvaluator itself took 8x longer); Davies-Bouldin and
@@ -238,7 +239,8 @@ def _detect(
 
 class FitSample:
     """One uniform random sample of at most ``size`` rows, drawn once per job and cached: every
-    KMeans / Bisecting KMeans configuration is fitted on it and the Isolation Forest on its head.
+    KMeans / Bisecting KMeans configuration is fitted on it, the Isolation Forest (alone and in the
+    ensemble, whose kNN reference is drawn from the same rows) and ECOD on its head.
 
     With ``distinct`` the sample keeps each distinct feature vector once (``dropDuplicates`` on the
     sampled rows), so the copies of a repeated record do not weigh in the fit; every row, copies
@@ -265,10 +267,6 @@ class FitSample:
         self.rows = self.frame.count()
         self.ccols = ccols
         self.distinct = distinct
-
-    def head(self, size: int) -> np.ndarray:
-        """At most ``size`` sampled rows at the driver, shape ``(rows, n_features)``."""
-        return self.head_with_positions(size)[1]
 
     def head_with_positions(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """At most ``size`` sampled rows at the driver, in position order (whatever order Spark's
