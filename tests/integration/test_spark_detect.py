@@ -152,18 +152,29 @@ def test_a_column_entirely_null_is_dropped_with_its_reason(tmp_path, spark_sessi
     assert "empty" in paths.log.read_text()
 
 
-def test_contamination_auto_uses_the_tukey_fence_on_spark_as_natively(tmp_path, spark_session):
+def test_contamination_auto_is_the_native_mixture_cut_on_spark(tmp_path, spark_session):
+    """At 20,000 rows the mixture is fitted on every score, in position order, and the forest on every
+    row: the cut, its words and the rows flagged are the native ones."""
+    from anomaly_detection.detect.detectors.isolation_forest import isolation_forest
+    from anomaly_detection.detect.threshold import cut_scores
+
     table, planted = planted_table(n=20_000, seed=3)
+    params = {"n_estimators": 100, "max_samples": 256}
     overrides = {
         "modeling": {"algorithms": ["isolation_forest"], "contamination": "auto",
-                     "grids": {"isolation_forest": {"simple": {"n_estimators": [100], "max_samples": [256]}}}},
+                     "grids": {"isolation_forest": {"simple": {k: [v] for k, v in params.items()}}}},
         "evaluation": {"label_column": "label"},
     }  # fmt: skip
     paths, config_path = write_run(tmp_path, table, overrides)
     for job in ("preprocess", "detect"):
         run_in_process(spark_session, job, paths.root, config_path)
     (result,) = _results(paths, "isolation_forest")
-    assert result["info"]["threshold_rule"] == "auto: Tukey fence"
+    kept, features, _ = spark_features(paths)
+    seed = load_config(config_path).modeling.random_state
+    native = isolation_forest(features.to_numpy(), params, DetectorSettings(random_state=seed))
+    cut = cut_scores(native.scores, "auto", seed=seed)
+    assert result["info"]["threshold_rule"] == cut.basis
     flagged = set(flagged_positions(paths, "isolation_forest"))
+    assert flagged == set(kept[cut.labels == 1])
     assert len(flagged) < 0.1 * len(table)  # a tail, not a fixed share
     assert len(set(planted) & flagged) >= 0.9 * len(planted)

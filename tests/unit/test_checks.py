@@ -53,6 +53,15 @@ def test_stage_warnings_keep_pipeline_order():
     assert warnings == ["ingest: stop", "column b: 60% of its values missing, imputed", "best model: flag"]
 
 
+def test_a_spark_run_names_the_configured_algorithms_it_skipped():
+    spark = ("ensemble", "isolation_forest", "hbos", "ecod", "kmeans", "bisecting_kmeans")
+    assert checks.spark_skipped_warnings(["ensemble", "isolation_forest", "kmeans"], spark) == []
+    (warning,) = checks.spark_skipped_warnings(
+        ["ensemble", "isolation_forest", "kmeans", "dbscan", "knn"], spark
+    )
+    assert warning.startswith("not available on the Spark path, skipped: dbscan, knn (Spark runs ensemble,")
+
+
 def test_validation_names_the_threshold_and_the_value():
     validation = ValidationConfig()
     checks.validate_rows(20, validation)

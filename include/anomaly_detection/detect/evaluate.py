@@ -280,7 +280,7 @@ def choose(results: Iterable[ModelResult], *, selection: str) -> tuple[ModelResu
     Forest and kNN distance combined, which beats a default Isolation Forest on labelled
     benchmarks where picking by an internal metric does not (docs/SELECTION.md). It falls back to
     the best configuration by the metric, saying why, when the ensemble did not run (not in
-    ``modeling.algorithms``; the Spark path has no kNN) or is flagged unusable (degenerate), so a
+    ``modeling.algorithms``) or is flagged unusable (degenerate), so a
     sound configuration always wins over a degenerate one. ``metric`` picks by the metric alone.
     """
     results = list(results)

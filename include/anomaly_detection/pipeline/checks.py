@@ -47,6 +47,16 @@ def summary_warnings(summary: dict[str, Any]) -> list[str]:
     return warnings
 
 
+def spark_skipped_warnings(algorithms: list[str], spark_algorithms: tuple[str, ...]) -> list[str]:
+    """The configured algorithms a Spark run left out (the detect job logs the same line)."""
+    skipped = [a for a in algorithms if a not in spark_algorithms]
+    if not skipped:
+        return []
+    return [
+        f"not available on the Spark path, skipped: {', '.join(skipped)} (Spark runs {', '.join(spark_algorithms)})"
+    ]
+
+
 def stage_warnings(
     ingest_info: dict[str, Any],
     summary: dict[str, Any],

@@ -65,5 +65,6 @@ register(
         detect=ecod,
         grids={"simple": {}, "complex": {}},
         params=frozenset(),
+        engines=("native", "spark"),
     )
 )

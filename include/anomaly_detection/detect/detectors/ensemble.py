@@ -72,5 +72,6 @@ register(
         detect=ensemble,
         grids={"simple": {"n_neighbors": [5]}, "complex": {"n_neighbors": [5]}},
         params=frozenset({"n_neighbors", "reference_rows", "n_bins"}),
+        engines=("native", "spark"),
     )
 )

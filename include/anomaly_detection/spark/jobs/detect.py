@@ -1,12 +1,13 @@
-"""Spark detection: pyspark.ml KMeans and Bisecting KMeans, and scikit-learn's Isolation Forest scored
-with ``mapInPandas``, over the configured grids.
+"""Spark detection: pyspark.ml KMeans and Bisecting KMeans; scikit-learn's Isolation Forest, HBOS, ECOD
+and the default ensemble scored with ``mapInPandas`` (:mod:`anomaly_detection.spark.jobs.members`),
+over the configured grids.
 
     spark-submit spark_jobs/detect.py --run-dir DIR --config DIR/config.resolved.yaml [--algorithm NAME]
 
 Reads ``features.spark.parquet`` (written by ``preprocess.py``) and, for every configured algorithm
-that runs on Spark (``isolation_forest``, ``kmeans``, ``bisecting_kmeans``; DBSCAN is skipped with a
-warning), writes ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best
-configuration, the scored outputs of :mod:`anomaly_detection.detect.scored`: the flagged rows (position and
+that runs on Spark (``ensemble``, ``isolation_forest``, ``hbos``, ``ecod``, ``kmeans``,
+``bisecting_kmeans``; DBSCAN, kNN and LOF are skipped with a warning), writes
+``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best configuration, the scored outputs of :mod:`anomaly_detection.detect.scored`: the flagged rows (position and
 score, part files written by Spark) and a bounded report sample. They are what
 :func:`anomaly_detection.pipeline.stages.detect_stage` writes, so the common select, report and review steps
 read them unchanged.
@@ -18,9 +19,12 @@ threshold and the metrics of the split are in :mod:`anomaly_detection.spark.jobs
   ``fit_sample_size`` rows, and every row's score is its Euclidean distance to the nearest centroid,
   a JVM expression;
 * Isolation Forest is fitted at the driver on at most ``min(fit_sample_size, spark.sample_size)``
-  sampled rows, broadcast, and scores every row on the executors (``-score_samples``);
+  sampled rows, broadcast, and scores every row on the executors (``-score_samples``); HBOS, ECOD and
+  the ensemble: :mod:`anomaly_detection.spark.jobs.members`;
 * the threshold is ``approxQuantile(score, 1 - top/n)`` with ``top = ceil(contamination * n)``, so
   about ``top`` rows score above it (exactly ``top`` up to ties while ``n * QUANTILE_ERROR < 1``);
+  ``contamination: auto`` is the native mixture cut
+  (:func:`~anomaly_detection.spark.jobs.metrics.spark_threshold`);
 * silhouette of the anomaly/normal split, ClusteringEvaluator's squared-Euclidean definition (equal to
   scikit-learn's with ``metric="sqeuclidean"``) over every row in linear time, computed in closed form
   from the group sums (ClusteringEvaluator itself took 8x longer); Davies-Bouldin and
@@ -29,7 +33,8 @@ threshold and the metrics of the split are in :mod:`anomaly_detection.spark.jobs
 * with a label column, ROC-AUC and PR-AUC from ``BinaryClassificationEvaluator`` on the score, and
   precision, recall and F1 from the confusion counts.
 
-Only aggregates and bounded samples reach the driver: the fit samples, and the report sample of at
+Only aggregates and bounded samples reach the driver: the fit samples, at most 20,000 scores for
+``contamination: auto`` (and for the ensemble's ``member_agreement``), and the report sample of at
 most ``report.plot_sample_size + report.top_anomalies`` rows.
 
 The job needs the preprocess job's completion marker. It first removes its own marker (and, run for
@@ -78,6 +83,12 @@ from anomaly_detection.spark.jobs.common import (
     run_job,
     stage,
     write_parts,
+)
+from anomaly_detection.spark.jobs.members import (
+    ecod_scores,
+    ensemble_scores,
+    hbos_scores,
+    isolation_forest_scores,
 )
 from anomaly_detection.spark.jobs.metrics import spark_threshold, split_metrics
 from anomaly_detection.spark.submit import require_complete
@@ -228,7 +239,8 @@ def _detect(
 
 class FitSample:
     """One uniform random sample of at most ``size`` rows, drawn once per job and cached: every
-    KMeans / Bisecting KMeans configuration is fitted on it and the Isolation Forest on its head.
+    KMeans / Bisecting KMeans configuration is fitted on it, the Isolation Forest (alone and in the
+    ensemble, whose kNN reference is drawn from the same rows) and ECOD on its head.
 
     With ``distinct`` the sample keeps each distinct feature vector once (``dropDuplicates`` on the
     sampled rows), so the copies of a repeated record do not weigh in the fit; every row, copies
@@ -240,7 +252,7 @@ class FitSample:
         from pyspark import StorageLevel
         from pyspark.ml.feature import VectorAssembler
 
-        rows = data.select(*ccols)
+        rows = data.select(POS, *ccols)
         if n > size:
             rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.05 * size / n), seed=seed).limit(
                 size
@@ -254,10 +266,14 @@ class FitSample:
         )
         self.rows = self.frame.count()
         self.ccols = ccols
+        self.distinct = distinct
 
-    def head(self, size: int) -> np.ndarray:
-        """At most ``size`` sampled rows at the driver, shape ``(rows, n_features)``."""
-        return self.frame.select(*self.ccols).limit(size).toPandas().to_numpy(dtype=np.float64)
+    def head_with_positions(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """At most ``size`` sampled rows at the driver, in position order (whatever order Spark's
+        tasks return them in): their positions and features. A sample of every row is then the
+        native matrix itself, and a seeded fit on it the native fit."""
+        rows = self.frame.select(POS, *self.ccols).limit(size).toPandas().sort_values(POS, kind="stable")
+        return rows[POS].to_numpy(dtype=np.int64), rows[self.ccols].to_numpy(dtype=np.float64)
 
     def unpersist(self) -> None:
         self.frame.unpersist()
@@ -342,27 +358,30 @@ def tune_one(
     """Fit, score and evaluate one configuration. Returns the scored rows (``_score``) and the result.
 
     Centroid scores are a JVM expression recomputed by each pass (cheaper than caching a copy of
-    the rows); Isolation Forest scores are Python work, so its scored rows are cached.
+    the rows); Isolation Forest, HBOS and ensemble scores are Python work
+    (:mod:`anomaly_detection.spark.jobs.members`), so their scored rows are cached.
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
     modeling = config.modeling
     keep = [POS, *ccols, *(["_y"] if with_labels else [])]
+    centers = 0
     if algorithm == "isolation_forest":
         scored, info = isolation_forest_scores(data, sample, ccols, keep, params, config=config)
-        # on local disk, where the OS page cache keeps it: a second copy of every row in the heap
-        # is what ran a 3 GiB driver out of memory at 10M rows
-        scored = scored.persist(StorageLevel.DISK_ONLY)
-        centers = 0
+    elif algorithm == "hbos":
+        scored, info = hbos_scores(data, ccols, keep, params, n)
+    elif algorithm == "ecod":
+        scored, info = ecod_scores(data, sample, ccols, keep, params, config=config)
+    elif algorithm == "ensemble":
+        scored, info = ensemble_scores(data, sample, ccols, keep, params, config=config)
     else:
         fitted, info = fit_centroids(sample, algorithm, params, random_state=modeling.random_state)
         info["fit_seconds"] = round(time.perf_counter() - started, 3)
         scored = centroid_scores(data, keep, ccols, fitted)
         centers = len(fitted)
     clock = time.perf_counter()
-    threshold = spark_threshold(scored, n, modeling.contamination, info)
+    threshold = spark_threshold(scored, n, modeling.contamination, info, seed=modeling.random_state)
     info["threshold_seconds"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))
@@ -408,42 +427,6 @@ def tune_one(
         info=info,
     )
     return scored, result
-
-
-def isolation_forest_scores(
-    data: Any,
-    sample: FitSample,
-    ccols: list[str],
-    keep: list[str],
-    params: dict[str, Any],
-    *,
-    config: PipelineConfig,
-) -> tuple[Any, dict[str, Any]]:
-    """scikit-learn's IsolationForest fitted on a bounded random sample at the driver, then scoring
-    every row on the executors with ``mapInPandas`` (score = ``-score_samples``, as the native path).
-
-    The forest subsamples ``max_samples`` rows per tree anyway, so a sample of
-    ``min(fit_sample_size, spark.sample_size)`` rows loses nothing that matters.
-    """
-    from pyspark.sql import functions as F
-    from sklearn.ensemble import IsolationForest
-
-    X = sample.head(min(config.modeling.fit_sample_size, config.spark.sample_size))
-    fitted = dict(params)
-    if isinstance(fitted.get("max_samples"), int):
-        fitted["max_samples"] = min(fitted["max_samples"], len(X))
-    model = IsolationForest(random_state=config.modeling.random_state, n_jobs=1, **fitted).fit(X)
-    broadcast = data.sparkSession.sparkContext.broadcast(model)
-    columns = list(ccols)
-
-    def score(batches):
-        forest = broadcast.value
-        for batch in batches:
-            yield batch.assign(_score=-forest.score_samples(batch[columns].to_numpy(dtype=np.float64)))
-
-    rows = data.select(*keep)
-    schema = rows.select(*keep, F.lit(0.0).alias("_score")).schema
-    return rows.mapInPandas(score, schema=schema), {"fit_rows": len(X), "n_clusters": 1}
 
 
 def save_best(

@@ -1,9 +1,10 @@
 """How good one anomaly/normal split of the Spark detect job is, from aggregates: the score threshold
-(``approxQuantile``, or Tukey's fence for ``contamination: auto``) and the internal metrics
-(silhouette, Davies-Bouldin, Calinski-Harabasz) and label metrics of the split.
+(``approxQuantile``; for ``contamination: auto`` the native mixture cut, fitted on a bounded sample
+of the scores) and the internal metrics (silhouette, Davies-Bouldin, Calinski-Harabasz) and label
+metrics of the split.
 
 Used by :mod:`anomaly_detection.spark.jobs.detect` for every configuration it tunes; only aggregates
-reach the driver.
+and at most :data:`~anomaly_detection.detect.threshold.MIXTURE_SAMPLE` scores reach the driver.
 """
 
 from __future__ import annotations
@@ -118,24 +119,45 @@ def split_metrics(
     return metrics, stats
 
 
-def spark_threshold(scored: Any, n: int, contamination: float | str, info: dict[str, Any]) -> float:
-    """The score above which rows are anomalies: the top ``contamination`` share by ``approxQuantile``,
-    or for ``"auto"`` Tukey's upper fence Q3 + 1.5 IQR (as the native path), falling back to the top
-    5 % when no row, or more than half, lies above it."""
+def spark_threshold(
+    scored: Any, n: int, contamination: float | str, info: dict[str, Any], *, seed: int = 0
+) -> float:
+    """The score above which rows are anomalies (``_score > threshold``).
+
+    A fixed share: the top ``contamination`` share by ``approxQuantile``. ``"auto"``: the native rule
+    of :func:`anomaly_detection.detect.threshold.cut_scores`, fitted on a seeded sample of at most
+    :data:`~anomaly_detection.detect.threshold.MIXTURE_SAMPLE` scores collected at the driver
+    (:func:`~anomaly_detection.detect.threshold.mixture_cut`); the rows at or above the cut are
+    counted over every row and the share clipped to [``MIN_SHARE``, ``MAX_SHARE``] by
+    ``approxQuantile``, by the same case analysis (:func:`~anomaly_detection.detect.threshold.auto_case`).
+    ``info["threshold_rule"]`` gets the words the native cut gives.
+    """
     from pyspark.sql import functions as F
 
-    from anomaly_detection.detect.grid import AUTO_FALLBACK_SHARE
+    from anomaly_detection.detect.threshold import MIXTURE_SAMPLE, auto_case, mixture_cut
 
     if contamination == "auto":
-        q1, q3 = scored.approxQuantile("_score", [0.25, 0.75], QUANTILE_ERROR)
-        fence = float(q3 + 1.5 * (q3 - q1))
-        above = scored.where(F.col("_score") > F.lit(fence)).count()
-        if 0 < above <= n / 2:
-            info["threshold_rule"] = "auto: Tukey fence"
-            return fence
-        info["threshold_rule"] = f"auto: {above} rows above the fence, top {AUTO_FALLBACK_SHARE:.0%} used"
-        contamination = AUTO_FALLBACK_SHARE
-    top = min(n, max(1, math.ceil(float(contamination) * n)))
+        cut = mixture_cut(score_sample(scored, n, MIXTURE_SAMPLE, seed=seed), seed=seed)
+        above = 0 if cut is None else scored.where(F.col("_score") >= F.lit(cut)).count()
+        top, info["threshold_rule"] = auto_case(cut, above, n)
+        if top is None:  # the rows scoring at least the cut: strictly above the next double below it
+            return float(np.nextafter(cut, -np.inf))
+    else:
+        top = math.ceil(float(contamination) * n)
+    top = min(n, max(1, top))
     return (
         float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
     )
+
+
+def score_sample(scored: Any, n: int, size: int, *, seed: int) -> np.ndarray:
+    """A seeded uniform sample of at most ``size`` of the ``_score`` column at the driver, in position
+    order (``_pos``), whatever order Spark's tasks return rows in: with ``n <= size`` it is the native
+    array of scores, so the mixture fitted on it is the native one."""
+    from anomaly_detection.spark.jobs.common import POS
+
+    rows = scored.select(POS, "_score")
+    if n > size:
+        rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.1 * size / n), seed=seed).limit(size)
+    pairs = np.array(rows.collect(), dtype=np.float64).reshape(-1, 2)
+    return pairs[np.argsort(pairs[:, 0], kind="stable"), 1]
