@@ -57,6 +57,15 @@ def spark_skipped_warnings(algorithms: list[str], spark_algorithms: tuple[str, .
     ]
 
 
+def skipped_on_spark(run_meta: dict[str, Any] | None, algorithms: list[str]) -> list[str]:
+    """:func:`spark_skipped_warnings` for a run on the Spark path (none for a native run)."""
+    if (run_meta or {}).get("mode") != "spark":
+        return []
+    from anomaly_detection.spark.submit import SPARK_ALGORITHMS
+
+    return spark_skipped_warnings(algorithms, SPARK_ALGORITHMS)
+
+
 def stage_warnings(
     ingest_info: dict[str, Any],
     summary: dict[str, Any],

@@ -374,10 +374,7 @@ def select_stage(
 
     ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
     model_warnings = [f"best model: {flag}" for flag in best.flags]
-    if (run_meta or {}).get("mode") == "spark":
-        from anomaly_detection.spark.submit import SPARK_ALGORITHMS
-
-        model_warnings += checks.spark_skipped_warnings(config.modeling.algorithms, SPARK_ALGORITHMS)
+    model_warnings += checks.skipped_on_spark(run_meta, config.modeling.algorithms)
     if config.evaluation.selection == "ensemble" and best.algorithm != "ensemble":
         model_warnings.append(f"selection: {why}")
     if not best.selectable:
