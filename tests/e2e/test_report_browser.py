@@ -53,11 +53,14 @@ def demo_report(chromium, tmp_path_factory) -> Path:
     serves it: the report has every section, the drift and the trend included."""
     server, base = serve_in_thread(DemoDataset.generate(rows=3000, seed=11), drift_per_run=0.5)
     out = tmp_path_factory.mktemp("demo")
+    # two more detectors than the default, so the model table and figure have something to compare
+    overrides = {
+        "source.url": f"{base}/records",
+        "modeling.algorithms": ["ensemble", "isolation_forest", "kmeans"],
+    }
     try:
-        _run(ROOT / "configs" / "demo.yaml", "browser-demo-1", out, **{"source.url": f"{base}/records"})
-        return _run(
-            ROOT / "configs" / "demo.yaml", "browser-demo-2", out, **{"source.url": f"{base}/records"}
-        )
+        _run(ROOT / "configs" / "demo.yaml", "browser-demo-1", out, **overrides)
+        return _run(ROOT / "configs" / "demo.yaml", "browser-demo-2", out, **overrides)
     finally:
         server.shutdown()
         server.server_close()

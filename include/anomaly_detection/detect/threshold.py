@@ -56,6 +56,15 @@ class Cut:
 SEPARATION = 2.0
 
 
+def mixture_sample(n: int, seed: int) -> np.ndarray | None:
+    """The sorted row positions (of ``n``) whose scores the mixture is fitted on; None: every row.
+
+    Both engines draw the same positions, so a Spark run fits the mixture on the native sample."""
+    if n <= MIXTURE_SAMPLE:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, MIXTURE_SAMPLE, replace=False))
+
+
 def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
     """The score from which a Gaussian mixture of the scores puts a row in a separate upper group.
 
@@ -79,9 +88,8 @@ def mixture_cut(scores: np.ndarray, *, seed: int = 0) -> float | None:
     """
     from sklearn.mixture import GaussianMixture
 
-    sample = scores
-    if len(scores) > MIXTURE_SAMPLE:
-        sample = np.random.default_rng(seed).choice(scores, MIXTURE_SAMPLE, replace=False)
+    positions = mixture_sample(len(scores), seed)
+    sample = scores if positions is None else scores[positions]
     values = np.unique(sample)[::-1]
     if len(values) < 4:
         return None
@@ -187,7 +195,7 @@ def auto_case(cut: float | None, above: int, n: int) -> tuple[int | None, str]:
         return low, f"{group} of {above:,} row(s), raised to the floor of {_percent(MIN_SHARE)} of rows"
     if above > high:
         return high, f"{group} of {_percent(above / n)} of rows, capped at {_percent(MAX_SHARE)}"
-    return None, f"{group}: {above:,} rows score {cut:.4g} or more"
+    return None, f"{group}: the {above:,} rows from the cut up"
 
 
 def _percent(share: float) -> str:

@@ -152,12 +152,20 @@ def spark_threshold(
 
 def score_sample(scored: Any, n: int, size: int, *, seed: int) -> np.ndarray:
     """A seeded uniform sample of at most ``size`` of the ``_score`` column at the driver, in position
-    order (``_pos``), whatever order Spark's tasks return rows in: with ``n <= size`` it is the native
-    array of scores, so the mixture fitted on it is the native one."""
+    order (``_pos``), whatever order Spark's tasks return rows in. With ``n <= size`` it is the native
+    array of scores; above, when the positions are the rows' indices ``0 .. n - 1``, it is the rows
+    of :func:`~anomaly_detection.detect.threshold.mixture_sample`, the native sample; so the mixture
+    fitted on it is the native one."""
+    from pyspark.sql import functions as F
+
+    from anomaly_detection.detect.threshold import MIXTURE_SAMPLE, mixture_sample
     from anomaly_detection.spark.jobs.common import POS
 
     rows = scored.select(POS, "_score")
-    if n > size:
+    positions = mixture_sample(n, seed) if size == MIXTURE_SAMPLE else None
+    if positions is not None and rows.agg(F.max(POS)).first()[0] == n - 1:
+        rows = rows.where(F.col(POS).isin(positions.tolist()))  # positions 0..n-1: the native sample
+    elif n > size:
         rows = rows.sample(withReplacement=False, fraction=min(1.0, 1.1 * size / n), seed=seed).limit(size)
     pairs = np.array(rows.collect(), dtype=np.float64).reshape(-1, 2)
     return pairs[np.argsort(pairs[:, 0], kind="stable"), 1]
