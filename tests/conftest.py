@@ -33,6 +33,9 @@ def pytest_addoption(parser):
 
 
 def _uses_airflow(item) -> bool:
+    """In the airflow lane: it uses an Airflow fixture, or is marked ``airflow_lane`` to balance the lanes."""
+    if item.get_closest_marker("airflow_lane"):
+        return True
     return any(f in getattr(item, "fixturenames", ()) for f in AIRFLOW_FIXTURES)
 
 

@@ -25,7 +25,11 @@ from anomaly_detection.detect.threshold import cut_scores
 from anomaly_detection.spark.jobs.common import POS
 from anomaly_detection.spark.submit import SPARK_ALGORITHMS
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not java_available(), reason="Java is not on PATH")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.airflow_lane,  # about 2 minutes of Spark: the airflow lane has the room
+    pytest.mark.skipif(not java_available(), reason="Java is not on PATH"),
+]
 ROWS = 100_000
 COLUMNS = 12
 PLANTED = 1_000
