@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_detection.report import plots
+from anomaly_detection.report import figures, plots
 from anomaly_detection.report.format import format_cell, format_number, format_percent
 from anomaly_detection.report.inputs import ReportInputs
 from anomaly_detection.report.render import render_report
@@ -340,3 +340,25 @@ def test_the_new_sections_escape_names_from_the_api(tmp_path: Path) -> None:
         assert ESCAPED in html[start : html.index("</section>", start)], name
     assert html.lower().count("<script") == 1
     assert 'href="&lt;script&gt;alert(1)&lt;/script&gt;.html"' in html  # a link, never markup
+
+
+def _broken_figure(*_: object) -> str:
+    raise ValueError("no axes for this")
+
+
+def test_figures_drawn_in_worker_processes_match_those_drawn_here() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.gamma(2.0, size=2_000)
+    features = rng.normal(size=(500, 4))
+    jobs = {
+        "scores": figures.FigureJob(plots.score_distribution, (scores, 6.0)),
+        "heatmap": figures.FigureJob(plots.correlation_heatmap, (features, ["a", "b", "c", "d"])),
+        "broken": figures.FigureJob(_broken_figure, (features,)),
+    }
+    here = figures.draw_all(jobs, workers=1)
+    forked = figures.draw_all(jobs, workers=2)
+    assert forked.images == here.images
+    assert here.images["scores"] and here.images["heatmap"]
+    assert forked.images["broken"] is None
+    assert forked.errors["broken"] == "This figure could not be drawn: ValueError: no axes for this"
+    assert set(forked.seconds) == set(jobs)

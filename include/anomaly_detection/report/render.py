@@ -20,7 +20,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from anomaly_detection import __version__, atomic
-from anomaly_detection.report.figures import draw_figures
+from anomaly_detection.report.figures import draw_all, figure_jobs, main_figures
 from anomaly_detection.report.format import (
     format_number,
     format_percent,
@@ -90,11 +90,12 @@ def build_context(inputs: ReportInputs) -> dict[str, Any]:
     """
     run = run_section(inputs.run or {})
     models = models_section(list(inputs.models or []), dict(inputs.best or {}), inputs.threshold)
-    figures, timings = draw_figures(inputs, models["best_index"])
+    drawn = draw_all(figure_jobs(inputs, models["best_index"]))
+    figures, timings = main_figures(inputs, drawn), drawn.seconds
     log_text = inputs.log_text or ""
     issues, issue_count = log_issues(log_text)
     warnings = _strings(inputs.warnings or [])
-    history = history_section(inputs.history, run["run_id"], timings)
+    history = history_section(inputs.history, run["run_id"], drawn)
     if history and history["drifted"]:
         warnings.append(
             f"{len(history['drifted'])} feature(s) drifted since the previous run of this source "
@@ -103,7 +104,7 @@ def build_context(inputs: ReportInputs) -> dict[str, Any]:
     return {
         "verdict": verdict_section(inputs, warnings),
         "explain": explain_section(inputs),
-        "time": time_section(inputs.time_view, timings),
+        "time": time_section(inputs.time_view, drawn),
         "history": history,
         "rerun": rerun_section(inputs.rerun),
         "title": f"Anomaly report {run['title']} {run['run_id']}".strip(),

@@ -17,8 +17,7 @@ import pandas as pd
 import yaml
 
 from anomaly_detection.detect.evaluate import LOWER_IS_BETTER
-from anomaly_detection.report import plots
-from anomaly_detection.report.figures import timed_plot
+from anomaly_detection.report.figures import Drawn
 from anomaly_detection.report.format import (
     DASH,
     MAX_NAME_CHARS,
@@ -372,24 +371,12 @@ def explain_section(inputs: ReportInputs) -> dict[str, Any]:
     }
 
 
-def time_section(view: Any, timings: dict[str, float]) -> dict[str, Any] | None:
+def time_section(view: Any, drawn: Drawn) -> dict[str, Any] | None:
     if view is None:
         return None
-    image, error = timed_plot(
-        "time_features",
-        lambda: plots.features_over_time(view.times, view.values, view.anomalies, view.feature_names),
-        timings,
-    )
+    image, error = drawn.get("time_features")
     buckets = view.buckets
-    counts_image, counts_error = (None, None)
-    if buckets is not None:
-        counts_image, counts_error = timed_plot(
-            "time_buckets",
-            lambda: plots.anomalies_per_bucket(
-                buckets.starts, buckets.rows, buckets.anomalies, buckets.width
-            ),
-            timings,
-        )
+    counts_image, counts_error = drawn.get("time_buckets")
     dated = view.times[~np.isnat(view.times)]
     return {
         "column": str(view.column),
@@ -409,7 +396,7 @@ def time_section(view: Any, timings: dict[str, float]) -> dict[str, Any] | None:
     }
 
 
-def history_section(view: Any, run_id: str, timings: dict[str, float]) -> dict[str, Any] | None:
+def history_section(view: Any, run_id: str, drawn: Drawn) -> dict[str, Any] | None:
     if view is None:
         return None
     runs = []
@@ -427,25 +414,8 @@ def history_section(view: Any, run_id: str, timings: dict[str, float]) -> dict[s
                 "current": str(entry.get("run_id")) == run_id,
             }
         )
-    trend, trend_error = (None, None)
-    if len(view.runs) > 1:
-        labels = [str(e.get("finished_at") or e.get("run_id"))[:16] for e in view.runs]
-        trend, trend_error = timed_plot(
-            "share_trend",
-            lambda: plots.share_trend(
-                labels, [float(e.get("anomaly_share") or 0) for e in view.runs], len(view.runs) - 1
-            ),
-            timings,
-        )
-    drift_image, drift_error = (None, None)
-    if view.drift:
-        drift_image, drift_error = timed_plot(
-            "drift",
-            lambda: plots.drift_bars(
-                [d.feature for d in view.drift], [d.psi for d in view.drift], view.psi_threshold
-            ),
-            timings,
-        )
+    trend, trend_error = drawn.get("share_trend")
+    drift_image, drift_error = drawn.get("drift")
     previous = view.previous
     return {
         "runs": runs,
