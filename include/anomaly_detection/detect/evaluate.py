@@ -299,4 +299,7 @@ def choose(results: Iterable[ModelResult], *, selection: str) -> tuple[ModelResu
     ensemble = select_best(ensembles)
     if not ensemble.selectable and by_metric.selectable:
         return by_metric, f"the ensemble is unusable ({'; '.join(ensemble.flags)}): best {metric} instead"
-    return ensemble, "the default ensemble (Isolation Forest, HBOS and kNN distance, each standardised, combined by their maximum)"
+    return (
+        ensemble,
+        "the default ensemble (Isolation Forest, HBOS and kNN distance, each standardised, combined by their maximum)",
+    )
