@@ -247,10 +247,28 @@ class ReportConfig(_Model):
     top_anomalies: int = Field(50, ge=1, le=10_000)
     preview_rows: int = Field(10, ge=0, le=1_000)
     plot_sample_size: int = Field(20_000, ge=100)
-    #: Column holding each record's time; None = the first column whose name and values say time.
-    time_column: str | None = None
     #: Earlier runs of the same source shown in the trend (from ``<runs_dir>/history.jsonl``).
     history_runs: int = Field(20, ge=0, le=1_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "time_column" in data:
+            raise ValueError("time_column moved: set time.column (the records' time field)")
+        return data
+
+
+class TimeConfig(_Model):
+    """The time view: context features and the ``time_series`` detector, when records have a time column."""
+
+    #: Column holding each record's time; None = the first column whose name and values say time.
+    column: str | None = None
+    #: Column naming each series (a sensor id, a station, a symbol); each is judged against its own
+    #: history. None = the records form one series.
+    series_key: str | None = None
+    #: auto: with a time column, context features are built and ``time_series`` joins the ensemble;
+    #: off: detection ignores time (the report still shows the time view).
+    context: Literal["auto", "off"] = "auto"
 
 
 class OutputConfig(_Model):
@@ -269,6 +287,7 @@ class PipelineConfig(_Model):
     modeling: ModelingConfig = Field(default_factory=ModelingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    time: TimeConfig = Field(default_factory=TimeConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def redacted(self) -> dict[str, Any]:

@@ -325,7 +325,7 @@ def test_spark_and_native_preprocessing_give_the_same_features(
     native = preprocess(
         pd.read_parquet(paths.flattened),
         config.processing,
-        time_column=config.report.time_column,
+        time_column=config.time.column,
         random_state=config.modeling.random_state,
     )
     run_in_process(spark_session, "preprocess", paths.root, config_path)
@@ -401,7 +401,7 @@ def test_spark_types_numeric_and_iso_text_as_the_native_flattening(tmp_path, spa
     native = preprocess(
         table,
         config.processing,
-        time_column=config.report.time_column,
+        time_column=config.time.column,
         random_state=config.modeling.random_state,
     )
     paths.flattened.unlink()  # the Spark path's flattened.parquet: bulk ingestion's part files, all text

@@ -46,7 +46,7 @@ def test_the_time_column_is_detected_by_name_and_values():
     assert timeline.detect_time_column(head) == "properties.time"
     assert timeline.detect_time_column(head[["id", "value"]]) is None
     assert timeline.detect_time_column(head, "value") == "value"  # configured wins
-    with pytest.raises(KeyError, match="report.time_column 'nope' is not a column"):
+    with pytest.raises(KeyError, match="time.column 'nope' is not a column"):
         timeline.detect_time_column(head, "nope")
 
 

@@ -241,7 +241,7 @@ def plan_features(
     roles : mapping
         Column -> role, from :func:`.roles.infer_roles`.
     time_column : str, optional
-        The main timestamp (``report.time_column``); by default the first timestamp column.
+        The main timestamp (``time.column``); by default the first timestamp column.
 
     Returns
     -------

@@ -212,7 +212,7 @@ def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
         pd.read_parquet(paths.flattened),
         config.processing,
         label_column=config.evaluation.label_column,
-        time_column=config.report.time_column,
+        time_column=config.time.column,
         random_state=config.modeling.random_state,
     )
     rows = kept.rows

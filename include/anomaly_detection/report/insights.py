@@ -77,7 +77,7 @@ def time_view(
 ) -> TimeView | None:
     """The time view of a run, or ``None`` when the table has no time column."""
     column = timeline.detect_time_column(
-        scored.head(paths.flattened, timeline.DETECT_ROWS), config.report.time_column
+        scored.head(paths.flattened, timeline.DETECT_ROWS), config.time.column
     )
     if column is None:
         return None
@@ -90,7 +90,7 @@ def time_view(
     drawn = times[sample["position"].to_numpy()]
     return TimeView(
         column=column,
-        configured=bool(config.report.time_column),
+        configured=bool(config.time.column),
         times=np.where(drawn == timeline.NAT, np.datetime64("NaT"), drawn.astype("datetime64[ns]")).astype(
             "datetime64[ns]"
         ),

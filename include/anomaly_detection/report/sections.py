@@ -380,7 +380,7 @@ def time_section(view: Any, drawn: Drawn) -> dict[str, Any] | None:
     dated = view.times[~np.isnat(view.times)]
     return {
         "column": str(view.column),
-        "how": "set in report.time_column" if view.configured else "detected from its name and values",
+        "how": "set in time.column" if view.configured else "detected from its name and values",
         "features": [str(f) for f in view.feature_names],
         "image": image,
         "note": error or ("" if image else "No sampled row has a usable time."),

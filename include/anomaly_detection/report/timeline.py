@@ -1,6 +1,6 @@
 """The time view: find the table's timestamp column, parse it, and count rows and anomalies per bucket.
 
-A column is the time axis when the config names it (``report.time_column``) or, failing that,
+A column is the time axis when the config names it (``time.column``) or, failing that,
 when it is the first column whose name says time (``time``, ``timestamp``, ``date``, ``*_at``,
 ``datetime``, ``updated``, ``created``) and whose values parse as instants: ISO-8601 text, or
 Unix epoch numbers in seconds, milliseconds or microseconds (the unit is read from the magnitude,
@@ -75,7 +75,7 @@ def detect_time_column(head: pd.DataFrame, configured: str | None = None) -> str
     head : pandas.DataFrame
         The first rows of the flattened API table.
     configured : str, optional
-        ``report.time_column``; when given it must exist (``KeyError`` names the columns).
+        ``time.column``; when given it must exist (``KeyError`` names the columns).
 
     Returns
     -------
@@ -84,7 +84,7 @@ def detect_time_column(head: pd.DataFrame, configured: str | None = None) -> str
     if configured:
         if configured not in head.columns:
             raise KeyError(
-                f"report.time_column {configured!r} is not a column; columns are: {', '.join(map(str, head.columns[:40]))}"
+                f"time.column {configured!r} is not a column; columns are: {', '.join(map(str, head.columns[:40]))}"
             )
         return configured
     sample = head.head(DETECT_ROWS)

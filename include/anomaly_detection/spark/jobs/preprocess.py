@@ -194,7 +194,7 @@ def _preprocess(
     )
     del sample
     dropped = {n: r.why_not_a_feature for n, r in roles.items() if r.role not in FEATURE_ROLES}
-    fitted = plan_from_spark(kept, columns, roles, counts, facts, time_column=config.report.time_column)
+    fitted = plan_from_spark(kept, columns, roles, counts, facts, time_column=config.time.column)
     planned = fitted.plan.names
     rcols = [f"r{j}" for j in range(len(planned))]
     extra = [labels.expression.alias("_label")] if labels is not None else []
