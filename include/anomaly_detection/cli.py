@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
         return 0
 
-    from anomaly_detection.pipeline.stages import run_pipeline
+    from anomaly_detection.pipeline.run import run_pipeline
     from anomaly_detection.runs import make_run_id, safe_run_id
 
     run_id = safe_run_id(args.run_id) if args.run_id else make_run_id()

@@ -23,7 +23,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from anomaly_detection.config import load_config
-from anomaly_detection.pipeline.stages import run_pipeline
+from anomaly_detection.pipeline.run import run_pipeline
 from devtools.demo_api import DemoDataset, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -322,7 +322,7 @@ BROWSER_RUN = "plugin_browser"
 def real_report(airflow_standalone, planted, chromium):  # noqa: F811
     """A real report: configs/demo.yaml run natively (no Airflow) against the demo API into the instance's dirs."""
     from anomaly_detection.config import load_config
-    from anomaly_detection.pipeline.stages import run_pipeline
+    from anomaly_detection.pipeline.run import run_pipeline
     from devtools.demo_api import DemoDataset, serve_in_thread
 
     server, base = serve_in_thread(DemoDataset.generate(rows=2000, seed=11))

@@ -112,13 +112,13 @@ def test_a_spark_run_replays_identically(tmp_path, spark_session, monkeypatch):
     from spark_helpers import run_in_process
 
     from anomaly_detection.config import load_config, parse_set_option
-    from anomaly_detection.pipeline import stages
+    from anomaly_detection.pipeline import run as run_module
     from anomaly_detection.pipeline.replay import replay as replay_run
 
     def spark_stage(config, paths, job):
         run_in_process(spark_session, job, paths.root, paths.config)
 
-    monkeypatch.setattr(stages, "spark_stage", spark_stage)
+    monkeypatch.setattr(run_module, "spark_stage", spark_stage)
     sets = [
         "processing.mode=spark", "spark.master=local[2]",
         'modeling.algorithms=["isolation_forest", "kmeans"]', "modeling.grids.kmeans.simple={n_clusters: [4]}",
@@ -127,7 +127,7 @@ def test_a_spark_run_replays_identically(tmp_path, spark_session, monkeypatch):
     with running_demo_api(rows=3000, seed=5) as base:
         overrides = dict(parse_set_option(s) for s in [f"source.url={base}/records", *sets])
         config = load_config(ROOT / "configs" / "demo.yaml", overrides)
-        original = stages.run_pipeline(config, run_id="spark-orig")
+        original = run_module.run_pipeline(config, run_id="spark-orig")
     assert original.status == "succeeded", original.error
     run_dir = original.paths.root
     assert json.loads((run_dir / "results.json").read_text())["mode"] == "spark"

@@ -32,8 +32,14 @@ def test_neighbouring_flags_of_one_series_form_one_event_with_its_peak() -> None
 
 def test_a_gap_of_one_unflagged_point_splits_events_and_no_flags_give_no_events() -> None:
     events = group_events(
-        rows=np.array([1, 3]), series=np.zeros(2), order=np.array([1, 3]), times=_hours(1, 3), scores=np.ones(2)
+        rows=np.array([1, 3]),
+        series=np.zeros(2),
+        order=np.array([1, 3]),
+        times=_hours(1, 3),
+        scores=np.ones(2),
     )
     assert len(events) == 2 and events["duration_seconds"].tolist() == [0.0, 0.0]
-    empty = group_events(rows=np.array([]), series=np.array([]), order=np.array([]), times=_hours(), scores=np.array([]))
+    empty = group_events(
+        rows=np.array([]), series=np.array([]), order=np.array([]), times=_hours(), scores=np.array([])
+    )
     assert empty.empty and list(empty.columns) == EVENT_COLUMNS

@@ -9,7 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-EVENT_COLUMNS = ["event", "series", "start", "end", "peak", "peak_row", "peak_score", "rows", "duration_seconds"]
+EVENT_COLUMNS = [
+    "event",
+    "series",
+    "start",
+    "end",
+    "peak",
+    "peak_row",
+    "peak_score",
+    "rows",
+    "duration_seconds",
+]
 
 
 def group_events(

@@ -22,6 +22,7 @@ from anomaly_detection.detect.detectors import (  # noqa: F401  (the public name
     DetectorSettings,
     top_share_labels,
 )
+from anomaly_detection.detect.detectors.time_series import join_context
 from anomaly_detection.detect.distinct import broadcast, distinct_rows
 from anomaly_detection.detect.threshold import cut_scores
 
@@ -35,6 +36,7 @@ def run_grid(
     settings: DetectorSettings,
     *,
     fit_on_distinct: bool = True,
+    context: np.ndarray | None = None,
 ) -> Iterator[Detection]:
     """Yield one :class:`Detection` per point of ``ParameterGrid(grid)``, scoring every row of ``X``.
 
@@ -49,12 +51,24 @@ def run_grid(
     fit_on_distinct : bool
         Fit and score each distinct row once, then broadcast its score to every copy
         (:mod:`.distinct`); the share flagged still counts rows, ties flagged together.
+    context : ndarray of shape (n_rows, n_measures), optional
+        Time context scores (features/context.py). A detector that uses them gets them after the
+        features, for every row; the ensemble is joined with the time view
+        (:func:`~anomaly_detection.detect.detectors.time_series.join_context`).
 
     A detector labelled by a share of its scores is cut over every row by
     :func:`~anomaly_detection.detect.threshold.cut_scores` (``settings.contamination``); the words
     for that cut are ``info["threshold_rule"]``.
     """
     detector = REGISTRY[algorithm]
+    if detector.uses_context:
+        columns = 0 if context is None else context.shape[1]
+        matrix = X if context is None else np.hstack([X, context])
+        for params in ParameterGrid(grid):
+            yield _logged(
+                algorithm, params, detector.detect(matrix, params, replace(settings, context_columns=columns))
+            )
+        return
     first = inverse = None
     if fit_on_distinct:
         first, inverse = distinct_rows(X)
@@ -71,12 +85,20 @@ def run_grid(
             cut = cut_scores(detection.scores, settings.contamination, seed=settings.random_state)
             info = {**detection.info, "threshold_rule": cut.basis}
             detection = replace(detection, labels=cut.labels, threshold=cut.threshold, info=info)
-        log.info(
-            "%s %s: %d anomalies (%.2f%%) in %.2fs",
-            algorithm,
-            params,
-            int(detection.labels.sum()),
-            100 * detection.labels.mean(),
-            detection.seconds,
-        )
-        yield detection
+            if detector.joins_context and context is not None:
+                detection = join_context(
+                    detection, cut, context, settings.contamination, settings.random_state
+                )
+        yield _logged(algorithm, params, detection)
+
+
+def _logged(algorithm: str, params: dict[str, Any], detection: Detection) -> Detection:
+    log.info(
+        "%s %s: %d anomalies (%.2f%%) in %.2fs",
+        algorithm,
+        params,
+        int(detection.labels.sum()),
+        100 * detection.labels.mean(),
+        detection.seconds,
+    )
+    return detection

@@ -44,11 +44,14 @@ class Cut:
     basis : str
         Why this many rows, in words for the verdict: "a fixed 5 % of rows", "the scores' upper group
         in a two-group mixture", ...
+    grouped : bool
+        True when ``auto`` found a separate upper group (not the fallback share, not a fixed share).
     """
 
     labels: np.ndarray
     threshold: float
     basis: str
+    grouped: bool = False
 
 
 #: Ashman's D above which a mixture component counts as separate from the bulk (the usual bound
@@ -159,8 +162,8 @@ def cut_scores(scores: np.ndarray, contamination: float | str, *, seed: int = 0)
     top, basis = auto_case(cut, above, n)
     if top is not None:
         labels, threshold = _top(scores, top)
-        return Cut(labels, threshold, basis)
-    return Cut((scores >= cut).astype(np.int8), float(cut), basis)
+        return Cut(labels, threshold, basis, grouped=cut is not None)
+    return Cut((scores >= cut).astype(np.int8), float(cut), basis, grouped=True)
 
 
 def auto_case(cut: float | None, above: int, n: int) -> tuple[int | None, str]:

@@ -271,7 +271,7 @@ def replay_config(original: RunPaths) -> PipelineConfig:
 
 def replay(run_dir: str | Path, *, run_id: str | None = None, echo: bool = False) -> ReplayOutcome:
     """Replay the run in ``run_dir`` and compare the outcome with the original."""
-    from anomaly_detection.pipeline.stages import run_pipeline
+    from anomaly_detection.pipeline.run import run_pipeline
 
     root = Path(run_dir).resolve()
     if not (root / "raw").is_dir():

@@ -12,7 +12,6 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,10 @@ from anomaly_detection.ingest import memory
 from anomaly_detection.ingest.auth import CredentialResolver, env_credentials
 from anomaly_detection.ingest.native import ingest
 from anomaly_detection.ingest.sources import bulk_ingest_sources, ingest_sources
-from anomaly_detection.pipeline import checks
+from anomaly_detection.pipeline import checks, timeview
 from anomaly_detection.report import insights
 from anomaly_detection.report.format import datetimes_as_iso, epochs_as_iso
-from anomaly_detection.runs import SECRET_MASK, RunPaths, run_logging, utc_now
+from anomaly_detection.runs import SECRET_MASK, RunPaths, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 SessionFactory = Callable[[], requests.Session]
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
 
 
@@ -217,6 +216,8 @@ def preprocess_stage(config: PipelineConfig, paths: RunPaths) -> dict[str, Any]:
     )
     rows = kept.rows
     summary = kept.summary
+    measures = [spec.column for spec in feature_plan(summary).specs if spec.kind == "measure"]
+    summary["time_context"] = timeview.write_context(config, paths.root, kept.table, measures)
     with atomic.replacing(paths.features) as tmp:
         pd.DataFrame(kept.features, columns=kept.feature_names).to_parquet(tmp, index=False)
     with atomic.replacing(paths.kept_rows) as tmp:
@@ -252,7 +253,8 @@ def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dic
     best: ModelResult | None = None
     grid = config.modeling.grid_for(algorithm)
     fit_on_distinct = config.processing.fit_on_distinct_rows
-    for detection in run_grid(algorithm, grid, X, settings, fit_on_distinct=fit_on_distinct):
+    context = timeview.read_scores(paths.root)
+    for detection in run_grid(algorithm, grid, X, settings, fit_on_distinct=fit_on_distinct, context=context):
         result = evaluate(
             X,
             detection,
@@ -317,7 +319,7 @@ def _model_results(paths: RunPaths, algorithms: list[str]) -> list[ModelResult]:
     for algorithm in algorithms:
         path = paths.models / f"{algorithm}.json"
         if path.exists():
-            results.extend(ModelResult(**entry) for entry in _read_json(path))
+            results.extend(ModelResult(**entry) for entry in read_json(path))
     return results
 
 
@@ -356,23 +358,28 @@ def select_stage(
     best, why = choose(results, selection=config.evaluation.selection)
     assert best is not None
     log.info("selection (%s): %s", config.evaluation.selection, why)
-    summary = _read_json(paths.summary)
+    summary = read_json(paths.summary)
     checks.validate_summary(summary, config.validation)
     flagged = scored.read_flagged(scored.flagged_path(paths.models, best.algorithm), features=True)
     sample = scored.read_sample(scored.sample_path(paths.models, best.algorithm))
     reference, anomalies = _reference(summary, sample, paths, also=flagged["position"].to_numpy())
     explanations = explain(reference, anomalies)
+    positions = flagged["position"].to_numpy()
+    in_time = timeview.explanations(paths.root, anomalies, positions)
+    events = timeview.write_events(paths.root, positions, flagged["score"].to_numpy())
     anomalies = datetimes_as_iso(anomalies)
-    anomalies.insert(0, "row", flagged["position"].to_numpy())  # the record's position in the ingested table
+    anomalies.insert(0, "row", positions)  # the record's position in the ingested table
     anomalies.insert(0, "top_features", [e.codes for e in explanations])
-    anomalies.insert(0, "explanation", [e.text for e in explanations])
+    anomalies.insert(
+        0, "explanation", [f"{t}; {e.text}" if t else e.text for t, e in zip(in_time, explanations)]
+    )
     anomalies.insert(0, "score", flagged["score"].to_numpy())
     anomalies.insert(0, "rank", np.arange(1, len(flagged) + 1))
     with atomic.replacing(paths.anomalies) as tmp:
         anomalies.to_csv(tmp, index=False)
     atomic.copy_file(scored.sample_path(paths.models, best.algorithm), paths.report_sample)
 
-    ingest_info = _read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
+    ingest_info = read_json(paths.ingest_info) if paths.ingest_info.exists() else {}
     model_warnings = [f"best model: {flag}" for flag in best.flags]
     model_warnings += checks.skipped_on_spark(run_meta, config.modeling.algorithms)
     if config.evaluation.selection == "ensemble" and best.algorithm != "ensemble":
@@ -390,7 +397,7 @@ def select_stage(
         "run_id": paths.run_id,
         "status": "succeeded",
         "name": config.name,
-        "source_url": _source_urls(config),
+        "source_url": source_urls(config),
         "mode": (run_meta or {}).get("mode", "native"),
         "rows": {
             "ingested": ingest_info.get("rows", summary["rows_before"]),
@@ -411,6 +418,7 @@ def select_stage(
         "best": best_dict,
         "selection": {"strategy": config.evaluation.selection, "why": why},
         "warnings": warnings,
+        "events": timeview.events_summary(events, paths.root),
         "anomalies": str(paths.anomalies),
         "report": str(paths.report),
         "published_report": str(paths.published_report),
@@ -429,7 +437,7 @@ def select_stage(
     return {"best": best_dict, "anomaly_count": best.anomaly_count, "results": str(paths.results)}
 
 
-def _source_urls(config: PipelineConfig) -> str:
+def source_urls(config: PipelineConfig) -> str:
     """The source's URL(s), redacted; several are joined with a space."""
     return " ".join(redact_url(url) for url in config.source.urls)
 
@@ -448,8 +456,8 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     from anomaly_detection.report.inputs import ReportInputs
     from anomaly_detection.report.render import render_report
 
-    results = _read_json(paths.results)
-    summary = _read_json(paths.summary)
+    results = read_json(paths.results)
+    summary = read_json(paths.summary)
     feature_names = list(summary["features"])
     sample = scored.read_sample(paths.report_sample)
     X = sample[scored.feature_columns(len(feature_names))].to_numpy(dtype=np.float64)
@@ -457,7 +465,7 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     preview = epochs_as_iso(scored.head(paths.flattened, config.report.preview_rows), roles)
     top_anomalies = epochs_as_iso(pd.read_csv(paths.anomalies, nrows=config.report.top_anomalies), roles)
     if decision is None and (paths.root / "decision.json").exists():
-        decision = _read_json(paths.root / "decision.json")
+        decision = read_json(paths.root / "decision.json")
     reference, _ = _reference(summary, sample, paths)
     named = named_features(top_anomalies["top_features"])
     flagged_positions = scored.read_flagged(scored.flagged_path(paths.models, results["best"]["algorithm"]))[
@@ -513,88 +521,3 @@ def report_stage(config: PipelineConfig, paths: RunPaths, *, decision: dict[str,
     atomic.copy_file(paths.report, paths.published_report)
     log.info("report written to %s", paths.report)
     return paths.report
-
-
-# --------------------------------------------------------------------------- whole run
-
-
-@dataclass
-class RunOutcome:
-    run_id: str
-    status: str
-    paths: RunPaths
-    error: str | None = None
-    best: dict[str, Any] | None = None
-
-
-def _mark_failed(paths: RunPaths, config: PipelineConfig, error: str, meta: dict[str, Any]) -> None:
-    doc = _read_json(paths.results) if paths.results.exists() else {}
-    doc.update(
-        meta,
-        run_id=paths.run_id,
-        name=config.name,
-        status="failed",
-        error=error,
-        source_url=_source_urls(config),
-    )
-    doc["raw_snapshot"] = str(paths.raw)
-    doc["log"] = str(paths.log)
-    atomic.write_json(paths.results, doc)
-
-
-def run_pipeline(
-    config: PipelineConfig,
-    *,
-    run_id: str,
-    echo: bool = False,
-    credentials: CredentialResolver = env_credentials,
-    on_stage: Callable[[str], None] | None = None,
-    rerun_of: str | None = None,
-    session_factory: SessionFactory | None = None,
-) -> RunOutcome:
-    """Run every native stage in this process. Failures are recorded, never raised past here."""
-    paths = RunPaths.create(config.output.runs_dir, config.output.reports_dir, run_id)
-    SECRET_MASK.add(*config.secret_values())
-    started_at, clock = utc_now(), time.perf_counter()
-    meta: dict[str, Any] = {"started_at": started_at, "rerun_of": rerun_of, "orchestrator": "cli"}
-    with run_logging(paths, echo=echo):
-        try:
-            resolve_stage(config, paths)
-            if on_stage:
-                on_stage("ingest")
-            ingested = ingest_stage(config, paths, credentials=credentials, session_factory=session_factory)
-            checks.validate_rows(ingested["rows"], config.validation)
-            path, why = choose_path(config, ingested["rows"], routed=ingested.get("routed_to_spark"))
-            log.info("%s path (%s)", path, why)
-            meta["mode"] = path
-            if path == "spark":
-                for job in ("preprocess", "detect"):
-                    if on_stage:
-                        on_stage(f"spark {job}")
-                    spark_stage(config, paths, job)
-                    if job == "preprocess":
-                        checks.validate_summary(_read_json(paths.summary), config.validation)
-            else:
-                if on_stage:
-                    on_stage("preprocess")
-                preprocess_stage(config, paths)
-                for algorithm in config.modeling.algorithms:
-                    if on_stage:
-                        on_stage(f"detect {algorithm}")
-                    detect_stage(config, paths, algorithm)
-            meta.update(finished_at=utc_now(), duration_seconds=round(time.perf_counter() - clock, 3))
-            outcome = select_stage(config, paths, run_meta=meta)
-            if on_stage:
-                on_stage("report")
-            report_stage(config, paths)
-            log.info("run %s finished in %.2fs", paths.run_id, time.perf_counter() - clock)
-            return RunOutcome(paths.run_id, "succeeded", paths, best=outcome["best"])
-        except PipelineError as exc:
-            log.error("run failed: %s", exc)
-            _mark_failed(paths, config, str(exc), meta)
-            return RunOutcome(paths.run_id, "failed", paths, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - recorded with its traceback, then reported
-            log.exception("run failed unexpectedly")
-            message = f"{type(exc).__name__}: {exc}"
-            _mark_failed(paths, config, message, meta)
-            return RunOutcome(paths.run_id, "failed", paths, error=message)

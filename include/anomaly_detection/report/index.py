@@ -192,7 +192,7 @@ class RunRecord:
         return f"report/{quote(self.report_name)}" if self.report_exists and self.report_name else None
 
 
-def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(object, None), (None, None) when the file is missing, (None, problem) when it is unreadable."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -265,8 +265,8 @@ def _servable(reports: Path, name: str) -> bool:
 
 
 def _record(run_dir: Path, reports: Path) -> RunRecord:
-    results, problem = _read_json(run_dir / "results.json")
-    decision, decision_problem = _read_json(run_dir / "decision.json")
+    results, problem = read_json(run_dir / "results.json")
+    decision, decision_problem = read_json(run_dir / "decision.json")
     results = results or {}
     run_id = run_dir.name
     report_name = run_id + REPORT_SUFFIX

@@ -26,6 +26,9 @@ class DetectorSettings:
     random_state: int = 0
     fit_sample_size: int = 100_000
     dbscan_sample_size: int = 5_000
+    #: The last ``context_columns`` columns of the matrix a context-using detector gets are time
+    #: context scores (features/context.py: one per measure), not features.
+    context_columns: int = 0
 
     def __post_init__(self) -> None:
         if self.contamination == "auto":
@@ -122,6 +125,10 @@ class Detector:
     share_labelled : bool
         True when its labels are the top ``contamination`` share of its scores (relabelled over all
         rows after fitting on distinct rows); False when a rule of its own labels a row (DBSCAN).
+    uses_context : bool
+        True when it reads the time context columns that follow the features.
+    joins_context : bool
+        True when its detection is joined with the time view's where a time context exists.
     """
 
     name: str
@@ -130,6 +137,12 @@ class Detector:
     params: frozenset[str]
     engines: tuple[str, ...] = ("native",)
     share_labelled: bool = True
+    #: True when it reads the time context columns (``settings.context_columns``); the others get
+    #: the features only.
+    uses_context: bool = False
+    #: True when, with a time context, its detection is joined with the time view's
+    #: (:func:`.time_series.join_context`): the default ensemble.
+    joins_context: bool = False
 
 
 REGISTRY: dict[str, Detector] = {}

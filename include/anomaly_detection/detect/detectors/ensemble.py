@@ -73,5 +73,6 @@ register(
         grids={"simple": {"n_neighbors": [5]}, "complex": {"n_neighbors": [5]}},
         params=frozenset({"n_neighbors", "reference_rows", "n_bins"}),
         engines=("native", "spark"),
+        joins_context=True,
     )
 )
