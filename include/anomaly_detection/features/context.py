@@ -17,7 +17,8 @@ A row scores the largest of its four |z| only when it is *new*: its (deseasonali
 the 1 %-99 % range its series took over the previous 7 days by more than 2 robust standard
 deviations of the day residual. A pattern that recurred within the week (a nightly batch job, a
 daily peak) is therefore not an anomaly; its first occurrence can be. The first day of a series is
-its warm-up: nothing in it scores. A row is flagged by the ``time_series`` detector when its score
+its warm-up: nothing in it scores (the score of a row the time view cannot judge is
+:data:`UNJUDGED`, -1; a judged row that is not new scores 0). A row is flagged by the ``time_series`` detector when its score
 exceeds 6. These rules and numbers were chosen on all 40 NAB series at once (docs/QUALITY.md).
 
 Irregular steps, gaps and repeated timestamps: windows are spans of time, not counts of rows, so
@@ -62,6 +63,8 @@ NOVELTY_SPAN, NOVELTY_QUANTILE, NOVELTY_MARGIN = WEEK, 0.99, 2.0
 MIN_SPAN, MIN_POINTS = pd.Timedelta(days=2), 50
 #: The time_series detector flags a score above this.
 FENCE = 6.0
+#: The score of a row the time view cannot judge: no context, no value, or its series' warm-up.
+UNJUDGED = -1.0
 
 
 @dataclass
@@ -85,7 +88,7 @@ class SeriesFacts:
 class MeasureContext:
     """One measure's context over every row of the table (rows without context hold 0 / NaN)."""
 
-    score: np.ndarray  # gated max |z|, shape (n_rows,)
+    score: np.ndarray  # gated max |z| (0: not new; UNJUDGED: no history), shape (n_rows,)
     view: np.ndarray  # index in VIEWS of the largest |z|, int8, shape (n_rows,)
     typical: np.ndarray  # the value that view expected, shape (n_rows,)
     season: np.ndarray  # index in SEASONS of the series' seasonality, int8, shape (n_rows,)
@@ -220,7 +223,7 @@ def series_views(
     novel = beyond / _robust_spread(residuals["day"], floor) > NOVELTY_MARGIN  # NaN compares False
 
     best = np.argmax(z, axis=1)
-    score = np.where(novel, z[np.arange(len(y)), best], 0.0)
+    score = np.where(warmed, np.where(novel, z[np.arange(len(y)), best], 0.0), UNJUDGED)
     typical = expected[np.arange(len(y)), best]
     return {"score": score, "view": best.astype(np.int8), "typical": typical}, season, acf_day, acf_week
 

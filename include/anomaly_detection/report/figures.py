@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from anomaly_detection.report import plots
 from anomaly_detection.report.inputs import ReportInputs
@@ -27,6 +28,8 @@ from anomaly_detection.report.inputs import ReportInputs
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 2
+#: The strongest events shaded in the time view.
+SHADED_EVENTS = 200
 #: The jobs of the :func:`draw_all` call in progress, inherited by its forked workers.
 _PENDING: dict[str, FigureJob] = {}
 
@@ -131,8 +134,16 @@ def figure_jobs(inputs: ReportInputs, best_index: int | None) -> dict[str, Figur
     )
     view = inputs.time_view
     if view is not None:
+        spans = []
+        if view.events is not None and len(view.events):
+            shaded = view.events.head(SHADED_EVENTS)
+            starts, ends = (
+                pd.to_datetime(shaded[c], utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]")
+                for c in ("start", "end")
+            )
+            spans = list(zip(starts, ends))
         jobs["time_features"] = FigureJob(
-            plots.features_over_time, (view.times, view.values, view.anomalies, view.feature_names)
+            plots.features_over_time, (view.times, view.values, view.anomalies, view.feature_names, spans)
         )
     if len(inputs.models or []) > 1:  # one configuration: nothing to compare
         jobs["models"] = FigureJob(plots.model_comparison, (inputs.models, best_index))

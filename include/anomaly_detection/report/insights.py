@@ -8,6 +8,7 @@ is ``None`` and its section says why; a failure here is logged and never fails t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class TimeView:
     anomalies: np.ndarray  # 0/1 per drawn row
     feature_names: list[str]
     buckets: timeline.Buckets | None
+    #: The time context's summary entry (features/context.py), and the run's events (events.csv).
+    context: dict[str, Any] = field(default_factory=dict)
+    events: pd.DataFrame | None = None
 
 
 @dataclass
@@ -65,6 +69,12 @@ def kept_positions(paths: RunPaths) -> np.ndarray | None:
         ]
         return np.sort(np.concatenate(positions)) if positions else None
     return None
+
+
+def _time_context(paths: RunPaths) -> dict[str, Any]:
+    if not paths.summary.exists():
+        return {}
+    return dict(json.loads(paths.summary.read_text(encoding="utf-8")).get("time_context") or {})
 
 
 def time_view(
@@ -98,6 +108,10 @@ def time_view(
         anomalies=sample["anomaly"].to_numpy(),
         feature_names=chosen,
         buckets=buckets,
+        context=_time_context(paths),
+        events=pd.read_csv(paths.root / "events.csv", parse_dates=["start", "end", "peak"])
+        if (paths.root / "events.csv").exists()
+        else None,
     )
 
 

@@ -386,8 +386,22 @@ def _time_axis(ax: Any) -> None:
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
+def _shade(ax: Any, events: Sequence[tuple[np.datetime64, np.datetime64]], times: np.ndarray) -> None:
+    if not len(events) or not len(times):
+        return
+    least = (times.max() - times.min()) * 0.004
+    for start, end in events:
+        start, end = np.datetime64(start, "ns"), np.datetime64(end, "ns")
+        middle, width = start + (end - start) / 2, max(end - start, least)
+        ax.axvspan(middle - width / 2, middle + width / 2, color=ANOMALY_COLOUR, alpha=0.12, linewidth=0)
+
+
 def features_over_time(
-    times: np.ndarray, values: np.ndarray, anomalies: np.ndarray, feature_names: Sequence[str]
+    times: np.ndarray,
+    values: np.ndarray,
+    anomalies: np.ndarray,
+    feature_names: Sequence[str],
+    events: Sequence[tuple[np.datetime64, np.datetime64]] = (),
 ) -> str | None:
     """Small multiples of the main features against time, anomalies in red.
 
@@ -401,6 +415,8 @@ def features_over_time(
         0/1 flag per row, shape ``(n_rows,)``.
     feature_names : sequence of str
         Names of the columns of ``values``.
+    events : sequence of (start, end)
+        Time spans shaded in every panel (an instant is widened to 0.4 % of the time axis).
 
     Returns
     -------
@@ -434,6 +450,7 @@ def features_over_time(
         )
         ax.set_ylabel(_label(feature_names[j], 22), fontsize=9)
         ax.grid(alpha=0.25)
+        _shade(ax, events, times[dated])
         _time_axis(ax)
     axes[0].legend(loc="upper right", fontsize=8, markerscale=2, framealpha=0.8)
     return _to_base64(fig)

@@ -326,6 +326,9 @@ def verdict_section(inputs: ReportInputs, warnings: list[str]) -> dict[str, Any]
         "why": why,
         "runner_up": runner_up,
         "cut": str((best.get("info") or {}).get("threshold_rule") or ""),
+        "events": None
+        if inputs.time_view is None or inputs.time_view.events is None
+        else len(inputs.time_view.events),
         "warning_count": len(warnings),
         "drifted": drifted,
         "has_history": bool(inputs.history and inputs.history.previous),
@@ -393,7 +396,60 @@ def time_section(view: Any, drawn: Drawn) -> dict[str, Any] | None:
         "undated_rows": format_number(buckets.undated_rows) if buckets is not None else DASH,
         "undated_anomalies": format_number(buckets.undated_anomalies) if buckets is not None else DASH,
         "drawn": format_number(len(view.times)),
+        "context": context_words(view.context),
+        "events": events_rows(view.events),
+        "event_count": 0 if view.events is None else len(view.events),
     }
+
+
+#: Events listed in the report (events.csv has all).
+EVENTS_SHOWN = 20
+
+
+def context_words(context: Mapping[str, Any]) -> str:
+    """One sentence on the time context: what it judged and how, or why it did not apply."""
+    if not context:
+        return ""
+    if not context.get("applied"):
+        return f"Detection did not use the time context: {context.get('why', 'not applied')}."
+    series = context.get("series", 0)
+    key = context.get("series_key")
+    per = f"{series:,} series (one per {key})" if key else "one series"
+    seasons = ", ".join(context.get("seasonality") or []) or "none"
+    skipped = context.get("skipped_series_count") or 0
+    left_out = (
+        f" {skipped:,} series too short for it (under 2 days or 50 points) were scored without it."
+        if skipped
+        else ""
+    )
+    measures = context.get("measures") or []
+    shown = ", ".join(measures[:8]) + (f" and {len(measures) - 8} more" if len(measures) > 8 else "")
+    return (
+        f"Each row was also judged against its own series' history ({per}): {shown} against the rolling "
+        f"median of about a day and a week, the previous point and the level before, after removing the "
+        f"seasonal profile where one was found (seasonality: {seasons}). A row counts only when its value is "
+        f"new to the past week of its series; the first day of a series is its warm-up.{left_out}"
+    )
+
+
+def events_rows(events: pd.DataFrame | None) -> list[dict[str, str]]:
+    if events is None:
+        return []
+    rows = []
+    for _, e in events.head(EVENTS_SHOWN).iterrows():
+        rows.append(
+            {
+                "event": str(e["event"]),
+                "series": str(e["series"]),
+                "start": format_cell(e["start"]),
+                "end": format_cell(e["end"]),
+                "peak": format_cell(e["peak"]),
+                "rows": format_number(e["rows"]),
+                "duration": format_duration(float(e["duration_seconds"])),
+                "score": format_number(e["peak_score"], 3),
+            }
+        )
+    return rows
 
 
 def history_section(view: Any, run_id: str, drawn: Drawn) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from anomaly_detection.detect.threshold import Cut, cut_scores
-from anomaly_detection.features.context import FENCE
+from anomaly_detection.features.context import FENCE, UNJUDGED
 
 from .base import Detection, Detector, DetectorSettings, register, robust_standardise
 
@@ -71,8 +71,9 @@ def join_context(
 
     With ``contamination: auto`` a row is flagged when the time view flags it (its context score
     exceeds :data:`~anomaly_detection.features.context.FENCE`) or when the value ensemble's cut
-    found a separate upper group, the row is in it and the row is new to its series (a value seen
-    within the past week is not an anomaly in a time series). Scores are multiples of each view's
+    found a separate upper group, the row is in it, and the time view did not judge the row's value
+    familiar (a value seen within the past week of its series is not an anomaly in a time series;
+    a row the time view cannot judge, in its series' warm-up or without context, keeps its flag). Scores are multiples of each view's
     cut (1 = at the cut); a view whose flags do not count ranks its rows just under 1. With a
     fixed share, both views are robustly standardised and the top share of their maximum is flagged.
 
@@ -92,7 +93,7 @@ def join_context(
         joined = cut_scores(scores, contamination, seed=seed)
         info["threshold_rule"] = joined.basis
         return replace(value, scores=scores, labels=joined.labels, threshold=joined.threshold, info=info)
-    novel = time_scores > 0
+    novel = (time_scores > 0) | (time_scores <= UNJUDGED)
     threshold = cut.threshold if cut.threshold > 0 else float(np.max(value.scores)) or 1.0
     value_part = value.scores / threshold
     counted = cut.grouped & novel
@@ -103,7 +104,7 @@ def join_context(
     scores = np.where(labels == 1, np.maximum(scores, 1.0), np.minimum(scores, BELOW_CUT))
     by_value = int(((labels == 1) & ~by_time).sum())
     value_words = (
-        f"the value view adds {by_value:,} row(s) new to their series from its cut ({cut.basis})"
+        f"the value view adds {by_value:,} row(s) not familiar to their series from its cut ({cut.basis})"
         if cut.grouped
         else "the value view's scores form no separate upper group, so it adds none"
     )
