@@ -291,7 +291,7 @@ def build_context(
     }
     measured = {
         m: MeasureContext(
-            np.zeros(n), np.zeros(n, dtype=np.int8), np.full(n, np.nan), np.zeros(n, dtype=np.int8)
+            np.full(n, UNJUDGED), np.zeros(n, dtype=np.int8), np.full(n, np.nan), np.zeros(n, dtype=np.int8)
         )
         for m in measures
     }
