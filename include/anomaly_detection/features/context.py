@@ -16,9 +16,10 @@ robust profile: the median per hour of day, or per hour of day x day of week.
 A row scores the largest of its four |z| only when it is *new*: its (deseasonalised) value leaves
 the 1 %-99 % range its series took over the previous 7 days by more than 2 robust standard
 deviations of the day residual. A pattern that recurred within the week (a nightly batch job, a
-daily peak) is therefore not an anomaly; its first occurrence can be. The first day of a series is
-its warm-up: nothing in it scores (the score of a row the time view cannot judge is
-:data:`UNJUDGED`, -1; a judged row that is not new scores 0). A row is flagged by the ``time_series`` detector when its score
+daily peak) is therefore not an anomaly; its first occurrence can be. The first day of a series has
+no past week, so it is judged against the week after it. A judged row that is not new scores 0;
+a row the time view cannot judge (no time, no value, no context) scores :data:`UNJUDGED`, -1.
+A row is flagged by the ``time_series`` detector when its score
 exceeds 6. These rules and numbers were chosen on all 40 NAB series at once (docs/QUALITY.md).
 
 Irregular steps, gaps and repeated timestamps: windows are spans of time, not counts of rows, so
@@ -63,7 +64,7 @@ NOVELTY_SPAN, NOVELTY_QUANTILE, NOVELTY_MARGIN = WEEK, 0.99, 2.0
 MIN_SPAN, MIN_POINTS = pd.Timedelta(days=2), 50
 #: The time_series detector flags a score above this.
 FENCE = 6.0
-#: The score of a row the time view cannot judge: no context, no value, or its series' warm-up.
+#: The score of a row the time view cannot judge: no time, no value or no context.
 UNJUDGED = -1.0
 
 
@@ -219,6 +220,11 @@ def series_views(
     high = past.quantile(NOVELTY_QUANTILE).to_numpy()
     low = past.quantile(1 - NOVELTY_QUANTILE).to_numpy()
     warmed = (instants.asi8 - instants.asi8[0]) >= (w_new / 7).value
+    future = mirrored.rolling(w_new, closed="left", min_periods=1)
+    high = np.where(warmed, high, future.quantile(NOVELTY_QUANTILE).to_numpy()[::-1])
+    low = np.where(warmed, low, future.quantile(1 - NOVELTY_QUANTILE).to_numpy()[::-1])
+    ahead = (instants.asi8[-1] - instants.asi8) >= (w_new / 7).value
+    warmed = warmed | ahead
     beyond = np.where(warmed, np.maximum(np.maximum(y - high, low - y), 0.0), np.nan)
     novel = beyond / _robust_spread(residuals["day"], floor) > NOVELTY_MARGIN  # NaN compares False
 

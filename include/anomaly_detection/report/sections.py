@@ -428,7 +428,7 @@ def context_words(context: Mapping[str, Any]) -> str:
         f"Each row was also judged against its own series' history ({per}): {shown} against the rolling "
         f"median of about a day and a week, the previous point and the level before, after removing the "
         f"seasonal profile where one was found (seasonality: {seasons}). A row counts only when its value is "
-        f"new to the past week of its series; the first day of a series is its warm-up.{left_out}"
+        f"new to the past week of its series; its first day is judged against the week after it.{left_out}"
     )
 
 

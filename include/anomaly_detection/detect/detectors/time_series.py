@@ -73,7 +73,7 @@ def join_context(
     exceeds :data:`~anomaly_detection.features.context.FENCE`) or when the value ensemble's cut
     found a separate upper group, the row is in it, and the time view did not judge the row's value
     familiar (a value seen within the past week of its series is not an anomaly in a time series;
-    a row the time view cannot judge, in its series' warm-up or without context, keeps its flag). Scores are multiples of each view's
+    a row the time view cannot judge, without a time, a value or a context, keeps its flag). Scores are multiples of each view's
     cut (1 = at the cut); a view whose flags do not count ranks its rows just under 1. With a
     fixed share, both views are robustly standardised and the top share of their maximum is flagged.
 
