@@ -37,6 +37,7 @@ def run_grid(
     *,
     fit_on_distinct: bool = True,
     context: np.ndarray | None = None,
+    context_gates_values: bool = True,
 ) -> Iterator[Detection]:
     """Yield one :class:`Detection` per point of ``ParameterGrid(grid)``, scoring every row of ``X``.
 
@@ -55,6 +56,8 @@ def run_grid(
         Time context scores (features/context.py). A detector that uses them gets them after the
         features, for every row; the ensemble is joined with the time view
         (:func:`~anomaly_detection.detect.detectors.time_series.join_context`).
+    context_gates_values : bool
+        True when the time view follows every feature, so it may veto the value view's flags.
 
     A detector labelled by a share of its scores is cut over every row by
     :func:`~anomaly_detection.detect.threshold.cut_scores` (``settings.contamination``); the words
@@ -87,7 +90,12 @@ def run_grid(
             detection = replace(detection, labels=cut.labels, threshold=cut.threshold, info=info)
             if detector.joins_context and context is not None:
                 detection = join_context(
-                    detection, cut, context, settings.contamination, settings.random_state
+                    detection,
+                    cut,
+                    context,
+                    settings.contamination,
+                    settings.random_state,
+                    gate=context_gates_values,
                 )
         yield _logged(algorithm, params, detection)
 

@@ -254,7 +254,17 @@ def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dic
     grid = config.modeling.grid_for(algorithm)
     fit_on_distinct = config.processing.fit_on_distinct_rows
     context = timeview.read_scores(paths.root)
-    for detection in run_grid(algorithm, grid, X, settings, fit_on_distinct=fit_on_distinct, context=context):
+    followed = all(s.kind in timeview.FOLLOWED_KINDS for s in feature_plan(read_json(paths.summary)).specs)
+    detections = run_grid(
+        algorithm,
+        grid,
+        X,
+        settings,
+        fit_on_distinct=fit_on_distinct,
+        context=context,
+        context_gates_values=followed,
+    )
+    for detection in detections:
         result = evaluate(
             X,
             detection,

@@ -432,6 +432,15 @@ def context_words(context: Mapping[str, Any]) -> str:
     )
 
 
+def _instant(value: Any) -> str:
+    stamp = pd.Timestamp(value)
+    return (
+        DASH
+        if pd.isna(stamp)
+        else (stamp.tz_convert("UTC") if stamp.tzinfo else stamp).strftime("%Y-%m-%d %H:%M:%S")
+    )
+
+
 def events_rows(events: pd.DataFrame | None) -> list[dict[str, str]]:
     if events is None:
         return []
@@ -441,9 +450,9 @@ def events_rows(events: pd.DataFrame | None) -> list[dict[str, str]]:
             {
                 "event": str(e["event"]),
                 "series": str(e["series"]),
-                "start": format_cell(e["start"]),
-                "end": format_cell(e["end"]),
-                "peak": format_cell(e["peak"]),
+                "start": _instant(e["start"]),
+                "end": _instant(e["end"]),
+                "peak": _instant(e["peak"]),
                 "rows": format_number(e["rows"]),
                 "duration": format_duration(float(e["duration_seconds"])),
                 "score": format_number(e["peak_score"], 3),

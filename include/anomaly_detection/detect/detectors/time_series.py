@@ -65,7 +65,13 @@ def time_series(X: np.ndarray, params: dict[str, Any], settings: DetectorSetting
 
 
 def join_context(
-    value: Detection, cut: Cut, context: np.ndarray, contamination: float | str, seed: int
+    value: Detection,
+    cut: Cut,
+    context: np.ndarray,
+    contamination: float | str,
+    seed: int,
+    *,
+    gate: bool = True,
 ) -> Detection:
     """The ensemble with the time view: what both flag, on one score scale.
 
@@ -73,7 +79,10 @@ def join_context(
     exceeds :data:`~anomaly_detection.features.context.FENCE`) or when the value ensemble's cut
     found a separate upper group, the row is in it, and the time view did not judge the row's value
     familiar (a value seen within the past week of its series is not an anomaly in a time series;
-    a row the time view cannot judge, without a time, a value or a context, keeps its flag). Scores are multiples of each view's
+    a row the time view cannot judge, without a time, a value or a context, keeps its flag). Those
+    two conditions hold only with ``gate``, when the time view follows every feature: in a table
+    with features it does not follow (a duration, a category's rarity) the value view's own cut
+    stands, its fallback share included. Scores are multiples of each view's
     cut (1 = at the cut); a view whose flags do not count ranks its rows just under 1. With a
     fixed share, both views are robustly standardised and the top share of their maximum is flagged.
 
@@ -85,6 +94,8 @@ def join_context(
     context : ndarray of shape (n_rows, n_measures)
     contamination : float or "auto"
     seed : int
+    gate : bool
+        Whether the time view's familiarity can veto the value view's flags.
     """
     time_scores = np.max(context, axis=1)
     info = {**value.info, "members": [*value.info.get("members", []), f"time_series (fence={FENCE:g})"]}
@@ -96,7 +107,7 @@ def join_context(
     novel = (time_scores > 0) | (time_scores <= UNJUDGED)
     threshold = cut.threshold if cut.threshold > 0 else float(np.max(value.scores)) or 1.0
     value_part = value.scores / threshold
-    counted = cut.grouped & novel
+    counted = (cut.grouped & novel) if gate else np.ones(len(time_scores), dtype=bool)
     value_part = np.where(counted, value_part, np.minimum(value_part, BELOW_CUT))
     scores = np.maximum(time_scores / FENCE, value_part)
     by_time = time_scores > FENCE
@@ -104,8 +115,9 @@ def join_context(
     scores = np.where(labels == 1, np.maximum(scores, 1.0), np.minimum(scores, BELOW_CUT))
     by_value = int(((labels == 1) & ~by_time).sum())
     value_words = (
-        f"the value view adds {by_value:,} row(s) not familiar to their series from its cut ({cut.basis})"
-        if cut.grouped
+        f"the value view adds {by_value:,} row(s){' not familiar to their series' if gate else ''} from its cut "
+        f"({cut.basis})"
+        if cut.grouped or not gate
         else "the value view's scores form no separate upper group, so it adds none"
     )
     info["threshold_rule"] = (
