@@ -35,10 +35,11 @@ from anomaly_detection.detect.detectors.centroids import kmeans
 from anomaly_detection.detect.grid import DetectorSettings
 from anomaly_detection.detect.scored import flagged_path, read_flagged, read_sample, sample_path
 from anomaly_detection.errors import PipelineError
-from anomaly_detection.features.derive import FeaturePlan, to_instants
+from anomaly_detection.features.derive import FeaturePlan, feature_plan, to_instants
 from anomaly_detection.features.preprocess import find_duplicate_rows, preprocess
 from anomaly_detection.ingest.flatten import FlattenStats, finalize_frame, flatten_records
 from anomaly_detection.ingest.parquet import PartWriter, typed_batches
+from anomaly_detection.pipeline import timeview
 from anomaly_detection.pipeline.stages import report_stage, select_stage
 from anomaly_detection.runs import spark_jobs_dir
 from anomaly_detection.spark.jobs import features as spark_feature_rules
@@ -60,8 +61,9 @@ N_SCORED = N_ROWS + N_DUPLICATES
 
 
 @pytest.fixture(scope="module")
-def spark_run(spark_reference):
-    """The reference run's outputs, its config and input, and the native preprocessing of that input."""
+def spark_run(spark_reference, tmp_path_factory):
+    """The reference run's outputs, its config and input, and the native preprocessing of that input
+    (its summary with the native ``time_context``, as ``preprocess_stage`` adds it)."""
     paths = spark_reference.paths
     config = load_config(spark_reference.config_path)
     native = preprocess(
@@ -69,6 +71,10 @@ def spark_run(spark_reference):
         config.processing,
         label_column=config.evaluation.label_column,
         random_state=config.modeling.random_state,
+    )
+    measures = [s.column for s in feature_plan(native.summary).specs if s.kind == "measure"]
+    native.summary["time_context"] = timeview.write_context(
+        config, tmp_path_factory.mktemp("native_context"), native.table, measures
     )
     return {
         "paths": paths,

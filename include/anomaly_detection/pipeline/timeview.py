@@ -26,6 +26,8 @@ from anomaly_detection.report.format import format_number
 log = logging.getLogger(__name__)
 
 CONTEXT_FILE = "context.parquet"
+#: The Spark path's context: part files with ``_pos`` and the columns above (``_series_name`` as text).
+SPARK_CONTEXT_DIR = "context.spark.parquet"
 EVENTS_FILE = "events.csv"
 _SCORE, _VIEW, _TYPICAL, _SEASON = "|score", "|view", "|typical", "|season"
 #: Feature kinds the time view follows (measures) or that are time itself; with another kind among
@@ -94,6 +96,34 @@ def write_context(
     return summary
 
 
+def _context_rows(
+    root: Path, positions: np.ndarray, columns: list[str] | None = None
+) -> tuple[pd.DataFrame, list[str]] | None:
+    """The context rows at ``positions``, in that order, and the series names by code; None without
+    context. ``context.parquet`` (native) or ``context.spark.parquet/`` (Spark: only the rows at
+    ``positions`` are read, by a filter on ``_pos``)."""
+    path = context_path(root)
+    if path.exists():
+        frame = pd.read_parquet(path, columns=columns).iloc[positions].reset_index(drop=True)
+        return frame, [str(n) for n in frame["_series_name"].cat.categories]
+    parts = Path(root) / SPARK_CONTEXT_DIR
+    if not parts.is_dir():
+        return None
+    import pyarrow.dataset as ds
+
+    wanted = np.asarray(positions, dtype=np.int64)
+    dataset = ds.dataset(parts, format="parquet")
+    read = None if columns is None else ["_pos", *columns]
+    table = dataset.to_table(columns=read, filter=ds.field("_pos").isin(np.unique(wanted)))
+    frame = table.to_pandas().drop_duplicates("_pos").set_index("_pos").loc[wanted].reset_index(drop=True)
+    if "_time" in frame:
+        times = pd.to_datetime(frame["_time"])
+        frame["_time"] = (times.dt.tz_convert(None) if times.dt.tz else times).astype("datetime64[ns]")
+    names: dict[int, str] = dict(zip(frame["_series"].to_numpy().tolist(), frame["_series_name"].astype(str)))
+    listed = [names.get(code, "") for code in range(max(names, default=-1) + 1)]
+    return frame, listed
+
+
 def read_scores(root: Path) -> np.ndarray | None:
     """Every measure's context score as columns, shape (n_rows, n_measures); None without context."""
     path = context_path(root)
@@ -118,10 +148,10 @@ def explanations(root: Path, table: pd.DataFrame, positions: np.ndarray) -> list
     The measure with the highest context score above the fence names the view, e.g. "value 2,100 vs
     14,800 typical for Monday 09:00 (-86 %)" or "value 40 vs 12 at the previous point (+233 %)".
     """
-    path = context_path(root)
-    if not path.exists() or len(positions) == 0:
+    found = _context_rows(root, positions) if len(positions) else None
+    if found is None:
         return [""] * len(positions)
-    frame = pd.read_parquet(path).iloc[positions].reset_index(drop=True)
+    frame = found[0]
     measures = [c[: -len(_SCORE)] for c in frame.columns if c.endswith(_SCORE)]
     scores = frame[[m + _SCORE for m in measures]].to_numpy(dtype=np.float64)
     out = []
@@ -149,15 +179,14 @@ def explanations(root: Path, table: pd.DataFrame, positions: np.ndarray) -> list
 
 def write_events(root: Path, positions: np.ndarray, scores: np.ndarray) -> pd.DataFrame | None:
     """Group the flagged rows at ``positions`` into events and write ``events.csv``; None without context."""
-    path = context_path(root)
     target = events_path(root)
-    if not path.exists():
+    found = _context_rows(root, positions, ["_series", "_order", "_series_name", "_time"])
+    if found is None:
         if target.exists():
             target.unlink()
         return None
-    frame = pd.read_parquet(path, columns=["_series", "_order", "_series_name", "_time"]).iloc[positions]
+    frame, names = found
     inside = frame["_series"].to_numpy() >= 0
-    names = list(frame["_series_name"].cat.categories)
     events = group_events(
         rows=np.asarray(positions)[inside],
         series=frame["_series"].to_numpy()[inside],

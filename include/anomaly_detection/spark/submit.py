@@ -68,7 +68,9 @@ STAGE_TAG = "[stage] "
 #: The attempt id :func:`run_spark_job` gives a job (recorded in its completion marker).
 ATTEMPT_ENV = "ANOMALY_SPARK_ATTEMPT"
 #: Every algorithm the Spark detect job runs (``anomaly_detection.spark.jobs.common.SPARK_ALGORITHMS``).
-SPARK_ALGORITHMS = ("ensemble", "isolation_forest", "hbos", "ecod", "kmeans", "bisecting_kmeans")
+SPARK_ALGORITHMS = (
+    "ensemble", "isolation_forest", "hbos", "ecod", "kmeans", "bisecting_kmeans", "time_series",
+)  # fmt: skip
 
 
 def spark_home() -> Path:

@@ -6,7 +6,7 @@ over the configured grids.
 
 Reads ``features.spark.parquet`` (written by ``preprocess.py``) and, for every configured algorithm
 that runs on Spark (``ensemble``, ``isolation_forest``, ``hbos``, ``ecod``, ``kmeans``,
-``bisecting_kmeans``; DBSCAN, kNN and LOF are skipped with a warning), writes
+``bisecting_kmeans``, ``time_series``; DBSCAN, kNN and LOF are skipped with a warning), writes
 ``models/<algorithm>.json`` (a list of ``ModelResult.to_dict()``) and, for its best configuration, the scored outputs of :mod:`anomaly_detection.detect.scored`: the flagged rows (position and
 score, part files written by Spark) and a bounded report sample. They are what
 :func:`anomaly_detection.pipeline.stages.detect_stage` writes, so the common select, report and review steps
@@ -30,6 +30,9 @@ threshold and the metrics of the split are in :mod:`anomaly_detection.spark.jobs
   from the group sums (ClusteringEvaluator itself took 8x longer); Davies-Bouldin and
   Calinski-Harabasz from the same sums (:func:`anomaly_detection.detect.evaluate.split_metrics_from_aggregates`,
   equal to scikit-learn's);
+* with a time context (``context.spark.parquet``, :mod:`anomaly_detection.spark.jobs.timecontext`),
+  each row's largest context score is joined by ``_pos``: ``time_series`` flags it above the fence,
+  and the ensemble is joined with the time view as natively (``join_context``);
 * with a label column, ROC-AUC and PR-AUC from ``BinaryClassificationEvaluator`` on the score, and
   precision, recall and F1 from the confusion counts.
 
@@ -90,7 +93,13 @@ from anomaly_detection.spark.jobs.members import (
     hbos_scores,
     isolation_forest_scores,
 )
-from anomaly_detection.spark.jobs.metrics import spark_threshold, split_metrics
+from anomaly_detection.spark.jobs.metrics import spark_cut, spark_threshold, split_metrics
+from anomaly_detection.spark.jobs.timecontext import (
+    CTX,
+    join_time_view,
+    read_context_scores,
+    time_series_scored,
+)
 from anomaly_detection.spark.submit import require_complete
 
 NAME = "detect"
@@ -165,6 +174,9 @@ def _detect(
         *(F.col(feature_column(j)).alias(c) for j, c in enumerate(ccols)),
         *([F.col("_label").alias("_y")] if with_labels else []),
     )
+    context = read_context_scores(spark, paths.root)
+    if context is not None:  # every row's largest time context score, by position
+        frame = frame.join(context, POS, "left").fillna(0.0, subset=[CTX])
     data = frame.persist(StorageLevel.MEMORY_AND_DISK)
     n = data.count()
     sample = FitSample(
@@ -365,9 +377,12 @@ def tune_one(
 
     started = time.perf_counter()
     modeling = config.modeling
-    keep = [POS, *ccols, *(["_y"] if with_labels else [])]
+    keep = [POS, *ccols, *(["_y"] if with_labels else []), *([CTX] if CTX in data.columns else [])]
     centers = 0
-    if algorithm == "isolation_forest":
+    fixed = None
+    if algorithm == "time_series":
+        scored, fixed, info = time_series_scored(data, keep, params)
+    elif algorithm == "isolation_forest":
         scored, info = isolation_forest_scores(data, sample, ccols, keep, params, config=config)
     elif algorithm == "hbos":
         scored, info = hbos_scores(data, ccols, keep, params, n)
@@ -381,7 +396,15 @@ def tune_one(
         scored = centroid_scores(data, keep, ccols, fitted)
         centers = len(fitted)
     clock = time.perf_counter()
-    threshold = spark_threshold(scored, n, modeling.contamination, info, seed=modeling.random_state)
+    if fixed is not None:
+        threshold = fixed
+    elif algorithm == "ensemble" and CTX in data.columns:  # joined with the time view (join_context)
+        threshold, grouped = spark_cut(scored, n, modeling.contamination, info, seed=modeling.random_state)
+        joined, fixed = join_time_view(scored, threshold, grouped, modeling.contamination, info, keep)
+        threshold = fixed if fixed is not None else spark_threshold(joined, n, modeling.contamination, info)
+        scored = joined
+    else:
+        threshold = spark_threshold(scored, n, modeling.contamination, info, seed=modeling.random_state)
     info["threshold_seconds"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     flagged = scored.withColumn("_a", (F.col("_score") > F.lit(threshold)).cast("int"))

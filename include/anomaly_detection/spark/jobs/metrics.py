@@ -132,6 +132,13 @@ def spark_threshold(
     ``approxQuantile``, by the same case analysis (:func:`~anomaly_detection.detect.threshold.auto_case`).
     ``info["threshold_rule"]`` gets the words the native cut gives.
     """
+    return spark_cut(scored, n, contamination, info, seed=seed)[0]
+
+
+def spark_cut(
+    scored: Any, n: int, contamination: float | str, info: dict[str, Any], *, seed: int = 0
+) -> tuple[float, bool]:
+    """:func:`spark_threshold` and whether ``auto`` found a separate upper group (``Cut.grouped``)."""
     from pyspark.sql import functions as F
 
     from anomaly_detection.detect.threshold import MIXTURE_SAMPLE, auto_case, mixture_cut
@@ -141,13 +148,14 @@ def spark_threshold(
         above = 0 if cut is None else scored.where(F.col("_score") >= F.lit(cut)).count()
         top, info["threshold_rule"] = auto_case(cut, above, n)
         if top is None:  # the rows scoring at least the cut: strictly above the next double below it
-            return float(np.nextafter(cut, -np.inf))
+            return float(np.nextafter(cut, -np.inf)), True
     else:
         top = math.ceil(float(contamination) * n)
     top = min(n, max(1, top))
+    grouped = contamination == "auto" and cut is not None
     return (
         float(scored.approxQuantile("_score", [1.0 - top / n], QUANTILE_ERROR)[0]) if top < n else -math.inf
-    )
+    ), grouped
 
 
 def score_sample(scored: Any, n: int, size: int, *, seed: int) -> np.ndarray:

@@ -24,6 +24,9 @@ bounded fit sample do. The rules are those of
   ``FeaturePlan.transform``; features without spread dropped; the same ``roles``,
   ``feature_plan``, ``features`` and ``columns_dropped`` (with the native reasons) in the summary;
 * +-inf becomes missing; MinMax scaling from min/max aggregates (bit-identical to numpy);
+* time context: with a time column, ``context.spark.parquet`` (``_pos`` and the native context
+  columns), each series computed by the native code in ``applyInPandas`` (:mod:`.timecontext`), and
+  ``time_context`` in the summary;
 * missing values take the coordinate of the nearest KMeans centroid (pyspark.ml KMeans fitted on
   at most 50,000 complete rows, distance over the observed coordinates); with fewer than 20
   complete rows, or ``missing_values: median``, the column median (``approxQuantile``).
@@ -52,6 +55,7 @@ from anomaly_detection.features.preprocess import (
 )
 from anomaly_detection.features.roles import FEATURE_ROLES
 from anomaly_detection.ingest.sources import SOURCE_COLUMN
+from anomaly_detection.pipeline.timeview import context_path
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.spark.jobs.common import (
     POS,
@@ -78,6 +82,7 @@ from anomaly_detection.spark.jobs.features import (
     role_sample,
 )
 from anomaly_detection.spark.jobs.text_columns import convert_text_columns
+from anomaly_detection.spark.jobs.timecontext import context_dir, write_spark_context
 
 NAME = "preprocess"
 #: Relative error of ``approxQuantile`` for the median fallback (exact up to this many rows).
@@ -108,7 +113,8 @@ def preprocess_job(spark: Any, config: PipelineConfig, paths: RunPaths, log: log
     )
     with Outputs(paths, current_job()) as outputs:
         outputs.start(
-            [paths.spark_features, paths.spark_duplicate_rows, paths.summary],
+            [paths.spark_features, paths.spark_duplicate_rows, paths.summary, context_dir(paths.root)]
+            + [context_path(paths.root)],  # a native context of an earlier run in this directory
             invalidate=["detect", *detect_markers],
         )
         _preprocess(spark, config, paths, log, outputs)
@@ -267,6 +273,11 @@ def _preprocess(
             "min": dict(zip(features, minimum)),
             "max": dict(zip(features, maximum)),
         },
+    )
+    stage("time context")
+    measures = [spec.column for spec in plan.specs if spec.kind == "measure"]
+    summary["time_context"] = write_spark_context(
+        kept, col, measures, config, lambda: outputs.path(context_dir(paths.root)), log
     )
     atomic.write_json(outputs.path(paths.summary), summary)
     log.info(
