@@ -64,6 +64,9 @@ NOVELTY_SPAN, NOVELTY_QUANTILE, NOVELTY_MARGIN = WEEK, 0.99, 2.0
 MIN_SPAN, MIN_POINTS = pd.Timedelta(days=2), 50
 #: The time_series detector flags a score above this.
 FENCE = 6.0
+#: Feature kinds the time view follows (measures) or that are time itself; with another kind among
+#: the features (a duration, a category's rarity, a missing indicator) the value view's flags stand.
+FOLLOWED_KINDS = frozenset({"measure", "hour", "weekday"})
 #: The score of a row the time view cannot judge: no time, no value or no context.
 UNJUDGED = -1.0
 
@@ -146,6 +149,11 @@ def _robust_z(r: np.ndarray, floor: float) -> np.ndarray:
 def _rolling_median(s: pd.Series, width: pd.Timedelta, step: pd.Timedelta) -> np.ndarray:
     need = max(3, int(MIN_WINDOW_SHARE * (width / step)))
     return s.rolling(width, center=True, min_periods=need).median().to_numpy()
+
+
+def follows_every_feature(kinds: list[str]) -> bool:
+    """Whether the time view follows every feature of these kinds (see :data:`FOLLOWED_KINDS`)."""
+    return all(kind in FOLLOWED_KINDS for kind in kinds)
 
 
 def autocorrelation(x: np.ndarray, lag: int) -> float | None:

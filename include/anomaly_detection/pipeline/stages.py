@@ -28,6 +28,7 @@ from anomaly_detection.detect.evaluate import ModelResult, better, choose, evalu
 from anomaly_detection.detect.explain import Reference, explain, fit_reference, named_features
 from anomaly_detection.detect.grid import DetectorSettings, run_grid
 from anomaly_detection.errors import PipelineError
+from anomaly_detection.features.context import follows_every_feature
 from anomaly_detection.features.derive import feature_plan
 from anomaly_detection.features.preprocess import preprocess
 from anomaly_detection.ingest import memory
@@ -254,7 +255,7 @@ def detect_stage(config: PipelineConfig, paths: RunPaths, algorithm: str) -> dic
     grid = config.modeling.grid_for(algorithm)
     fit_on_distinct = config.processing.fit_on_distinct_rows
     context = timeview.read_scores(paths.root)
-    followed = all(s.kind in timeview.FOLLOWED_KINDS for s in feature_plan(read_json(paths.summary)).specs)
+    followed = follows_every_feature([s.kind for s in feature_plan(read_json(paths.summary)).specs])
     detections = run_grid(
         algorithm,
         grid,

@@ -30,9 +30,6 @@ CONTEXT_FILE = "context.parquet"
 SPARK_CONTEXT_DIR = "context.spark.parquet"
 EVENTS_FILE = "events.csv"
 _SCORE, _VIEW, _TYPICAL, _SEASON = "|score", "|view", "|typical", "|season"
-#: Feature kinds the time view follows (measures) or that are time itself; with another kind among
-#: the features (a duration, a category's rarity, a missing indicator) the value view's flags stand.
-FOLLOWED_KINDS = frozenset({"measure", "hour", "weekday"})
 #: Events listed in results.json (events.csv has all).
 EVENTS_LISTED = 20
 

@@ -76,6 +76,8 @@ from anomaly_detection.detect.scored import (
     write_table,
 )
 from anomaly_detection.errors import PipelineError
+from anomaly_detection.features.context import UNJUDGED, follows_every_feature
+from anomaly_detection.features.derive import feature_plan
 from anomaly_detection.runs import RunPaths
 from anomaly_detection.spark.jobs.common import (
     POS,
@@ -166,6 +168,7 @@ def _detect(
     started = time.perf_counter()
     summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     names = list(summary["features"])
+    gate = follows_every_feature([spec.kind for spec in feature_plan(summary).specs])
     ccols = [f"c{i}" for i in range(len(names))]
     stored = spark.read.parquet(str(paths.spark_features))
     with_labels = "_label" in stored.columns
@@ -176,7 +179,7 @@ def _detect(
     )
     context = read_context_scores(spark, paths.root)
     if context is not None:  # every row's largest time context score, by position
-        frame = frame.join(context, POS, "left").fillna(0.0, subset=[CTX])
+        frame = frame.join(context, POS, "left").fillna(UNJUDGED, subset=[CTX])
     data = frame.persist(StorageLevel.MEMORY_AND_DISK)
     n = data.count()
     sample = FitSample(
@@ -205,7 +208,7 @@ def _detect(
         for params in ParameterGrid(modeling.grid_for(name)):
             stage(f"tune {name} {params}")
             scored, result = tune_one(
-                data, sample, ccols, n, name, params, config=config, with_labels=with_labels
+                data, sample, ccols, n, name, params, config=config, with_labels=with_labels, gate=gate
             )
             results.append(result)
             log.info(
@@ -366,6 +369,7 @@ def tune_one(
     *,
     config: PipelineConfig,
     with_labels: bool,
+    gate: bool = True,
 ) -> tuple[Any, ModelResult]:
     """Fit, score and evaluate one configuration. Returns the scored rows (``_score``) and the result.
 
@@ -400,7 +404,9 @@ def tune_one(
         threshold = fixed
     elif algorithm == "ensemble" and CTX in data.columns:  # joined with the time view (join_context)
         threshold, grouped = spark_cut(scored, n, modeling.contamination, info, seed=modeling.random_state)
-        joined, fixed = join_time_view(scored, threshold, grouped, modeling.contamination, info, keep)
+        joined, fixed = join_time_view(
+            scored, threshold, grouped, modeling.contamination, info, keep, gate=gate
+        )
         threshold = fixed if fixed is not None else spark_threshold(joined, n, modeling.contamination, info)
         scored = joined
     else:

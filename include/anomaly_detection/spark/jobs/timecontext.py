@@ -9,7 +9,7 @@ A series is named as natively (the key as pandas text, ``(missing)`` for a null)
 sorted order of the names (the native ``pd.factorize(..., sort=True)``); the names are the only
 per-series data collected, with each series' facts (or why it was left out). The output holds
 ``_pos`` and the native columns of ``context.parquet`` (``_series_name`` as plain text); rows without
-context hold ``_series = _order = -1`` and scores 0.
+context hold ``_series = _order = -1`` and the score ``UNJUDGED``.
 
 **Detect**: :func:`read_context_scores` gives each row's largest context score (``_ctx``, joined by
 ``_pos``); :func:`time_series_scored` is the ``time_series`` detector and :func:`join_time_view` the
@@ -31,7 +31,7 @@ import pandas as pd
 from anomaly_detection.config import PipelineConfig
 from anomaly_detection.detect.detectors.time_series import BELOW_CUT
 from anomaly_detection.errors import DataError, PipelineError
-from anomaly_detection.features.context import FENCE, MIN_POINTS, MIN_SPAN, build_context
+from anomaly_detection.features.context import FENCE, MIN_POINTS, MIN_SPAN, UNJUDGED, build_context
 from anomaly_detection.report import timeline
 from anomaly_detection.spark.jobs.common import POS, write_parts
 
@@ -114,7 +114,7 @@ def series_context(
     out["_time"] = pd.Series(stamps).astype("datetime64[us]")
     for m in measures:
         mc = None if context is None else context.measures[m]
-        out[m + SCORE] = np.zeros(n) if mc is None else mc.score
+        out[m + SCORE] = np.full(n, UNJUDGED) if mc is None else mc.score
         out[m + VIEW] = np.zeros(n, dtype=np.int8) if mc is None else mc.view
         out[m + TYPICAL] = np.full(n, np.nan) if mc is None else mc.typical
         out[m + SEASON] = np.zeros(n, dtype=np.int8) if mc is None else mc.season
@@ -283,6 +283,8 @@ def join_time_view(
     contamination: float | str,
     info: dict[str, Any],
     keep: list[str],
+    *,
+    gate: bool = True,
 ) -> tuple[Any, float | None]:
     """The ensemble (``_score`` cut at ``threshold``; ``grouped``: the auto cut found an upper group)
     joined with the time view (``_ctx``), as ``join_context``. Returns the joined rows and their
@@ -300,7 +302,8 @@ def join_time_view(
     if not (threshold > 0 and math.isfinite(threshold)):
         threshold = float(scored.agg(F.max("_score")).first()[0] or 0.0) or 1.0
     value_part = value / F.lit(threshold)
-    counted = F.lit(bool(grouped)) & (time_score > 0)
+    novel = (time_score > 0) | (time_score <= F.lit(UNJUDGED))
+    counted = (F.lit(bool(grouped)) & novel) if gate else F.lit(True)
     value_part = F.when(counted, value_part).otherwise(F.least(value_part, F.lit(BELOW_CUT)))
     raw = F.greatest(time_score / F.lit(FENCE), value_part)
     by_time = time_score > F.lit(FENCE)
@@ -314,9 +317,9 @@ def join_time_view(
         F.count(F.when(F.col("_label_joined") & ~F.col("_by_time"), 1)).alias("value"),
     ).first()
     value_words = (
-        f"the value view adds {int(counts['value']):,} row(s) new to their series from its cut "
-        f"({info.get('threshold_rule', '')})"
-        if grouped
+        f"the value view adds {int(counts['value']):,} row(s){' not familiar to their series' if gate else ''} "
+        f"from its cut ({info.get('threshold_rule', '')})"
+        if grouped or not gate
         else "the value view's scores form no separate upper group, so it adds none"
     )
     info["threshold_rule"] = (
