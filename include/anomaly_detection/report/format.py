@@ -172,7 +172,11 @@ def epochs_as_iso(frame: pd.DataFrame | None, roles: Mapping[str, Mapping[str, A
 
 
 def frame_table(
-    frame: pd.DataFrame | None, max_rows: int, max_columns: int = MAX_TABLE_COLUMNS
+    frame: pd.DataFrame | None,
+    max_rows: int,
+    max_columns: int = MAX_TABLE_COLUMNS,
+    *,
+    uncut: frozenset[str] = frozenset({"explanation"}),
 ) -> dict[str, Any]:
     """Convert a DataFrame to plain header and row lists for the template.
 
@@ -182,6 +186,8 @@ def frame_table(
         Table to show.
     max_rows, max_columns : int
         Largest number of rows and columns shown.
+    uncut : frozenset of str
+        Columns of the project's own text (the explanations), shown up to 1,000 characters.
 
     Returns
     -------
@@ -198,7 +204,11 @@ def frame_table(
         pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
         for dtype in shown.dtypes
     ]
-    rows = [[format_cell(v) for v in row] for row in shown.itertuples(index=False, name=None)]
+    limits = [1_000 if str(c) in uncut else MAX_CELL_CHARS for c in shown.columns]
+    rows = [
+        [format_cell(v, limit) for v, limit in zip(row, limits)]
+        for row in shown.itertuples(index=False, name=None)
+    ]
     wide = [any(len(row[j]) > 40 for row in rows) for j in range(len(columns))]
     return {
         "columns": columns,
